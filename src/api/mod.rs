@@ -1,0 +1,133 @@
+//! Request routing: `(app, request, client) -> Response`, with no socket in sight.
+//!
+//! The per-IP HTTP rate limit applies to every request before routing. The API paths
+//! answer JSON; everything else is a static file. The connection code turns the
+//! returned value into bytes and decides about keep-alive.
+
+mod accounts;
+
+use std::net::IpAddr;
+
+use crate::app::App;
+use crate::config::MetricsAccess;
+use crate::http::static_files::etag_matches;
+use crate::http::{ApiError, Body, ErrorCode, Request, Response};
+use crate::limits::retry_after_secs;
+use crate::time::Now;
+
+/// Who sent the request, and when it is being handled.
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    pub ip: IpAddr,
+    pub now: Now,
+}
+
+/// Answers one request.
+pub fn handle(app: &mut App, req: &Request<'_, '_>, client: Client) -> Response {
+    if let Err(wait) = app.limits.check_http(client.ip) {
+        app.metrics.rate_limited_http += 1;
+        return Response::error(&ApiError::rate_limited(retry_after_secs(wait)));
+    }
+    route(app, req, client).unwrap_or_else(|e| Response::error(&e))
+}
+
+fn route(app: &mut App, req: &Request<'_, '_>, client: Client) -> Result<Response, ApiError> {
+    let method = req.method;
+    match req.path {
+        "/healthz" => {
+            allow(method, &["GET", "HEAD"])?;
+            let mut r = Response::json(200, &serde_json::json!({"status": "ok"}));
+            r.omit_body = method == "HEAD";
+            Ok(r)
+        }
+        "/metrics" => {
+            allow(method, &["GET"])?;
+            metrics(app, client)
+        }
+        "/register" => {
+            allow(method, &["POST"])?;
+            accounts::register(app, req, client)
+        }
+        "/login" => {
+            allow(method, &["POST"])?;
+            accounts::login(app, req, client)
+        }
+        "/refresh" => {
+            allow(method, &["POST"])?;
+            accounts::refresh(app, req, client)
+        }
+        "/me" => match method {
+            "GET" => accounts::get_me(app, req, client),
+            "PUT" => accounts::put_me(app, req, client),
+            _ => Err(ApiError::method_not_allowed("GET, PUT")),
+        },
+        _ => {
+            allow(method, &["GET", "HEAD"])?;
+            static_file(app, req, client)
+        }
+    }
+}
+
+/// 405 with the Allow header unless the method is one of `methods`.
+fn allow(method: &str, methods: &'static [&'static str]) -> Result<(), ApiError> {
+    if methods.contains(&method) {
+        return Ok(());
+    }
+    let allow = match methods {
+        ["GET", "HEAD"] => "GET, HEAD",
+        ["GET"] => "GET",
+        ["POST"] => "POST",
+        _ => "GET",
+    };
+    Err(ApiError::method_not_allowed(allow))
+}
+
+fn metrics(app: &App, client: Client) -> Result<Response, ApiError> {
+    let allowed = match app.config.metrics {
+        MetricsAccess::Public => true,
+        MetricsAccess::Loopback => is_loopback(client.ip),
+        MetricsAccess::Off => false,
+    };
+    if !allowed {
+        return Err(ApiError::new(ErrorCode::NotFound, "no such resource"));
+    }
+    let text = app.metrics.render(crate::metrics::Gauges {
+        open_connections: app.limits.open_connections(),
+    });
+    let mut r = Response::new(200);
+    r.content_type = Some("text/plain; version=0.0.4; charset=utf-8");
+    r.body = Body::Owned(text.into_bytes());
+    Ok(r.header("cache-control", "no-store"))
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+fn static_file(app: &mut App, req: &Request<'_, '_>, client: Client) -> Result<Response, ApiError> {
+    let not_found = || ApiError::new(ErrorCode::NotFound, "no such resource");
+    let file = app
+        .static_files
+        .get(req.path, client.now.instant)
+        .ok_or_else(not_found)?;
+    let fresh = req
+        .header_str("if-none-match")
+        .is_some_and(|v| etag_matches(v, &file.etag));
+    let mut r = Response::new(if fresh { 304 } else { 200 });
+    r.content_type = Some(file.content_type);
+    r.headers.push(("etag", file.etag.clone()));
+    r.headers.push(("cache-control", "no-cache".to_string()));
+    if !fresh {
+        r.body = Body::Shared(file.body.clone());
+        r.omit_body = req.method == "HEAD";
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests;

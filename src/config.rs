@@ -1,0 +1,641 @@
+//! `server.conf` and `CHATD_*` overrides turned into one validated [`Config`].
+//!
+//! The file is `key = value` lines with `#` comments. Every key has a default, so an
+//! empty file is a valid configuration. Each `CHATD_<KEY>` environment variable
+//! overrides the key of the same name. Anything unknown or malformed stops startup with
+//! an error that names the key, where it came from and what is allowed: a typo in a
+//! limit must never silently fall back to a default.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A rate: `count` events per `per`, with bursts of up to `burst` events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
+    pub burst: u32,
+}
+
+impl Rate {
+    /// The steady interval between two events allowed by this rate.
+    pub fn interval(&self) -> Duration {
+        self.per / self.count
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.per.as_secs() {
+            1 => "s",
+            60 => "min",
+            _ => "h",
+        };
+        write!(f, "{}/{} burst {}", self.count, unit, self.burst)
+    }
+}
+
+/// Whether `POST /register` creates accounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    Open,
+    Closed,
+}
+
+/// Who may read `GET /metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsAccess {
+    /// Only clients connecting from a loopback address (the default: counters reveal load).
+    Loopback,
+    /// Anyone who can reach the port.
+    Public,
+    /// Nobody: the endpoint answers 404.
+    Off,
+}
+
+/// Every setting of chatd, validated. Paths are already resolved against the directory
+/// of the configuration file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: IpAddr,
+    /// 0 asks the kernel for any free port (the real one is printed at start).
+    pub port: u16,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Where the JWT secret is kept when `SECRET_KEY` is not set.
+    pub secret_file: PathBuf,
+    pub db_path: PathBuf,
+    pub public_dir: PathBuf,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// TLS handshake plus a complete request must arrive within this time (slowloris).
+    pub header_timeout: Duration,
+    /// A keep-alive connection with no request in progress closes after this time.
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: usize,
+    pub http_rate_per_ip: Rate,
+    /// Shared by `/login` and `/register`, on top of `http_rate_per_ip`.
+    pub login_rate_per_ip: Rate,
+    /// Server-wide budget of argon2id hashes: each one stalls the only thread.
+    pub password_hashes_per_sec: u32,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    pub jwt_ttl: Duration,
+    pub log_level: log::LevelFilter,
+    pub access_log: bool,
+    pub registration: Registration,
+    pub metrics: MetricsAccess,
+}
+
+/// Why the configuration was refused. The message says where (file line or environment
+/// variable), which key and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// OWASP's minimum argon2id parameter rows (memory KiB, iterations), all with p=1.
+/// A configuration must reach at least one row.
+pub const ARGON2_FLOOR: [(u32, u32); 5] = [
+    (47_104, 1),
+    (19_456, 2),
+    (12_288, 3),
+    (9_216, 4),
+    (7_168, 5),
+];
+
+/// Every key the file may hold, in the order `server.conf` documents them.
+pub const KEYS: &[&str] = &[
+    "host",
+    "port",
+    "cert_file",
+    "key_file",
+    "secret_file",
+    "db_path",
+    "public_dir",
+    "max_connections",
+    "max_connections_per_ip",
+    "header_timeout_secs",
+    "idle_timeout_secs",
+    "max_header_bytes",
+    "max_body_bytes",
+    "http_rate_per_ip",
+    "login_rate_per_ip",
+    "password_hashes_per_sec",
+    "argon2_memory_kib",
+    "argon2_iterations",
+    "argon2_parallelism",
+    "jwt_ttl_secs",
+    "log_level",
+    "access_log",
+    "registration",
+    "metrics",
+];
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 8443,
+            cert_file: PathBuf::from("certs/cert.pem"),
+            key_file: PathBuf::from("certs/key.pem"),
+            secret_file: PathBuf::from("certs/jwt.secret"),
+            db_path: PathBuf::from("chatd.db"),
+            public_dir: PathBuf::from("public"),
+            max_connections: 10_000,
+            max_connections_per_ip: 64,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 8192,
+            max_body_bytes: 65_536,
+            http_rate_per_ip: Rate {
+                count: 50,
+                per: Duration::from_secs(1),
+                burst: 100,
+            },
+            login_rate_per_ip: Rate {
+                count: 10,
+                per: Duration::from_secs(60),
+                burst: 20,
+            },
+            password_hashes_per_sec: 20,
+            argon2_memory_kib: 19_456,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            jwt_ttl: Duration::from_secs(3600),
+            log_level: log::LevelFilter::Info,
+            access_log: true,
+            registration: Registration::Open,
+            metrics: MetricsAccess::Loopback,
+        }
+    }
+}
+
+/// Where a value came from, for error messages.
+#[derive(Debug, Clone)]
+enum Origin<'a> {
+    File { path: &'a Path, line: usize },
+    Env { var: &'a str },
+}
+
+impl fmt::Display for Origin<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File { path, line } => write!(f, "{} line {}", path.display(), line),
+            Origin::Env { var } => write!(f, "environment variable {var}"),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the file at `path` (if `required` is false, a missing file means "all
+    /// defaults"), then applies `CHATD_*` variables from `env`, then validates.
+    pub fn load(
+        path: &Path,
+        required: bool,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => String::new(),
+            Err(e) => {
+                return Err(ConfigError(format!(
+                    "cannot read configuration file {}: {e}",
+                    path.display()
+                )));
+            }
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, path, base, env)
+    }
+
+    /// Parses configuration text. `path` is only used in messages; relative paths in
+    /// values are resolved against `base`.
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        base: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        let mut seen: Vec<&str> = Vec::new();
+        for (index, raw) in text.lines().enumerate() {
+            let origin = Origin::File {
+                path,
+                line: index + 1,
+            };
+            let line = strip_comment(raw).trim();
+            if line.is_empty() {
+                continue;
+            }
+            let Some((key, value)) = line.split_once('=') else {
+                return Err(ConfigError(format!(
+                    "{origin}: expected `key = value`, found `{line}`"
+                )));
+            };
+            let key = key.trim();
+            if seen.contains(&key) {
+                return Err(ConfigError(format!("{origin}: key `{key}` is set twice")));
+            }
+            config.set(key, value.trim(), &origin)?;
+            seen.push(key);
+        }
+        let mut overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("CHATD_"))
+            .collect();
+        overrides.sort();
+        for (name, value) in &overrides {
+            let key = name["CHATD_".len()..].to_ascii_lowercase();
+            let origin = Origin::Env { var: name };
+            config.set(&key, value.trim(), &origin)?;
+        }
+        config.resolve_paths(base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        for path in [
+            &mut self.cert_file,
+            &mut self.key_file,
+            &mut self.secret_file,
+            &mut self.db_path,
+            &mut self.public_dir,
+        ] {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+    }
+
+    fn set(&mut self, key: &str, value: &str, origin: &Origin<'_>) -> Result<(), ConfigError> {
+        let bad = |allowed: &str| {
+            ConfigError(format!(
+                "{origin}: key `{key}` has invalid value `{value}`; allowed: {allowed}"
+            ))
+        };
+        match key {
+            "host" => self.host = value.parse().map_err(|_| bad("an IPv4 or IPv6 address"))?,
+            "port" => self.port = value.parse().map_err(|_| bad("a port 0-65535"))?,
+            "cert_file" => self.cert_file = parse_path(value).ok_or_else(|| bad("a path"))?,
+            "key_file" => self.key_file = parse_path(value).ok_or_else(|| bad("a path"))?,
+            "secret_file" => self.secret_file = parse_path(value).ok_or_else(|| bad("a path"))?,
+            "db_path" => self.db_path = parse_path(value).ok_or_else(|| bad("a path"))?,
+            "public_dir" => self.public_dir = parse_path(value).ok_or_else(|| bad("a path"))?,
+            "max_connections" => {
+                self.max_connections =
+                    parse_count(value, 1, 1_000_000).ok_or_else(|| bad("an integer 1-1000000"))?;
+            }
+            "max_connections_per_ip" => {
+                self.max_connections_per_ip =
+                    parse_count(value, 1, 1_000_000).ok_or_else(|| bad("an integer 1-1000000"))?;
+            }
+            "header_timeout_secs" => {
+                self.header_timeout =
+                    parse_secs(value, 1, 3600).ok_or_else(|| bad("whole seconds 1-3600"))?;
+            }
+            "idle_timeout_secs" => {
+                self.idle_timeout =
+                    parse_secs(value, 1, 86_400).ok_or_else(|| bad("whole seconds 1-86400"))?;
+            }
+            "max_header_bytes" => {
+                self.max_header_bytes =
+                    parse_count(value, 1024, 1 << 20).ok_or_else(|| bad("bytes 1024-1048576"))?;
+            }
+            "max_body_bytes" => {
+                self.max_body_bytes =
+                    parse_count(value, 256, 16 << 20).ok_or_else(|| bad("bytes 256-16777216"))?;
+            }
+            "http_rate_per_ip" => {
+                self.http_rate_per_ip = parse_rate(value)
+                    .ok_or_else(|| bad("`<count>/<s|min|h> burst <n>`, e.g. `50/s burst 100`"))?;
+            }
+            "login_rate_per_ip" => {
+                self.login_rate_per_ip = parse_rate(value)
+                    .ok_or_else(|| bad("`<count>/<s|min|h> burst <n>`, e.g. `10/min burst 20`"))?;
+            }
+            "password_hashes_per_sec" => {
+                self.password_hashes_per_sec =
+                    parse_u32(value, 1, 1000).ok_or_else(|| bad("an integer 1-1000"))?;
+            }
+            "argon2_memory_kib" => {
+                self.argon2_memory_kib = parse_u32(value, 7168, 4 << 20)
+                    .ok_or_else(|| bad("KiB 7168-4194304 (see the OWASP floor)"))?;
+            }
+            "argon2_iterations" => {
+                self.argon2_iterations =
+                    parse_u32(value, 1, 100).ok_or_else(|| bad("an integer 1-100"))?;
+            }
+            "argon2_parallelism" => {
+                self.argon2_parallelism =
+                    parse_u32(value, 1, 16).ok_or_else(|| bad("an integer 1-16"))?;
+            }
+            "jwt_ttl_secs" => {
+                self.jwt_ttl = parse_secs(value, 1, 30 * 86_400)
+                    .ok_or_else(|| bad("whole seconds 1-2592000"))?;
+            }
+            "log_level" => {
+                self.log_level = match value {
+                    "off" => log::LevelFilter::Off,
+                    "error" => log::LevelFilter::Error,
+                    "warn" => log::LevelFilter::Warn,
+                    "info" => log::LevelFilter::Info,
+                    "debug" => log::LevelFilter::Debug,
+                    "trace" => log::LevelFilter::Trace,
+                    _ => return Err(bad("off|error|warn|info|debug|trace")),
+                };
+            }
+            "access_log" => self.access_log = parse_bool(value).ok_or_else(|| bad("true|false"))?,
+            "registration" => {
+                self.registration = match value {
+                    "open" => Registration::Open,
+                    "closed" => Registration::Closed,
+                    _ => return Err(bad("open|closed")),
+                };
+            }
+            "metrics" => {
+                self.metrics = match value {
+                    "loopback" => MetricsAccess::Loopback,
+                    "public" => MetricsAccess::Public,
+                    "off" => MetricsAccess::Off,
+                    _ => return Err(bad("loopback|public|off")),
+                };
+            }
+            _ => {
+                return Err(ConfigError(format!(
+                    "{origin}: unknown key `{key}`; known keys: {}",
+                    KEYS.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that need several keys at once.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_connections_per_ip > self.max_connections {
+            return Err(ConfigError(format!(
+                "key `max_connections_per_ip` ({}) is larger than `max_connections` ({})",
+                self.max_connections_per_ip, self.max_connections
+            )));
+        }
+        let meets_floor = ARGON2_FLOOR
+            .iter()
+            .any(|&(m, t)| self.argon2_memory_kib >= m && self.argon2_iterations >= t);
+        if !meets_floor {
+            let rows: Vec<String> = ARGON2_FLOOR
+                .iter()
+                .map(|(m, t)| format!("m={m} t={t}"))
+                .collect();
+            return Err(ConfigError(format!(
+                "keys `argon2_memory_kib` ({}) and `argon2_iterations` ({}) are below OWASP's \
+                 minimum for argon2id; reach one of: {}",
+                self.argon2_memory_kib,
+                self.argon2_iterations,
+                rows.join(", ")
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Drops a comment: a line starting with `#`, or ` #...` after a value.
+fn strip_comment(line: &str) -> &str {
+    if line.trim_start().starts_with('#') {
+        return "";
+    }
+    let bytes = line.as_bytes();
+    for i in 1..bytes.len() {
+        if bytes[i] == b'#' && bytes[i - 1].is_ascii_whitespace() {
+            return &line[..i];
+        }
+    }
+    line
+}
+
+fn parse_path(value: &str) -> Option<PathBuf> {
+    (!value.is_empty() && !value.contains('\0')).then(|| PathBuf::from(value))
+}
+
+fn parse_u64(value: &str, min: u64, max: u64) -> Option<u64> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = value.parse().ok()?;
+    (min..=max).contains(&n).then_some(n)
+}
+
+fn parse_u32(value: &str, min: u32, max: u32) -> Option<u32> {
+    parse_u64(value, min.into(), max.into()).and_then(|n| u32::try_from(n).ok())
+}
+
+fn parse_count(value: &str, min: usize, max: usize) -> Option<usize> {
+    parse_u64(value, min as u64, max as u64).and_then(|n| usize::try_from(n).ok())
+}
+
+fn parse_secs(value: &str, min: u64, max: u64) -> Option<Duration> {
+    parse_u64(value, min, max).map(Duration::from_secs)
+}
+
+fn parse_bool(value: &str) -> Option<bool> {
+    match value {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    }
+}
+
+/// `<count>/<s|min|h> burst <n>`; the burst must be at least 1.
+pub fn parse_rate(value: &str) -> Option<Rate> {
+    let mut words = value.split_whitespace();
+    let (count, unit) = words.next()?.split_once('/')?;
+    if words.next()? != "burst" {
+        return None;
+    }
+    let burst = parse_u32(words.next()?, 1, 1_000_000)?;
+    if words.next().is_some() {
+        return None;
+    }
+    let count = parse_u32(count, 1, 1_000_000)?;
+    let per = match unit {
+        "s" => Duration::from_secs(1),
+        "min" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        _ => return None,
+    };
+    Some(Rate { count, per, burst })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::parse(text, Path::new("test.conf"), Path::new("/base"), env)
+    }
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let c = parse("", &[]).unwrap();
+        assert_eq!(c.port, 8443);
+        assert_eq!(c.host, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(c.max_connections, 10_000);
+        assert_eq!(c.max_connections_per_ip, 64);
+        assert_eq!(c.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.max_header_bytes, 8192);
+        assert_eq!(c.max_body_bytes, 65_536);
+        assert_eq!(c.http_rate_per_ip, parse_rate("50/s burst 100").unwrap());
+        assert_eq!(c.login_rate_per_ip, parse_rate("10/min burst 20").unwrap());
+        assert_eq!(c.password_hashes_per_sec, 20);
+        assert_eq!(c.jwt_ttl, Duration::from_secs(3600));
+        assert_eq!(c.secret_file, PathBuf::from("/base/certs/jwt.secret"));
+        assert_eq!(c.registration, Registration::Open);
+    }
+
+    #[test]
+    fn shipped_server_conf_parses_and_documents_every_key() {
+        let text = include_str!("../server.conf");
+        let c = parse(text, &[]).unwrap();
+        assert_eq!(c.port, 8443);
+        for key in KEYS {
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("{key} ="))),
+                "server.conf does not set `{key}`"
+            );
+        }
+    }
+
+    #[test]
+    fn values_comments_and_ipv6() {
+        let c = parse(
+            "# comment\nhost = ::1   # trailing comment\nport = 0\n\nregistration = closed\naccess_log = false\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.host, "::1".parse::<IpAddr>().unwrap());
+        assert_eq!(c.port, 0);
+        assert_eq!(c.registration, Registration::Closed);
+        assert!(!c.access_log);
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(
+            parse_rate("10/min burst 20"),
+            Some(Rate {
+                count: 10,
+                per: Duration::from_secs(60),
+                burst: 20
+            })
+        );
+        assert_eq!(
+            parse_rate("3/h burst 1").unwrap().per,
+            Duration::from_secs(3600)
+        );
+        for bad in [
+            "",
+            "10",
+            "10/s",
+            "10/s burst",
+            "10/s burst 0",
+            "0/s burst 1",
+            "10/d burst 2",
+            "10/s burst 2 x",
+            "-1/s burst 2",
+            "10/s bust 2",
+        ] {
+            assert_eq!(parse_rate(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            parse_rate("50/s burst 100").unwrap().interval(),
+            Duration::from_millis(20)
+        );
+    }
+
+    #[test]
+    fn errors_name_key_line_and_allowed_values() {
+        let e = parse("host = 127.0.0.1\nport = eighty\n", &[])
+            .unwrap_err()
+            .0;
+        assert!(e.contains("test.conf line 2"), "{e}");
+        assert!(e.contains("`port`"), "{e}");
+        assert!(e.contains("0-65535"), "{e}");
+
+        let e = parse("prot = 1\n", &[]).unwrap_err().0;
+        assert!(
+            e.contains("unknown key `prot`") && e.contains("line 1"),
+            "{e}"
+        );
+
+        let e = parse("port\n", &[]).unwrap_err().0;
+        assert!(e.contains("expected `key = value`"), "{e}");
+
+        let e = parse("port = 1\nport = 2\n", &[]).unwrap_err().0;
+        assert!(e.contains("set twice"), "{e}");
+
+        for (text, key) in [
+            ("max_connections = 0", "max_connections"),
+            ("max_connections = 1e4", "max_connections"),
+            ("header_timeout_secs = 1.5", "header_timeout_secs"),
+            ("access_log = yes", "access_log"),
+            ("registration = maybe", "registration"),
+            ("log_level = loud", "log_level"),
+            ("max_header_bytes = 10", "max_header_bytes"),
+            ("jwt_ttl_secs = -5", "jwt_ttl_secs"),
+        ] {
+            let e = parse(text, &[]).unwrap_err().0;
+            assert!(e.contains(&format!("`{key}`")), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn environment_overrides_and_unknown_variables() {
+        let c = parse("port = 1\n", &[("CHATD_PORT", "9443"), ("OTHER", "x")]).unwrap();
+        assert_eq!(c.port, 9443);
+        let c = parse("", &[("CHATD_HTTP_RATE_PER_IP", "5/s burst 5")]).unwrap();
+        assert_eq!(c.http_rate_per_ip.count, 5);
+
+        let e = parse("", &[("CHATD_PROT", "1")]).unwrap_err().0;
+        assert!(
+            e.contains("CHATD_PROT") && e.contains("unknown key `prot`"),
+            "{e}"
+        );
+        let e = parse("", &[("CHATD_PORT", "x")]).unwrap_err().0;
+        assert!(e.contains("environment variable CHATD_PORT"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        let c = parse("db_path = data/chat.db\ncert_file = /abs/cert.pem\n", &[]).unwrap();
+        assert_eq!(c.db_path, PathBuf::from("/base/data/chat.db"));
+        assert_eq!(c.cert_file, PathBuf::from("/abs/cert.pem"));
+    }
+
+    #[test]
+    fn argon2_floor_and_cross_key_checks() {
+        assert!(parse("argon2_memory_kib = 47104\nargon2_iterations = 1\n", &[]).is_ok());
+        assert!(parse("argon2_memory_kib = 7168\nargon2_iterations = 5\n", &[]).is_ok());
+        let e = parse("argon2_memory_kib = 8192\nargon2_iterations = 1\n", &[])
+            .unwrap_err()
+            .0;
+        assert!(e.contains("OWASP"), "{e}");
+        assert!(parse("argon2_memory_kib = 1024\n", &[]).is_err());
+        let e = parse("max_connections = 10\nmax_connections_per_ip = 11\n", &[])
+            .unwrap_err()
+            .0;
+        assert!(e.contains("max_connections_per_ip"), "{e}");
+    }
+}

@@ -1,0 +1,86 @@
+//! chatd: a secure chat server on one thread.
+//!
+//! One mio event loop, edge-triggered, drives every non-blocking rustls connection on a
+//! single port: an HTTPS accounts API (register, login, profile), static files, and
+//! (WebSocket) chat. The protocol code takes values and returns values; only
+//! [`server`] touches sockets, the poller, signals and the clock.
+//!
+//! # Layout
+//! - [`config`]: `server.conf` plus `CHATD_*` overrides, validated.
+//! - [`server`]: the event loop, connections, output queues, deadlines.
+//! - [`http`]: request parsing, responses, the error contract, static files.
+//! - [`api`]: routing and the account endpoints.
+//! - [`auth`]: argon2id password hashes and HS256 JWTs.
+//! - [`store`]: SQLite storage and migrations.
+//! - [`limits`]: rate limits and connection counters.
+//! - [`metrics`]: counters in the Prometheus text format.
+//! - [`tls`]: certificates, keys, the JWT secret.
+//! - [`app`]: the state handlers share; [`time`]: the clock as a value.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod limits;
+pub mod metrics;
+pub mod server;
+pub mod store;
+pub mod time;
+pub mod tls;
+
+use std::io::Write;
+
+use config::Config;
+
+/// Starts chatd with a loaded configuration and serves until SIGINT/SIGTERM.
+///
+/// Prints the certificate fingerprint and then `listening on https://HOST:PORT` on
+/// stdout (tests and scripts read the real port from it).
+pub fn run(config: Config) -> Result<(), String> {
+    raise_fd_limit();
+    if tls::ensure_certificate(&config.cert_file, &config.key_file).map_err(|e| e.to_string())? {
+        log::info!(
+            "generated a self-signed certificate for localhost, 127.0.0.1 and ::1: {} (key {})",
+            config.cert_file.display(),
+            config.key_file.display()
+        );
+    }
+    let (tls_config, fingerprint) =
+        tls::load_server_config(&config.cert_file, &config.key_file).map_err(|e| e.to_string())?;
+    let (secret, source) = tls::load_secret(std::env::var("SECRET_KEY").ok(), &config.secret_file)
+        .map_err(|e| e.to_string())?;
+    match source {
+        tls::SecretSource::Environment => log::info!("JWT secret from SECRET_KEY"),
+        tls::SecretSource::ExistingFile | tls::SecretSource::CreatedFile => log::warn!(
+            "JWT secret from {}{}; production must set SECRET_KEY",
+            config.secret_file.display(),
+            if source == tls::SecretSource::CreatedFile {
+                " (just created)"
+            } else {
+                ""
+            }
+        ),
+    }
+    let store = store::Store::open(&config.db_path)
+        .map_err(|e| format!("cannot open database {}: {e}", config.db_path.display()))?;
+    let app = app::App::new(config, store, &secret)?;
+    let server =
+        server::Server::bind(app, tls_config).map_err(|e| format!("cannot listen: {e}"))?;
+    let addr = server.local_addr();
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "certificate SHA-256 fingerprint {fingerprint}");
+    let _ = writeln!(stdout, "listening on https://{addr}");
+    let _ = stdout.flush();
+    drop(stdout);
+    log::info!("listening on https://{addr} (certificate SHA-256 {fingerprint})");
+    server.run().map_err(|e| format!("event loop failed: {e}"))
+}
+
+/// Raises the soft open-files limit to the hard limit: every connection is a descriptor.
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => log::debug!("open files limit: {limit}"),
+        Err(e) => log::warn!("cannot raise the open files limit: {e}"),
+    }
+}

@@ -1,0 +1,154 @@
+//! Counters for `GET /metrics`, rendered in the Prometheus text format.
+//!
+//! Plain integers: the server has one thread, so no atomics are needed. Gauges that
+//! other parts already know (open connections) are passed in at render time rather than
+//! mirrored here.
+
+use std::fmt::Write;
+
+/// Monotonic counters, bumped where the events happen.
+#[derive(Debug, Default, Clone)]
+pub struct Metrics {
+    pub connections_accepted: u64,
+    pub refused_max_connections: u64,
+    pub refused_per_ip: u64,
+    pub tls_errors: u64,
+    pub plaintext_rejected: u64,
+    pub header_timeouts: u64,
+    pub idle_timeouts: u64,
+    /// Responses by status class: index 0 = 1xx ... 4 = 5xx.
+    pub responses_by_class: [u64; 5],
+    pub rate_limited_http: u64,
+    pub rate_limited_login: u64,
+    pub rate_limited_password_hashes: u64,
+    pub logins_ok: u64,
+    pub logins_failed: u64,
+    pub registrations: u64,
+}
+
+/// Values that are read from elsewhere when rendering.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Gauges {
+    pub open_connections: usize,
+}
+
+impl Metrics {
+    pub fn count_response(&mut self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.responses_by_class[class] += 1;
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, gauges: Gauges) -> String {
+        let mut out = String::with_capacity(2048);
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                if labels.is_empty() {
+                    let _ = writeln!(out, "{name} {value}");
+                } else {
+                    let _ = writeln!(out, "{name}{{{labels}}} {value}");
+                }
+            }
+        };
+        metric(
+            "chatd_open_connections",
+            "gauge",
+            "Open client connections (TLS, HTTP or WebSocket).",
+            &[("", gauges.open_connections as u64)],
+        );
+        metric(
+            "chatd_connections_accepted_total",
+            "counter",
+            "Connections accepted.",
+            &[("", self.connections_accepted)],
+        );
+        metric(
+            "chatd_connections_refused_total",
+            "counter",
+            "Connections closed at accept because of a connection limit.",
+            &[
+                ("reason=\"max_connections\"", self.refused_max_connections),
+                ("reason=\"max_connections_per_ip\"", self.refused_per_ip),
+            ],
+        );
+        metric(
+            "chatd_connection_errors_total",
+            "counter",
+            "Connections closed for a transport problem.",
+            &[
+                ("reason=\"tls\"", self.tls_errors),
+                ("reason=\"plaintext_http\"", self.plaintext_rejected),
+                ("reason=\"header_timeout\"", self.header_timeouts),
+                ("reason=\"idle_timeout\"", self.idle_timeouts),
+            ],
+        );
+        let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        let labels: Vec<String> = classes.iter().map(|c| format!("class=\"{c}\"")).collect();
+        let samples: Vec<(&str, u64)> = labels
+            .iter()
+            .map(String::as_str)
+            .zip(self.responses_by_class)
+            .collect();
+        metric(
+            "chatd_http_responses_total",
+            "counter",
+            "HTTP responses by status class.",
+            &samples,
+        );
+        metric(
+            "chatd_rate_limited_total",
+            "counter",
+            "Requests refused with 429, by limit.",
+            &[
+                ("limit=\"http_rate_per_ip\"", self.rate_limited_http),
+                ("limit=\"login_rate_per_ip\"", self.rate_limited_login),
+                (
+                    "limit=\"password_hashes_per_sec\"",
+                    self.rate_limited_password_hashes,
+                ),
+            ],
+        );
+        metric(
+            "chatd_logins_total",
+            "counter",
+            "Login attempts by result.",
+            &[
+                ("result=\"ok\"", self.logins_ok),
+                ("result=\"failed\"", self.logins_failed),
+            ],
+        );
+        metric(
+            "chatd_registrations_total",
+            "counter",
+            "Accounts created.",
+            &[("", self.registrations)],
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let mut m = Metrics::default();
+        m.count_response(200);
+        m.count_response(404);
+        m.count_response(429);
+        m.logins_failed = 2;
+        let text = m.render(Gauges {
+            open_connections: 3,
+        });
+        assert!(text.contains("# TYPE chatd_open_connections gauge\nchatd_open_connections 3\n"));
+        assert!(text.contains("chatd_http_responses_total{class=\"4xx\"} 2\n"));
+        assert!(text.contains("chatd_http_responses_total{class=\"2xx\"} 1\n"));
+        assert!(text.contains("chatd_logins_total{result=\"failed\"} 2\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').unwrap();
+            value.parse::<u64>().unwrap();
+        }
+    }
+}

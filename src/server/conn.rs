@@ -1,0 +1,277 @@
+//! One client connection: its socket, rustls state, buffers, phase and deadlines.
+//!
+//! The methods here move bytes between the socket, rustls and the plaintext buffers;
+//! they never interpret the plaintext. Reads and writes go on until `WouldBlock` (or a
+//! budget, after which the event loop comes back without waiting for a new edge).
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use rustls::ServerConnection;
+
+use super::outq::OutQueue;
+use super::timers::ConnRef;
+
+/// Largest plaintext handed to rustls at once: one full TLS record.
+pub const MAX_RECORD: usize = 16 * 1024;
+
+/// How long a closing connection may keep its socket open to drain the client's
+/// unread input (so the kernel does not reset the connection before the client has
+/// read our last response).
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// TLS handshake and HTTP/1.1 requests.
+    Http,
+    /// Our side is finished: close_notify sent and the write half shut down. Input is
+    /// read and discarded until EOF or the linger deadline.
+    Closing,
+}
+
+/// How a read pass ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadStatus {
+    /// The socket returned `WouldBlock`: wait for the next readable edge.
+    Drained,
+    /// The read budget ran out with data possibly left: come back this or next turn.
+    Budget,
+    /// The peer closed its side (TCP FIN or TLS close_notify).
+    Eof,
+}
+
+/// How a flush ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushStatus {
+    /// Nothing left to send.
+    Done,
+    /// The socket is full: wait for the writable edge.
+    Blocked,
+}
+
+/// Why a connection must be dropped at once.
+#[derive(Debug)]
+pub enum ConnError {
+    Io(io::Error),
+    Tls(rustls::Error),
+}
+
+impl std::fmt::Display for ConnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnError::Io(e) => write!(f, "i/o: {e}"),
+            ConnError::Tls(e) => write!(f, "tls: {e}"),
+        }
+    }
+}
+
+/// A client connection.
+#[derive(Debug)]
+pub struct Conn {
+    pub socket: TcpStream,
+    pub peer: SocketAddr,
+    pub tls: ServerConnection,
+    /// Distinguishes this connection from earlier ones in the same slab slot.
+    pub generation: u32,
+    pub phase: Phase,
+    /// Decrypted input not yet consumed by the protocol.
+    pub inbuf: Vec<u8>,
+    /// Plaintext output not yet handed to rustls.
+    pub out: OutQueue,
+    /// When the request now arriving began (from accept for the first one); None
+    /// between requests. Its deadline is `header_timeout` later.
+    pub request_started: Option<Instant>,
+    /// Last time bytes moved in either direction; the idle deadline counts from here.
+    pub last_active: Instant,
+    /// The deadline this connection has in the timer heap, if any.
+    pub armed: Option<Instant>,
+    /// End of the linger period once closing.
+    pub linger_until: Option<Instant>,
+    /// The first byte was checked to be a TLS handshake record.
+    pub tls_checked: bool,
+    /// Close once everything queued has been sent.
+    pub close_when_flushed: bool,
+    /// Input processing stopped because too much output is queued (a client that
+    /// pipelines requests without reading the answers); resumes after a flush.
+    pub input_paused: bool,
+    /// Already in the turn's list of connections to flush.
+    pub in_flush_list: bool,
+    /// `100 Continue` was sent for the request now arriving.
+    pub continue_sent: bool,
+    pub requests_served: u64,
+}
+
+impl Conn {
+    pub fn new(
+        socket: TcpStream,
+        peer: SocketAddr,
+        tls: ServerConnection,
+        generation: u32,
+        now: Instant,
+    ) -> Self {
+        Conn {
+            socket,
+            peer,
+            tls,
+            generation,
+            phase: Phase::Http,
+            inbuf: Vec::new(),
+            out: OutQueue::default(),
+            request_started: Some(now),
+            last_active: now,
+            armed: None,
+            linger_until: None,
+            tls_checked: false,
+            close_when_flushed: false,
+            input_paused: false,
+            in_flush_list: false,
+            continue_sent: false,
+            requests_served: 0,
+        }
+    }
+
+    pub fn conn_ref(&self, key: usize) -> ConnRef {
+        ConnRef {
+            key,
+            generation: self.generation,
+        }
+    }
+
+    /// The earliest moment something must happen to this connection.
+    pub fn deadline(&self, header_timeout: Duration, idle_timeout: Duration) -> Instant {
+        match self.phase {
+            Phase::Closing => self.linger_until.unwrap_or(self.last_active),
+            Phase::Http => match self.request_started {
+                Some(started) => started + header_timeout,
+                None => self.last_active + idle_timeout,
+            },
+        }
+    }
+
+    /// Looks at the first byte without consuming it: Some(true) for a TLS handshake
+    /// record, Some(false) for anything else (plain HTTP), None if nothing arrived yet.
+    pub fn peek_is_tls(&self) -> io::Result<Option<bool>> {
+        let mut first = [0u8; 1];
+        match self.socket.peek(&mut first) {
+            Ok(0) => Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => Ok(Some(first[0] == 0x16)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads TLS records until `WouldBlock`, EOF or `budget` bytes, decrypting into
+    /// `inbuf`.
+    pub fn read_tls(&mut self, budget: usize, now: Instant) -> Result<ReadStatus, ConnError> {
+        let mut total = 0;
+        loop {
+            match self.tls.read_tls(&mut self.socket) {
+                Ok(0) => return Ok(ReadStatus::Eof),
+                Ok(n) => {
+                    total += n;
+                    self.last_active = now;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadStatus::Drained),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ConnError::Io(e)),
+            }
+            let state = self.tls.process_new_packets().map_err(ConnError::Tls)?;
+            let available = state.plaintext_bytes_to_read();
+            let peer_closed = state.peer_has_closed();
+            if available > 0 {
+                let start = self.inbuf.len();
+                self.inbuf.resize(start + available, 0);
+                self.tls
+                    .reader()
+                    .read_exact(&mut self.inbuf[start..])
+                    .map_err(ConnError::Io)?;
+            }
+            if peer_closed {
+                return Ok(ReadStatus::Eof);
+            }
+            if total >= budget {
+                return Ok(ReadStatus::Budget);
+            }
+        }
+    }
+
+    /// Reads and throws away input while closing; returns whether the peer is done.
+    pub fn discard_input(&mut self) -> bool {
+        let mut sink = [0u8; 4096];
+        loop {
+            match self.socket.read(&mut sink) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// Moves queued plaintext through rustls to the socket until everything is sent or
+    /// the socket is full. Several small queued pieces go out as one TLS record.
+    pub fn flush(&mut self, scratch: &mut Vec<u8>, now: Instant) -> io::Result<FlushStatus> {
+        loop {
+            while !self.out.is_empty() {
+                let accepted = if self.out.is_fragmented() {
+                    self.out.gather(scratch, MAX_RECORD);
+                    self.tls.writer().write(scratch)?
+                } else {
+                    let front = self.out.front();
+                    let front = &front[..front.len().min(4 * MAX_RECORD)];
+                    self.tls.writer().write(front)?
+                };
+                if accepted == 0 {
+                    // rustls's buffer is full (Ok(0), not WouldBlock): send some first.
+                    break;
+                }
+                self.out.consume(accepted);
+            }
+            if !self.tls.wants_write() {
+                if self.out.is_empty() {
+                    self.out.shrink_if_empty();
+                    return Ok(FlushStatus::Done);
+                }
+                // Plaintext waits for the handshake to finish; more input will move it.
+                return Ok(FlushStatus::Blocked);
+            }
+            while self.tls.wants_write() {
+                match self.tls.write_tls(&mut self.socket) {
+                    Ok(0) => return Ok(FlushStatus::Blocked),
+                    Ok(_) => self.last_active = now,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return Ok(FlushStatus::Blocked);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    /// Starts the two-step close: queue close_notify; the caller flushes, then calls
+    /// `shutdown_write` and lingers.
+    pub fn begin_close(&mut self, now: Instant) {
+        if self.phase != Phase::Closing {
+            self.tls.send_close_notify();
+            self.phase = Phase::Closing;
+            self.linger_until = Some(now + LINGER);
+            self.inbuf = Vec::new();
+        }
+    }
+
+    pub fn shutdown_write(&mut self) {
+        let _ = self.socket.shutdown(Shutdown::Write);
+    }
+
+    /// Frees the input buffer of an idle connection.
+    pub fn release_idle_input(&mut self) {
+        if self.inbuf.is_empty() && self.inbuf.capacity() > 0 {
+            self.inbuf = Vec::new();
+        }
+    }
+}

@@ -1,0 +1,676 @@
+//! The event loop: the only code that touches sockets, the poller, signals and the clock.
+//!
+//! One thread, one `mio::Poll`, edge-triggered. A turn of the loop:
+//! 1. wait for readiness, no longer than the earliest deadline;
+//! 2. accept until `WouldBlock`; read every readable connection until `WouldBlock` (or
+//!    its read budget) and hand complete requests to the protocol code;
+//! 3. flush every connection that has output, until `WouldBlock`;
+//! 4. fire due deadlines (handshake/request timeout, idle timeout, linger) and remove
+//!    connections that finished closing.
+//!
+//! Connections cut short by a budget wait in `ready` and are served next turn without
+//! waiting for an edge that will never come.
+
+mod conn;
+mod outq;
+mod timers;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use rustls::ServerConfig;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+use crate::api::{self, Client};
+use crate::app::App;
+use crate::http::{self, Body, Response};
+use crate::limits::Refusal;
+use crate::time::Now;
+use conn::{Conn, ConnError, FlushStatus, Phase, ReadStatus};
+use timers::{ConnRef, Timers};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const SIGNALS: Token = Token(usize::MAX - 2);
+
+/// Bytes read from one connection before the loop serves the others.
+const READ_BUDGET: usize = 64 * 1024;
+
+/// Queued output above which a connection's further requests wait (HTTP pipelining
+/// without reading the answers must not grow memory).
+const OUTPUT_HIGH_WATER: usize = 256 * 1024;
+
+/// How long a graceful shutdown waits for in-flight responses.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// After `accept` fails for lack of file descriptors, retry this much later.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// The plain-text answer to plain HTTP on the TLS port.
+const PLAINTEXT_REPLY: &[u8] = b"HTTP/1.0 400 Bad Request\r\ncontent-type: text/plain\r\n\
+content-length: 23\r\nconnection: close\r\n\r\nthis port speaks HTTPS\n";
+
+/// The server: listener, connections, timers and the application state.
+pub struct Server {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    local_addr: SocketAddr,
+    signals: Signals,
+    conns: Slab<Conn>,
+    timers: Timers,
+    app: App,
+    tls_config: Arc<ServerConfig>,
+    next_generation: u32,
+    /// Connections with output to flush before the loop sleeps.
+    flush_list: Vec<ConnRef>,
+    /// Connections to read again next turn (budget exhausted or input resumed).
+    ready: Vec<ConnRef>,
+    /// Reused buffer for gathering small writes into one TLS record.
+    scratch: Vec<u8>,
+    /// The Date header value and the second it was made for.
+    date: (i64, String),
+    /// Set by SIGINT/SIGTERM: the time by which everything must be closed.
+    shutdown_deadline: Option<Instant>,
+    /// Accepting paused after EMFILE until this time.
+    accept_paused_until: Option<Instant>,
+}
+
+impl Server {
+    /// Binds the listener and registers it and the signals with a new poller.
+    pub fn bind(app: App, tls_config: Arc<ServerConfig>) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let addr = SocketAddr::new(app.config.host, app.config.port);
+        let mut listener = TcpListener::bind(addr)?;
+        let local_addr = listener.local_addr()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            local_addr,
+            signals,
+            conns: Slab::new(),
+            timers: Timers::default(),
+            app,
+            tls_config,
+            next_generation: 0,
+            flush_list: Vec::new(),
+            ready: Vec::new(),
+            scratch: Vec::with_capacity(conn::MAX_RECORD),
+            date: (i64::MIN, String::new()),
+            shutdown_deadline: None,
+            accept_paused_until: None,
+        })
+    }
+
+    /// The address actually bound (the real port when configured with 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Runs until SIGINT/SIGTERM, then closes every connection and the database.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut last_prune = Instant::now();
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Now::read();
+            self.update_date(now);
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(now),
+                    SIGNALS => self.handle_signals(now),
+                    Token(key) => {
+                        let Some(conn) = self.conns.get(key) else {
+                            continue;
+                        };
+                        let conn_ref = conn.conn_ref(key);
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(conn_ref, now);
+                        }
+                        if event.is_writable() {
+                            self.queue_flush(conn_ref);
+                        }
+                    }
+                }
+            }
+            let again = std::mem::take(&mut self.ready);
+            for conn_ref in again {
+                self.on_readable(conn_ref, now);
+            }
+            self.flush_all(now);
+            self.fire_timers(now);
+            if self
+                .accept_paused_until
+                .is_some_and(|until| until <= now.instant)
+            {
+                self.accept_paused_until = None;
+                self.accept_all(now);
+            }
+            if now.instant.duration_since(last_prune) >= Duration::from_secs(60) {
+                self.app.limits.prune();
+                last_prune = now.instant;
+            }
+            if let Some(deadline) = self.shutdown_deadline
+                && (self.conns.is_empty() || now.instant >= deadline)
+            {
+                break;
+            }
+        }
+        self.finish()
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.ready.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let mut next = self.timers.next();
+        for extra in [self.shutdown_deadline, self.accept_paused_until]
+            .into_iter()
+            .flatten()
+        {
+            next = Some(next.map_or(extra, |n| n.min(extra)));
+        }
+        // Round up so a deadline is never checked a hair too early and spun on.
+        next.map(|at| at.saturating_duration_since(now) + Duration::from_millis(1))
+    }
+
+    fn update_date(&mut self, now: Now) {
+        let secs = now.unix_secs();
+        if self.date.0 != secs {
+            self.date = (secs, http::response::http_date(secs));
+        }
+    }
+
+    fn accept_all(&mut self, now: Now) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
+            let (mut socket, peer) = match listener.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS: the pending connection stays in the backlog;
+                    // with edge triggering no new event will come for it, so retry soon.
+                    log::warn!("accept failed: {e}; retrying in {ACCEPT_RETRY:?}");
+                    self.accept_paused_until = Some(now.instant + ACCEPT_RETRY);
+                    return;
+                }
+            };
+            if let Err(refusal) = self.app.limits.open_connection(peer.ip()) {
+                match refusal {
+                    Refusal::TooManyConnections => self.app.metrics.refused_max_connections += 1,
+                    Refusal::TooManyFromAddress => self.app.metrics.refused_per_ip += 1,
+                }
+                log::debug!("refused connection from {peer}: {refusal:?}");
+                drop(socket);
+                continue;
+            }
+            self.app.metrics.connections_accepted += 1;
+            let _ = socket.set_nodelay(true);
+            let tls = match rustls::ServerConnection::new(self.tls_config.clone()) {
+                Ok(tls) => tls,
+                Err(e) => {
+                    log::error!("cannot start TLS: {e}");
+                    self.app.limits.close_connection(peer.ip());
+                    continue;
+                }
+            };
+            let entry = self.conns.vacant_entry();
+            let key = entry.key();
+            if let Err(e) = self.poll.registry().register(
+                &mut socket,
+                Token(key),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                log::error!("cannot register connection: {e}");
+                self.app.limits.close_connection(peer.ip());
+                continue;
+            }
+            self.next_generation = self.next_generation.wrapping_add(1);
+            let conn = entry.insert(Conn::new(
+                socket,
+                peer,
+                tls,
+                self.next_generation,
+                now.instant,
+            ));
+            let conn_ref = conn.conn_ref(key);
+            self.arm(conn_ref);
+        }
+    }
+
+    fn handle_signals(&mut self, now: Now) {
+        let pending: Vec<i32> = self.signals.pending().collect();
+        for signal in pending {
+            match signal {
+                SIGHUP => self.reload_certificate(),
+                SIGINT | SIGTERM => self.begin_shutdown(now),
+                _ => {}
+            }
+        }
+    }
+
+    fn reload_certificate(&mut self) {
+        let config = &self.app.config;
+        match crate::tls::load_server_config(&config.cert_file, &config.key_file) {
+            Ok((tls_config, fingerprint)) => {
+                self.tls_config = tls_config;
+                log::info!("SIGHUP: certificate reloaded, SHA-256 fingerprint {fingerprint}");
+            }
+            Err(e) => log::error!("SIGHUP: keeping the current certificate: {e}"),
+        }
+    }
+
+    /// Stops accepting, lets in-flight requests finish and closes idle connections.
+    fn begin_shutdown(&mut self, now: Now) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        log::info!("shutting down: no new connections, finishing in-flight requests");
+        self.shutdown_deadline = Some(now.instant + SHUTDOWN_GRACE);
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        let refs: Vec<ConnRef> = self.conns.iter().map(|(k, c)| c.conn_ref(k)).collect();
+        for conn_ref in refs {
+            let Some(conn) = self.conns.get_mut(conn_ref.key) else {
+                continue;
+            };
+            // A request already arriving may finish (its response will close the
+            // connection); idle connections and handshakes in progress close now.
+            if conn.inbuf.is_empty() {
+                conn.close_when_flushed = true;
+                self.queue_flush(conn_ref);
+            }
+        }
+    }
+
+    fn finish(mut self) -> io::Result<()> {
+        let open = self.conns.len();
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.remove(key);
+        }
+        if open > 0 {
+            log::info!("closed {open} connections");
+        }
+        match self.app.store.close() {
+            Ok(()) => log::info!("database closed; bye"),
+            Err(e) => log::error!("closing the database: {e}"),
+        }
+        Ok(())
+    }
+
+    fn get(&mut self, conn_ref: ConnRef) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(conn_ref.key)
+            .filter(|c| c.generation == conn_ref.generation)
+    }
+
+    /// Schedules a flush of this connection before the loop sleeps.
+    fn queue_flush(&mut self, conn_ref: ConnRef) {
+        if let Some(conn) = self.get(conn_ref)
+            && !conn.in_flush_list
+        {
+            conn.in_flush_list = true;
+            self.flush_list.push(conn_ref);
+        }
+    }
+
+    /// Makes sure the timer heap holds an entry no later than the connection's deadline.
+    fn arm(&mut self, conn_ref: ConnRef) {
+        let (header, idle) = (self.app.config.header_timeout, self.app.config.idle_timeout);
+        let Some(conn) = self.get(conn_ref) else {
+            return;
+        };
+        let deadline = conn.deadline(header, idle);
+        if conn.armed.is_none_or(|armed| deadline < armed) {
+            conn.armed = Some(deadline);
+            self.timers.push(deadline, conn_ref);
+        }
+    }
+
+    fn on_readable(&mut self, conn_ref: ConnRef, now: Now) {
+        let Some(conn) = self.get(conn_ref) else {
+            return;
+        };
+        if conn.phase == Phase::Closing {
+            if conn.discard_input() {
+                self.remove(conn_ref.key);
+            }
+            return;
+        }
+        if conn.input_paused {
+            return;
+        }
+        if !conn.tls_checked {
+            match conn.peek_is_tls() {
+                Ok(None) => return,
+                Ok(Some(true)) => conn.tls_checked = true,
+                Ok(Some(false)) => {
+                    self.reject_plaintext(conn_ref.key);
+                    return;
+                }
+                Err(_) => {
+                    self.remove(conn_ref.key);
+                    return;
+                }
+            }
+        }
+        let status = match conn.read_tls(READ_BUDGET, now.instant) {
+            Ok(status) => status,
+            Err(e) => {
+                self.drop_on_error(conn_ref, &e);
+                return;
+            }
+        };
+        if conn.tls.wants_write() {
+            // Handshake messages to send.
+            self.queue_flush(conn_ref);
+        }
+        self.process_http(conn_ref, now);
+        let Some(conn) = self.get(conn_ref) else {
+            return;
+        };
+        match status {
+            ReadStatus::Eof if conn.input_paused => {
+                // Answer what is already buffered first; the EOF is seen again later.
+            }
+            ReadStatus::Eof => {
+                if conn.inbuf.is_empty() || conn.close_when_flushed {
+                    conn.close_when_flushed = true;
+                    conn.inbuf = Vec::new();
+                    self.queue_flush(conn_ref);
+                } else {
+                    // A truncated request: nothing more will come to complete it.
+                    self.remove(conn_ref.key);
+                    return;
+                }
+            }
+            ReadStatus::Budget if !conn.input_paused && !conn.close_when_flushed => {
+                self.ready.push(conn_ref);
+            }
+            _ => {}
+        }
+        self.arm(conn_ref);
+    }
+
+    /// Answers plain HTTP on the TLS port with a short plaintext 400 and closes.
+    fn reject_plaintext(&mut self, key: usize) {
+        self.app.metrics.plaintext_rejected += 1;
+        if let Some(conn) = self.conns.get_mut(key) {
+            use std::io::Write;
+            let _ = conn.socket.write(PLAINTEXT_REPLY);
+            conn.shutdown_write();
+            conn.phase = Phase::Closing;
+            conn.linger_until = Some(Instant::now() + conn::LINGER);
+            let conn_ref = conn.conn_ref(key);
+            if conn.discard_input() {
+                self.remove(key);
+            } else {
+                self.arm(conn_ref);
+            }
+        }
+    }
+
+    fn drop_on_error(&mut self, conn_ref: ConnRef, error: &ConnError) {
+        if let ConnError::Tls(_) = error {
+            self.app.metrics.tls_errors += 1;
+        }
+        log::debug!("connection {} dropped: {error}", conn_ref.key);
+        if let Some(conn) = self.get(conn_ref) {
+            // Best effort: send the alert rustls queued, then close.
+            let mut scratch = Vec::new();
+            let _ = conn.flush(&mut scratch, Instant::now());
+        }
+        self.remove(conn_ref.key);
+    }
+
+    /// Parses and answers every complete request in the connection's input, in order.
+    fn process_http(&mut self, conn_ref: ConnRef, now: Now) {
+        let limits = http::RequestLimits {
+            max_header_bytes: self.app.config.max_header_bytes,
+            max_body_bytes: self.app.config.max_body_bytes,
+        };
+        let shutting_down = self.shutdown_deadline.is_some();
+        let access_log = self.app.config.access_log;
+        let Server {
+            conns, app, date, ..
+        } = self;
+        let Some(conn) = conns
+            .get_mut(conn_ref.key)
+            .filter(|c| c.generation == conn_ref.generation)
+        else {
+            return;
+        };
+        let mut consumed = 0;
+        let mut answered = false;
+        while conn.phase == Phase::Http && !conn.close_when_flushed {
+            if conn.out.len() > OUTPUT_HIGH_WATER {
+                conn.input_paused = true;
+                break;
+            }
+            let mut headers = [httparse::EMPTY_HEADER; http::MAX_HEADERS];
+            let input = &conn.inbuf[consumed..];
+            if input.is_empty() {
+                break;
+            }
+            let started = Instant::now();
+            let (response, method, path, len) =
+                match http::parse_request(input, &mut headers, limits) {
+                    Ok(http::ParseStatus::Partial { expects_continue }) => {
+                        if expects_continue && !conn.continue_sent {
+                            conn.continue_sent = true;
+                            conn.out
+                                .push_owned(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec());
+                            answered = true;
+                        }
+                        break;
+                    }
+                    Ok(http::ParseStatus::Complete(parsed)) => {
+                        let client = Client {
+                            ip: conn.peer.ip(),
+                            now,
+                        };
+                        let mut response = api::handle(app, &parsed.request, client);
+                        if !parsed.request.keep_alive() || shutting_down {
+                            response.close = true;
+                        }
+                        (
+                            response,
+                            parsed.request.method,
+                            parsed.request.path,
+                            parsed.len,
+                        )
+                    }
+                    Err(e) => {
+                        let mut response = Response::error(&e);
+                        response.close = true;
+                        (response, "-", "-", 0)
+                    }
+                };
+            let mut head = Vec::with_capacity(512);
+            response.write_head(&date.1, &mut head);
+            conn.out.push_owned(head);
+            let body_bytes = if response.sends_body() {
+                let n = response.body.len();
+                match response.body {
+                    Body::Empty => {}
+                    Body::Owned(bytes) => conn.out.push_owned(bytes),
+                    Body::Shared(bytes) => conn.out.push_shared(bytes),
+                }
+                n
+            } else {
+                0
+            };
+            app.metrics.count_response(response.status);
+            if access_log {
+                log::info!(
+                    target: "chatd::access",
+                    "{} \"{} {}\" {} {}B {}us",
+                    conn.peer.ip(),
+                    method,
+                    path,
+                    response.status,
+                    body_bytes,
+                    started.elapsed().as_micros()
+                );
+            }
+            answered = true;
+            consumed += len;
+            conn.requests_served += 1;
+            conn.continue_sent = false;
+            conn.request_started = None;
+            if response.close {
+                conn.close_when_flushed = true;
+            }
+        }
+        if consumed > 0 {
+            conn.inbuf.drain(..consumed);
+        }
+        if conn.close_when_flushed {
+            conn.inbuf = Vec::new();
+        } else if !conn.inbuf.is_empty() {
+            if conn.request_started.is_none() {
+                conn.request_started = Some(now.instant);
+            }
+        } else {
+            conn.release_idle_input();
+        }
+        if answered {
+            conn.last_active = now.instant;
+            self.queue_flush(conn_ref);
+        }
+    }
+
+    /// Flushes every connection that has output, then closes those that are done.
+    fn flush_all(&mut self, now: Now) {
+        let list = std::mem::take(&mut self.flush_list);
+        for conn_ref in list {
+            let Server { conns, scratch, .. } = self;
+            let Some(conn) = conns
+                .get_mut(conn_ref.key)
+                .filter(|c| c.generation == conn_ref.generation)
+            else {
+                continue;
+            };
+            conn.in_flush_list = false;
+            let status = match conn.flush(scratch, now.instant) {
+                Ok(status) => status,
+                Err(e) => {
+                    log::debug!("write to {} failed: {e}", conn.peer);
+                    self.remove(conn_ref.key);
+                    continue;
+                }
+            };
+            if status == FlushStatus::Done {
+                if conn.phase == Phase::Closing {
+                    conn.shutdown_write();
+                    if conn.discard_input() {
+                        self.remove(conn_ref.key);
+                        continue;
+                    }
+                } else if conn.close_when_flushed {
+                    conn.begin_close(now.instant);
+                    // Send the close_notify queued just now, then shut down.
+                    self.queue_flush_now(conn_ref, now);
+                    continue;
+                }
+            }
+            if conn.input_paused && conn.out.len() <= OUTPUT_HIGH_WATER / 2 {
+                conn.input_paused = false;
+                self.ready.push(conn_ref);
+            }
+            self.arm(conn_ref);
+        }
+    }
+
+    /// Flushes one connection immediately (used for the close_notify after a final flush).
+    fn queue_flush_now(&mut self, conn_ref: ConnRef, now: Now) {
+        let Server { conns, scratch, .. } = self;
+        let Some(conn) = conns.get_mut(conn_ref.key) else {
+            return;
+        };
+        match conn.flush(scratch, now.instant) {
+            Ok(FlushStatus::Done) => {
+                conn.shutdown_write();
+                if conn.discard_input() {
+                    self.remove(conn_ref.key);
+                    return;
+                }
+            }
+            Ok(FlushStatus::Blocked) => {}
+            Err(_) => {
+                self.remove(conn_ref.key);
+                return;
+            }
+        }
+        self.arm(conn_ref);
+    }
+
+    /// Handles every deadline that has passed.
+    fn fire_timers(&mut self, now: Now) {
+        let (header, idle) = (self.app.config.header_timeout, self.app.config.idle_timeout);
+        while let Some((at, conn_ref)) = self.timers.pop_due(now.instant) {
+            let Some(conn) = self.get(conn_ref) else {
+                continue;
+            };
+            if conn.armed != Some(at) {
+                continue; // superseded by an earlier entry
+            }
+            conn.armed = None;
+            let deadline = conn.deadline(header, idle);
+            if deadline > now.instant {
+                self.arm(conn_ref);
+                continue;
+            }
+            match conn.phase {
+                Phase::Closing => {
+                    self.remove(conn_ref.key);
+                }
+                Phase::Http if conn.request_started.is_some() => {
+                    log::debug!("{}: request not complete in time; closing", conn.peer);
+                    self.app.metrics.header_timeouts += 1;
+                    self.remove(conn_ref.key);
+                }
+                Phase::Http => {
+                    conn.close_when_flushed = true;
+                    self.app.metrics.idle_timeouts += 1;
+                    self.queue_flush(conn_ref);
+                }
+            }
+        }
+        // Timeout closes queued flushes: run them now rather than next turn.
+        if !self.flush_list.is_empty() {
+            self.flush_all(now);
+        }
+    }
+
+    /// Removes a connection for good.
+    fn remove(&mut self, key: usize) {
+        if let Some(mut conn) = self.conns.try_remove(key) {
+            let _ = self.poll.registry().deregister(&mut conn.socket);
+            self.app.limits.close_connection(conn.peer.ip());
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! A connection's ordered queue of plaintext waiting to be encrypted and sent.
+//!
+//! One queue per connection keeps responses (and later WebSocket frames) in order.
+//! Chunks are owned bytes or shared buffers (a static file, a broadcast frame) so the
+//! same bytes queued for many connections are stored once. `len` counts every queued
+//! byte, shared ones included: it is what the per-connection output cap is checked
+//! against.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+#[derive(Debug)]
+enum Bytes {
+    Owned(Vec<u8>),
+    Shared(Arc<[u8]>),
+}
+
+impl Bytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Owned(v) => v,
+            Bytes::Shared(v) => v,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Chunk {
+    bytes: Bytes,
+    /// Bytes of this chunk already handed on.
+    sent: usize,
+}
+
+impl Chunk {
+    fn rest(&self) -> &[u8] {
+        &self.bytes.as_slice()[self.sent..]
+    }
+}
+
+/// Plaintext waiting for TLS, in order.
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    chunks: VecDeque<Chunk>,
+    len: usize,
+}
+
+impl OutQueue {
+    /// Queued bytes not yet handed to TLS.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn push_owned(&mut self, bytes: Vec<u8>) {
+        if bytes.is_empty() {
+            return;
+        }
+        // Small pieces join the previous owned chunk: fewer chunks, fewer TLS records.
+        if let Some(Chunk {
+            bytes: Bytes::Owned(last),
+            ..
+        }) = self.chunks.back_mut()
+            && last.len() + bytes.len() <= 16 * 1024
+        {
+            self.len += bytes.len();
+            last.extend_from_slice(&bytes);
+            return;
+        }
+        self.len += bytes.len();
+        self.chunks.push_back(Chunk {
+            bytes: Bytes::Owned(bytes),
+            sent: 0,
+        });
+    }
+
+    pub fn push_shared(&mut self, bytes: Arc<[u8]>) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.len += bytes.len();
+        self.chunks.push_back(Chunk {
+            bytes: Bytes::Shared(bytes),
+            sent: 0,
+        });
+    }
+
+    /// The next contiguous bytes to send, as a slice; may be shorter than `len()`.
+    pub fn front(&self) -> &[u8] {
+        self.chunks.front().map_or(&[], Chunk::rest)
+    }
+
+    /// Copies up to `max` queued bytes (across chunks) into `buf`, without consuming.
+    pub fn gather(&self, buf: &mut Vec<u8>, max: usize) {
+        buf.clear();
+        for chunk in &self.chunks {
+            let rest = chunk.rest();
+            let take = rest.len().min(max - buf.len());
+            buf.extend_from_slice(&rest[..take]);
+            if buf.len() == max {
+                break;
+            }
+        }
+    }
+
+    /// Whether more than one chunk is queued (worth gathering into one TLS record).
+    pub fn is_fragmented(&self) -> bool {
+        self.chunks.len() > 1
+    }
+
+    /// Drops `n` bytes from the front.
+    pub fn consume(&mut self, mut n: usize) {
+        self.len -= n.min(self.len);
+        while n > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                return;
+            };
+            let rest = front.rest().len();
+            if n < rest {
+                front.sent += n;
+                return;
+            }
+            n -= rest;
+            self.chunks.pop_front();
+        }
+    }
+
+    /// Returns the memory of an empty queue (idle connections should hold none).
+    pub fn shrink_if_empty(&mut self) {
+        if self.chunks.is_empty() && self.chunks.capacity() > 0 {
+            self.chunks = VecDeque::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_gather_and_consume() {
+        let mut q = OutQueue::default();
+        q.push_owned(b"abc".to_vec());
+        q.push_owned(b"de".to_vec());
+        q.push_shared(Arc::from(&b"fgh"[..]));
+        q.push_owned(b"ij".to_vec());
+        assert_eq!(q.len(), 10);
+        assert_eq!(q.front(), b"abcde", "small owned pieces are joined");
+        let mut buf = Vec::new();
+        q.gather(&mut buf, 7);
+        assert_eq!(buf, b"abcdefg");
+        q.consume(4);
+        assert_eq!(q.front(), b"e");
+        q.gather(&mut buf, 100);
+        assert_eq!(buf, b"efghij");
+        q.consume(3);
+        assert_eq!(q.front(), b"h");
+        q.consume(3);
+        assert!(q.is_empty());
+        q.shrink_if_empty();
+        assert_eq!(q.front(), b"");
+    }
+}
