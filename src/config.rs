@@ -44,6 +44,27 @@ pub enum Registration {
     Closed,
 }
 
+/// What happens when a user opens a second WebSocket while one is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DuplicateSessions {
+    /// Several connections per user (tabs, devices).
+    Allow,
+    /// The new upgrade is refused with 409 already_connected.
+    Reject,
+    /// The older connections are closed with 4001 "replaced".
+    Replace,
+}
+
+/// SQLite's `synchronous` setting for the WAL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbSynchronous {
+    /// Every commit reaches the disk (fsync) before anything depending on it is sent:
+    /// acknowledged messages survive a power cut.
+    Full,
+    /// Commits survive a crash of chatd but not of the machine; no fsync per commit.
+    Normal,
+}
+
 /// Who may read `GET /metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricsAccess {
@@ -89,6 +110,24 @@ pub struct Config {
     pub access_log: bool,
     pub registration: Registration,
     pub metrics: MetricsAccess,
+    pub db_synchronous: DbSynchronous,
+    /// Origins allowed to open a WebSocket besides `https://` + the request's Host.
+    pub allowed_origins: Vec<String>,
+    pub duplicate_sessions: DuplicateSessions,
+    /// Largest WebSocket frame or message from a client; larger closes with 1009.
+    pub max_message_bytes: usize,
+    /// Longest chat text, in Unicode scalar values.
+    pub max_text_chars: usize,
+    /// Chat requests per connection; over it: rate_limited replies, then 1008.
+    pub ws_rate: Rate,
+    /// Bytes queued for one client before it is closed as a slow consumer (1013).
+    pub max_outbound_bytes: usize,
+    /// Idle WebSockets are pinged this often.
+    pub ws_ping_interval: Duration,
+    /// A WebSocket that sends nothing for this long is closed (4000).
+    pub ws_idle_timeout: Duration,
+    /// Largest page of a history request.
+    pub history_max: usize,
 }
 
 /// Why the configuration was refused. The message says where (file line or environment
@@ -140,6 +179,16 @@ pub const KEYS: &[&str] = &[
     "access_log",
     "registration",
     "metrics",
+    "db_synchronous",
+    "allowed_origins",
+    "duplicate_sessions",
+    "max_message_bytes",
+    "max_text_chars",
+    "ws_rate",
+    "max_outbound_bytes",
+    "ws_ping_secs",
+    "ws_idle_timeout_secs",
+    "history_max",
 ];
 
 impl Default for Config {
@@ -177,6 +226,20 @@ impl Default for Config {
             access_log: true,
             registration: Registration::Open,
             metrics: MetricsAccess::Loopback,
+            db_synchronous: DbSynchronous::Full,
+            allowed_origins: Vec::new(),
+            duplicate_sessions: DuplicateSessions::Allow,
+            max_message_bytes: 16_384,
+            max_text_chars: 4000,
+            ws_rate: Rate {
+                count: 10,
+                per: Duration::from_secs(1),
+                burst: 20,
+            },
+            max_outbound_bytes: 1_048_576,
+            ws_ping_interval: Duration::from_secs(25),
+            ws_idle_timeout: Duration::from_secs(60),
+            history_max: 100,
         }
     }
 }
@@ -372,6 +435,53 @@ impl Config {
                     _ => return Err(bad("loopback|public|off")),
                 };
             }
+            "db_synchronous" => {
+                self.db_synchronous = match value {
+                    "full" => DbSynchronous::Full,
+                    "normal" => DbSynchronous::Normal,
+                    _ => return Err(bad("full|normal")),
+                };
+            }
+            "allowed_origins" => {
+                self.allowed_origins = parse_origins(value)
+                    .ok_or_else(|| bad("comma-separated origins like https://chat.example.com"))?;
+            }
+            "duplicate_sessions" => {
+                self.duplicate_sessions = match value {
+                    "allow" => DuplicateSessions::Allow,
+                    "reject" => DuplicateSessions::Reject,
+                    "replace" => DuplicateSessions::Replace,
+                    _ => return Err(bad("allow|reject|replace")),
+                };
+            }
+            "max_message_bytes" => {
+                self.max_message_bytes =
+                    parse_count(value, 256, 16 << 20).ok_or_else(|| bad("bytes 256-16777216"))?;
+            }
+            "max_text_chars" => {
+                self.max_text_chars =
+                    parse_count(value, 1, 1 << 20).ok_or_else(|| bad("an integer 1-1048576"))?;
+            }
+            "ws_rate" => {
+                self.ws_rate = parse_rate(value)
+                    .ok_or_else(|| bad("`<count>/<s|min|h> burst <n>`, e.g. `10/s burst 20`"))?;
+            }
+            "max_outbound_bytes" => {
+                self.max_outbound_bytes = parse_count(value, 4096, 1 << 30)
+                    .ok_or_else(|| bad("bytes 4096-1073741824"))?;
+            }
+            "ws_ping_secs" => {
+                self.ws_ping_interval =
+                    parse_secs(value, 1, 3600).ok_or_else(|| bad("whole seconds 1-3600"))?;
+            }
+            "ws_idle_timeout_secs" => {
+                self.ws_idle_timeout =
+                    parse_secs(value, 1, 86_400).ok_or_else(|| bad("whole seconds 1-86400"))?;
+            }
+            "history_max" => {
+                self.history_max =
+                    parse_count(value, 1, 1000).ok_or_else(|| bad("an integer 1-1000"))?;
+            }
             _ => {
                 return Err(ConfigError(format!(
                     "{origin}: unknown key `{key}`; known keys: {}",
@@ -388,6 +498,21 @@ impl Config {
             return Err(ConfigError(format!(
                 "key `max_connections_per_ip` ({}) is larger than `max_connections` ({})",
                 self.max_connections_per_ip, self.max_connections
+            )));
+        }
+        if self.max_text_chars > self.max_message_bytes {
+            return Err(ConfigError(format!(
+                "key `max_text_chars` ({}) is larger than `max_message_bytes` ({}): such a \
+                 text could never arrive",
+                self.max_text_chars, self.max_message_bytes
+            )));
+        }
+        if self.ws_idle_timeout <= self.ws_ping_interval {
+            return Err(ConfigError(format!(
+                "key `ws_idle_timeout_secs` ({}) must be longer than `ws_ping_secs` ({}), or \
+                 idle clients are closed before they can answer a ping",
+                self.ws_idle_timeout.as_secs(),
+                self.ws_ping_interval.as_secs()
             )));
         }
         let meets_floor = ARGON2_FLOOR
@@ -454,6 +579,22 @@ fn parse_bool(value: &str) -> Option<bool> {
         "false" => Some(false),
         _ => None,
     }
+}
+
+/// Comma-separated `scheme://host[:port]` origins (no path); empty means none.
+fn parse_origins(value: &str) -> Option<Vec<String>> {
+    let mut origins = Vec::new();
+    for origin in value.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        let (scheme, rest) = origin.split_once("://")?;
+        let valid = matches!(scheme, "https" | "http")
+            && !rest.is_empty()
+            && !rest.contains(['/', '?', '#', ' ', '@']);
+        if !valid {
+            return None;
+        }
+        origins.push(origin.to_ascii_lowercase());
+    }
+    Some(origins)
 }
 
 /// `<count>/<s|min|h> burst <n>`; the burst must be at least 1.
@@ -615,6 +756,42 @@ mod tests {
         );
         let e = parse("", &[("CHATD_PORT", "x")]).unwrap_err().0;
         assert!(e.contains("environment variable CHATD_PORT"), "{e}");
+    }
+
+    #[test]
+    fn websocket_keys() {
+        let c = parse(
+            "allowed_origins = https://a.example, http://localhost:3000\nduplicate_sessions = replace\nws_rate = 5/s burst 7\ndb_synchronous = normal\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.allowed_origins,
+            vec![
+                "https://a.example".to_string(),
+                "http://localhost:3000".to_string()
+            ]
+        );
+        assert_eq!(c.duplicate_sessions, DuplicateSessions::Replace);
+        assert_eq!(c.ws_rate.burst, 7);
+        assert_eq!(c.db_synchronous, DbSynchronous::Normal);
+        let d = parse("", &[]).unwrap();
+        assert_eq!(d.max_message_bytes, 16_384);
+        assert_eq!(d.max_text_chars, 4000);
+        assert_eq!(d.max_outbound_bytes, 1_048_576);
+        assert_eq!(d.ws_ping_interval, Duration::from_secs(25));
+        assert_eq!(d.ws_idle_timeout, Duration::from_secs(60));
+        assert_eq!(d.history_max, 100);
+        assert_eq!(d.duplicate_sessions, DuplicateSessions::Allow);
+        for bad in [
+            "allowed_origins = example.com",
+            "allowed_origins = https://a.example/path",
+            "duplicate_sessions = maybe",
+            "ws_idle_timeout_secs = 10\nws_ping_secs = 10",
+            "max_text_chars = 20000",
+        ] {
+            assert!(parse(bad, &[]).is_err(), "{bad}");
+        }
     }
 
     #[test]

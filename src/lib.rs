@@ -10,6 +10,8 @@
 //! - [`server`]: the event loop, connections, output queues, deadlines.
 //! - [`http`]: request parsing, responses, the error contract, static files.
 //! - [`api`]: routing and the account endpoints.
+//! - [`ws`]: the WebSocket upgrade, frame codec and close codes.
+//! - [`chat`]: rooms, presence, messages, subscriptions (no I/O).
 //! - [`auth`]: argon2id password hashes and HS256 JWTs.
 //! - [`store`]: SQLite storage and migrations.
 //! - [`limits`]: rate limits and connection counters.
@@ -20,6 +22,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod chat;
 pub mod config;
 pub mod http;
 pub mod limits;
@@ -28,6 +31,7 @@ pub mod server;
 pub mod store;
 pub mod time;
 pub mod tls;
+pub mod ws;
 
 use std::io::Write;
 

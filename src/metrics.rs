@@ -24,12 +24,23 @@ pub struct Metrics {
     pub logins_ok: u64,
     pub logins_failed: u64,
     pub registrations: u64,
+    pub ws_opened: u64,
+    /// Text messages received from WebSocket clients.
+    pub ws_messages_in: u64,
+    /// Frames queued to WebSocket clients (one per recipient).
+    pub ws_messages_out: u64,
+    pub ws_rate_limited: u64,
+    pub ws_slow_consumers: u64,
+    pub ws_idle_closed: u64,
 }
 
 /// Values that are read from elsewhere when rendering.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Gauges {
     pub open_connections: usize,
+    pub open_websockets: usize,
+    pub online_users: usize,
+    pub rooms: usize,
 }
 
 impl Metrics {
@@ -124,6 +135,54 @@ impl Metrics {
             "Accounts created.",
             &[("", self.registrations)],
         );
+        metric(
+            "chatd_open_websockets",
+            "gauge",
+            "Open WebSocket connections.",
+            &[("", gauges.open_websockets as u64)],
+        );
+        metric(
+            "chatd_online_users",
+            "gauge",
+            "Users with at least one open WebSocket.",
+            &[("", gauges.online_users as u64)],
+        );
+        metric(
+            "chatd_rooms",
+            "gauge",
+            "Rooms with at least one member.",
+            &[("", gauges.rooms as u64)],
+        );
+        metric(
+            "chatd_websockets_opened_total",
+            "counter",
+            "WebSocket upgrades accepted.",
+            &[("", self.ws_opened)],
+        );
+        metric(
+            "chatd_ws_messages_total",
+            "counter",
+            "WebSocket text messages: in = received requests, out = frames queued to clients.",
+            &[
+                ("direction=\"in\"", self.ws_messages_in),
+                ("direction=\"out\"", self.ws_messages_out),
+            ],
+        );
+        metric(
+            "chatd_ws_rate_limited_total",
+            "counter",
+            "WebSocket requests refused by ws_rate.",
+            &[("", self.ws_rate_limited)],
+        );
+        metric(
+            "chatd_ws_closed_total",
+            "counter",
+            "WebSockets closed by the server, by reason.",
+            &[
+                ("reason=\"slow_consumer\"", self.ws_slow_consumers),
+                ("reason=\"idle\"", self.ws_idle_closed),
+            ],
+        );
         out
     }
 }
@@ -141,6 +200,7 @@ mod tests {
         m.logins_failed = 2;
         let text = m.render(Gauges {
             open_connections: 3,
+            ..Gauges::default()
         });
         assert!(text.contains("# TYPE chatd_open_connections gauge\nchatd_open_connections 3\n"));
         assert!(text.contains("chatd_http_responses_total{class=\"4xx\"} 2\n"));

@@ -10,13 +10,13 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::Client;
-use crate::app::App;
-use crate::auth::TokenError;
+use crate::app::{App, Effect, TokenCheck};
+use crate::auth::{Claims, Tokens};
 use crate::config::Registration;
 use crate::http::response::rfc3339;
 use crate::http::{ApiError, ErrorCode, Request, Response};
 use crate::limits::retry_after_secs;
-use crate::store::{StoreError, User};
+use crate::store::{Store, StoreError, User};
 
 /// Username rules: 3-32 of `[A-Za-z0-9_.-]`.
 pub fn valid_username(name: &str) -> bool {
@@ -215,30 +215,47 @@ pub fn authenticate(app: &App, req: &Request<'_, '_>, client: Client) -> Result<
             "an Authorization: Bearer <token> header is required",
         )
     })?;
-    user_for_token(app, token, client)
+    authenticate_token(app, token, client).map(|(user, _)| user)
+}
+
+/// [`user_for_token`] with its failures as HTTP errors.
+pub fn authenticate_token(
+    app: &App,
+    token: &str,
+    client: Client,
+) -> Result<(User, Claims), ApiError> {
+    user_for_token(&app.tokens, &app.store, token, client.now.unix_secs()).map_err(|e| match e {
+        TokenCheck::Expired => ApiError::new(ErrorCode::TokenExpired, "the token has expired"),
+        TokenCheck::Invalid => ApiError::new(ErrorCode::Unauthorized, "invalid token"),
+        TokenCheck::Revoked => {
+            ApiError::new(ErrorCode::Unauthorized, "the token is no longer valid")
+        }
+        TokenCheck::Storage => ApiError::internal(),
+    })
 }
 
 /// Checks a token: signature, expiry, account still present, password unchanged.
-pub fn user_for_token(app: &App, token: &str, client: Client) -> Result<User, ApiError> {
-    let claims = app
-        .tokens
-        .verify(token, client.now.unix_secs())
-        .map_err(|e| match e {
-            TokenError::Expired => ApiError::new(ErrorCode::TokenExpired, "the token has expired"),
-            TokenError::Invalid => ApiError::new(ErrorCode::Unauthorized, "invalid token"),
-        })?;
-    let revoked = || ApiError::new(ErrorCode::Unauthorized, "the token is no longer valid");
+pub fn user_for_token(
+    tokens: &Tokens,
+    store: &Store,
+    token: &str,
+    now_secs: i64,
+) -> Result<(User, Claims), TokenCheck> {
+    let claims = tokens.verify(token, now_secs)?;
     let user = claims
         .user_id()
-        .map(|id| app.store.user_by_id(id))
+        .map(|id| store.user_by_id(id))
         .transpose()
-        .map_err(store_error)?
+        .map_err(|e| {
+            log::error!("database error: {e}");
+            TokenCheck::Storage
+        })?
         .flatten()
-        .ok_or_else(revoked)?;
+        .ok_or(TokenCheck::Revoked)?;
     if user.password_version != claims.ver {
-        return Err(revoked());
+        return Err(TokenCheck::Revoked);
     }
-    Ok(user)
+    Ok((user, claims))
 }
 
 pub fn get_me(app: &mut App, req: &Request<'_, '_>, client: Client) -> Result<Response, ApiError> {
@@ -284,6 +301,7 @@ pub fn put_me(app: &mut App, req: &Request<'_, '_>, client: Client) -> Result<Re
             .store
             .set_password(user.id, &hash)
             .map_err(store_error)?;
+        app.effects.push(Effect::CredentialsChanged(user.id));
         log::info!("user {} changed their password", user.username);
     }
     if let Some(name) = change.display_name {

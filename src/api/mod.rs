@@ -8,8 +8,11 @@ mod accounts;
 
 use std::net::IpAddr;
 
+pub use accounts::{user_for_token, valid_username};
+
 use crate::app::App;
-use crate::config::MetricsAccess;
+use crate::chat::SessionUser;
+use crate::config::{DuplicateSessions, MetricsAccess};
 use crate::http::static_files::etag_matches;
 use crate::http::{ApiError, Body, ErrorCode, Request, Response};
 use crate::limits::retry_after_secs;
@@ -22,13 +25,72 @@ pub struct Client {
     pub now: Now,
 }
 
+/// An accepted WebSocket upgrade: who is connecting, and until when their token holds.
+#[derive(Debug, Clone)]
+pub struct WsSession {
+    pub user: SessionUser,
+    /// Unix seconds at which the token presented at the upgrade expires.
+    pub token_expires_at: i64,
+}
+
+/// The answer to a request, and the session to start if it was an accepted upgrade.
+#[derive(Debug)]
+pub struct Handled {
+    pub response: Response,
+    pub upgrade: Option<WsSession>,
+}
+
 /// Answers one request.
-pub fn handle(app: &mut App, req: &Request<'_, '_>, client: Client) -> Response {
+pub fn handle(app: &mut App, req: &Request<'_, '_>, client: Client) -> Handled {
     if let Err(wait) = app.limits.check_http(client.ip) {
         app.metrics.rate_limited_http += 1;
-        return Response::error(&ApiError::rate_limited(retry_after_secs(wait)));
+        return Handled {
+            response: Response::error(&ApiError::rate_limited(retry_after_secs(wait))),
+            upgrade: None,
+        };
     }
-    route(app, req, client).unwrap_or_else(|e| Response::error(&e))
+    if req.path == "/ws" {
+        return match upgrade(app, req, client) {
+            Ok((response, session)) => Handled {
+                response,
+                upgrade: Some(session),
+            },
+            Err(e) => Handled {
+                response: Response::error(&e),
+                upgrade: None,
+            },
+        };
+    }
+    Handled {
+        response: route(app, req, client).unwrap_or_else(|e| Response::error(&e)),
+        upgrade: None,
+    }
+}
+
+/// `GET /ws`: handshake checks, then the token, then the duplicate-session policy.
+fn upgrade(
+    app: &mut App,
+    req: &Request<'_, '_>,
+    client: Client,
+) -> Result<(Response, WsSession), ApiError> {
+    allow(req.method, &["GET"])?;
+    let upgrade = crate::ws::handshake::check(req, &app.config.allowed_origins)?;
+    let (user, claims) = accounts::authenticate_token(app, upgrade.token, client)?;
+    if app.config.duplicate_sessions == DuplicateSessions::Reject && app.chat.is_online(user.id) {
+        return Err(ApiError::new(
+            ErrorCode::AlreadyConnected,
+            "this user already has an open WebSocket",
+        ));
+    }
+    let session = WsSession {
+        user: SessionUser {
+            id: user.id,
+            username: user.username,
+            display_name: user.display_name,
+        },
+        token_expires_at: claims.exp,
+    };
+    Ok((crate::ws::handshake::switching_protocols(&upgrade), session))
 }
 
 fn route(app: &mut App, req: &Request<'_, '_>, client: Client) -> Result<Response, ApiError> {
@@ -93,6 +155,9 @@ fn metrics(app: &App, client: Client) -> Result<Response, ApiError> {
     }
     let text = app.metrics.render(crate::metrics::Gauges {
         open_connections: app.limits.open_connections(),
+        open_websockets: app.chat.connection_count(),
+        online_users: app.chat.online_count(),
+        rooms: app.chat.room_count(),
     });
     let mut r = Response::new(200);
     r.content_type = Some("text/plain; version=0.0.4; charset=utf-8");

@@ -8,11 +8,14 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
+use governor::DefaultDirectRateLimiter;
 use mio::net::TcpStream;
 use rustls::ServerConnection;
 
 use super::outq::OutQueue;
 use super::timers::ConnRef;
+use crate::chat::ConnId;
+use crate::ws::Decoder;
 
 /// Largest plaintext handed to rustls at once: one full TLS record.
 pub const MAX_RECORD: usize = 16 * 1024;
@@ -22,11 +25,22 @@ pub const MAX_RECORD: usize = 16 * 1024;
 /// read our last response).
 pub const LINGER: Duration = Duration::from_secs(2);
 
+/// The configured durations a connection's deadlines are made of.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub header: Duration,
+    pub idle: Duration,
+    pub ws_ping: Duration,
+    pub ws_idle: Duration,
+}
+
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     /// TLS handshake and HTTP/1.1 requests.
     Http,
+    /// Upgraded: WebSocket frames both ways; the state is in `Conn::ws`.
+    WebSocket,
     /// Our side is finished: close_notify sent and the write half shut down. Input is
     /// read and discarded until EOF or the linger deadline.
     Closing,
@@ -68,6 +82,39 @@ impl std::fmt::Display for ConnError {
     }
 }
 
+/// The WebSocket side of an upgraded connection.
+#[derive(Debug)]
+pub struct WsConn {
+    /// The chat's name for this connection.
+    pub id: ConnId,
+    pub decoder: Decoder,
+    /// `ws_rate`: chat requests allowed from this connection.
+    pub limiter: DefaultDirectRateLimiter,
+    /// Requests refused by the limiter in a row; at the burst size the client is
+    /// considered flooding and closed with 1008.
+    pub refusals: u32,
+    /// Last time any byte arrived: the idle deadline counts from here.
+    pub last_heard: Instant,
+    /// Last ping sent.
+    pub last_ping: Instant,
+    /// When the token presented (or renewed with `auth`) expires: close with 4002.
+    pub token_expires: Instant,
+    /// When our close frame was queued; nothing else may follow it, and the peer has
+    /// LINGER to take it before the connection is dropped.
+    pub close_sent_at: Option<Instant>,
+}
+
+impl WsConn {
+    pub fn deadline(&self, timeouts: &Timeouts) -> Instant {
+        if let Some(sent) = self.close_sent_at {
+            return sent + LINGER;
+        }
+        let idle = self.last_heard + timeouts.ws_idle;
+        let ping = self.last_heard.max(self.last_ping) + timeouts.ws_ping;
+        idle.min(ping).min(self.token_expires)
+    }
+}
+
 /// A client connection.
 #[derive(Debug)]
 pub struct Conn {
@@ -102,6 +149,8 @@ pub struct Conn {
     /// `100 Continue` was sent for the request now arriving.
     pub continue_sent: bool,
     pub requests_served: u64,
+    /// Set once upgraded; boxed so plain HTTP connections stay small.
+    pub ws: Option<Box<WsConn>>,
 }
 
 impl Conn {
@@ -130,6 +179,7 @@ impl Conn {
             in_flush_list: false,
             continue_sent: false,
             requests_served: 0,
+            ws: None,
         }
     }
 
@@ -141,12 +191,16 @@ impl Conn {
     }
 
     /// The earliest moment something must happen to this connection.
-    pub fn deadline(&self, header_timeout: Duration, idle_timeout: Duration) -> Instant {
+    pub fn deadline(&self, timeouts: &Timeouts) -> Instant {
         match self.phase {
             Phase::Closing => self.linger_until.unwrap_or(self.last_active),
             Phase::Http => match self.request_started {
-                Some(started) => started + header_timeout,
-                None => self.last_active + idle_timeout,
+                Some(started) => started + timeouts.header,
+                None => self.last_active + timeouts.idle,
+            },
+            Phase::WebSocket => match &self.ws {
+                Some(ws) => ws.deadline(timeouts),
+                None => self.last_active + timeouts.idle,
             },
         }
     }
@@ -173,6 +227,9 @@ impl Conn {
                 Ok(n) => {
                     total += n;
                     self.last_active = now;
+                    if let Some(ws) = self.ws.as_mut() {
+                        ws.last_heard = now;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadStatus::Drained),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

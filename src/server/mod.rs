@@ -3,16 +3,21 @@
 //! One thread, one `mio::Poll`, edge-triggered. A turn of the loop:
 //! 1. wait for readiness, no longer than the earliest deadline;
 //! 2. accept until `WouldBlock`; read every readable connection until `WouldBlock` (or
-//!    its read budget) and hand complete requests to the protocol code;
-//! 3. flush every connection that has output, until `WouldBlock`;
-//! 4. fire due deadlines (handshake/request timeout, idle timeout, linger) and remove
-//!    connections that finished closing.
+//!    its read budget) and hand complete requests and frames to the protocol code;
+//! 3. commit the turn's database writes in one transaction, then release the chat
+//!    frames that depended on them (group commit);
+//! 4. flush every connection that has output, until `WouldBlock`;
+//! 5. fire due deadlines (request, idle, ping, token, linger) and remove connections
+//!    that finished closing.
 //!
 //! Connections cut short by a budget wait in `ready` and are served next turn without
-//! waiting for an edge that will never come.
+//! waiting for an edge that will never come. HTTP handling is in `serve_http`, the
+//! WebSocket side in `serve_ws`.
 
 mod conn;
 mod outq;
+mod serve_http;
+mod serve_ws;
 mod timers;
 
 use std::io;
@@ -27,12 +32,12 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
-use crate::api::{self, Client};
 use crate::app::App;
-use crate::http::{self, Body, Response};
+use crate::chat::Output;
 use crate::limits::Refusal;
 use crate::time::Now;
-use conn::{Conn, ConnError, FlushStatus, Phase, ReadStatus};
+use crate::ws::Close;
+use conn::{Conn, ConnError, FlushStatus, Phase, ReadStatus, Timeouts};
 use timers::{ConnRef, Timers};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -41,15 +46,14 @@ const SIGNALS: Token = Token(usize::MAX - 2);
 /// Bytes read from one connection before the loop serves the others.
 const READ_BUDGET: usize = 64 * 1024;
 
-/// Queued output above which a connection's further requests wait (HTTP pipelining
-/// without reading the answers must not grow memory).
-const OUTPUT_HIGH_WATER: usize = 256 * 1024;
-
-/// How long a graceful shutdown waits for in-flight responses.
+/// How long a graceful shutdown waits for in-flight responses and close handshakes.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// After `accept` fails for lack of file descriptors, retry this much later.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// How often idle rate-limiter entries are dropped.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The plain-text answer to plain HTTP on the TLS port.
 const PLAINTEXT_REPLY: &[u8] = b"HTTP/1.0 400 Bad Request\r\ncontent-type: text/plain\r\n\
@@ -63,6 +67,7 @@ pub struct Server {
     signals: Signals,
     conns: Slab<Conn>,
     timers: Timers,
+    timeouts: Timeouts,
     app: App,
     tls_config: Arc<ServerConfig>,
     next_generation: u32,
@@ -70,6 +75,8 @@ pub struct Server {
     flush_list: Vec<ConnRef>,
     /// Connections to read again next turn (budget exhausted or input resumed).
     ready: Vec<ConnRef>,
+    /// Chat outputs of this turn, released after the turn's commit.
+    chat_outputs: Vec<Output>,
     /// Reused buffer for gathering small writes into one TLS record.
     scratch: Vec<u8>,
     /// The Date header value and the second it was made for.
@@ -92,6 +99,12 @@ impl Server {
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let timeouts = Timeouts {
+            header: app.config.header_timeout,
+            idle: app.config.idle_timeout,
+            ws_ping: app.config.ws_ping_interval,
+            ws_idle: app.config.ws_idle_timeout,
+        };
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -99,11 +112,13 @@ impl Server {
             signals,
             conns: Slab::new(),
             timers: Timers::default(),
+            timeouts,
             app,
             tls_config,
             next_generation: 0,
             flush_list: Vec::new(),
             ready: Vec::new(),
+            chat_outputs: Vec::new(),
             scratch: Vec::with_capacity(conn::MAX_RECORD),
             date: (i64::MIN, String::new()),
             shutdown_deadline: None,
@@ -152,8 +167,9 @@ impl Server {
             for conn_ref in again {
                 self.on_readable(conn_ref, now);
             }
-            self.flush_all(now);
             self.fire_timers(now);
+            self.commit_and_dispatch(now);
+            self.flush_all(now);
             if self
                 .accept_paused_until
                 .is_some_and(|until| until <= now.instant)
@@ -161,7 +177,7 @@ impl Server {
                 self.accept_paused_until = None;
                 self.accept_all(now);
             }
-            if now.instant.duration_since(last_prune) >= Duration::from_secs(60) {
+            if now.instant.duration_since(last_prune) >= PRUNE_INTERVAL {
                 self.app.limits.prune();
                 last_prune = now.instant;
             }
@@ -192,7 +208,7 @@ impl Server {
     fn update_date(&mut self, now: Now) {
         let secs = now.unix_secs();
         if self.date.0 != secs {
-            self.date = (secs, http::response::http_date(secs));
+            self.date = (secs, crate::http::response::http_date(secs));
         }
     }
 
@@ -281,7 +297,8 @@ impl Server {
         }
     }
 
-    /// Stops accepting, lets in-flight requests finish and closes idle connections.
+    /// Stops accepting, sends 1001 to every WebSocket, lets in-flight requests finish
+    /// and closes idle connections.
     fn begin_shutdown(&mut self, now: Now) {
         if self.shutdown_deadline.is_some() {
             return;
@@ -293,14 +310,18 @@ impl Server {
         }
         let refs: Vec<ConnRef> = self.conns.iter().map(|(k, c)| c.conn_ref(k)).collect();
         for conn_ref in refs {
-            let Some(conn) = self.conns.get_mut(conn_ref.key) else {
+            let Some(conn) = self.get(conn_ref) else {
                 continue;
             };
-            // A request already arriving may finish (its response will close the
-            // connection); idle connections and handshakes in progress close now.
-            if conn.inbuf.is_empty() {
-                conn.close_when_flushed = true;
-                self.queue_flush(conn_ref);
+            match conn.phase {
+                Phase::WebSocket => self.close_ws(conn_ref, Close::GoingAway),
+                // A request already arriving may finish (its response will close the
+                // connection); idle connections and handshakes in progress close now.
+                Phase::Http if conn.inbuf.is_empty() => {
+                    conn.close_when_flushed = true;
+                    self.queue_flush(conn_ref);
+                }
+                Phase::Http | Phase::Closing => {}
             }
         }
     }
@@ -339,11 +360,11 @@ impl Server {
 
     /// Makes sure the timer heap holds an entry no later than the connection's deadline.
     fn arm(&mut self, conn_ref: ConnRef) {
-        let (header, idle) = (self.app.config.header_timeout, self.app.config.idle_timeout);
+        let timeouts = self.timeouts;
         let Some(conn) = self.get(conn_ref) else {
             return;
         };
-        let deadline = conn.deadline(header, idle);
+        let deadline = conn.deadline(&timeouts);
         if conn.armed.is_none_or(|armed| deadline < armed) {
             conn.armed = Some(deadline);
             self.timers.push(deadline, conn_ref);
@@ -388,7 +409,9 @@ impl Server {
             // Handshake messages to send.
             self.queue_flush(conn_ref);
         }
-        self.process_http(conn_ref, now);
+        if self.process_http(conn_ref, now) {
+            self.process_ws(conn_ref, now);
+        }
         let Some(conn) = self.get(conn_ref) else {
             return;
         };
@@ -397,6 +420,11 @@ impl Server {
                 // Answer what is already buffered first; the EOF is seen again later.
             }
             ReadStatus::Eof => {
+                if conn.phase == Phase::WebSocket {
+                    // The client vanished without a close frame.
+                    self.drop_ws(conn_ref);
+                    return;
+                }
                 if conn.inbuf.is_empty() || conn.close_when_flushed {
                     conn.close_when_flushed = true;
                     conn.inbuf = Vec::new();
@@ -446,191 +474,57 @@ impl Server {
         self.remove(conn_ref.key);
     }
 
-    /// Parses and answers every complete request in the connection's input, in order.
-    fn process_http(&mut self, conn_ref: ConnRef, now: Now) {
-        let limits = http::RequestLimits {
-            max_header_bytes: self.app.config.max_header_bytes,
-            max_body_bytes: self.app.config.max_body_bytes,
-        };
-        let shutting_down = self.shutdown_deadline.is_some();
-        let access_log = self.app.config.access_log;
-        let Server {
-            conns, app, date, ..
-        } = self;
+    /// Flushes every connection that has output, then closes those that are done.
+    fn flush_all(&mut self, now: Now) {
+        let list = std::mem::take(&mut self.flush_list);
+        for conn_ref in list {
+            if let Some(conn) = self.get(conn_ref) {
+                conn.in_flush_list = false;
+            }
+            self.flush_now(conn_ref, now);
+        }
+    }
+
+    /// Flushes one connection; finishes its close when everything is out.
+    fn flush_now(&mut self, conn_ref: ConnRef, now: Now) {
+        let Server { conns, scratch, .. } = self;
         let Some(conn) = conns
             .get_mut(conn_ref.key)
             .filter(|c| c.generation == conn_ref.generation)
         else {
             return;
         };
-        let mut consumed = 0;
-        let mut answered = false;
-        while conn.phase == Phase::Http && !conn.close_when_flushed {
-            if conn.out.len() > OUTPUT_HIGH_WATER {
-                conn.input_paused = true;
-                break;
-            }
-            let mut headers = [httparse::EMPTY_HEADER; http::MAX_HEADERS];
-            let input = &conn.inbuf[consumed..];
-            if input.is_empty() {
-                break;
-            }
-            let started = Instant::now();
-            let (response, method, path, len) =
-                match http::parse_request(input, &mut headers, limits) {
-                    Ok(http::ParseStatus::Partial { expects_continue }) => {
-                        if expects_continue && !conn.continue_sent {
-                            conn.continue_sent = true;
-                            conn.out
-                                .push_owned(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec());
-                            answered = true;
-                        }
-                        break;
-                    }
-                    Ok(http::ParseStatus::Complete(parsed)) => {
-                        let client = Client {
-                            ip: conn.peer.ip(),
-                            now,
-                        };
-                        let mut response = api::handle(app, &parsed.request, client);
-                        if !parsed.request.keep_alive() || shutting_down {
-                            response.close = true;
-                        }
-                        (
-                            response,
-                            parsed.request.method,
-                            parsed.request.path,
-                            parsed.len,
-                        )
-                    }
-                    Err(e) => {
-                        let mut response = Response::error(&e);
-                        response.close = true;
-                        (response, "-", "-", 0)
-                    }
-                };
-            let mut head = Vec::with_capacity(512);
-            response.write_head(&date.1, &mut head);
-            conn.out.push_owned(head);
-            let body_bytes = if response.sends_body() {
-                let n = response.body.len();
-                match response.body {
-                    Body::Empty => {}
-                    Body::Owned(bytes) => conn.out.push_owned(bytes),
-                    Body::Shared(bytes) => conn.out.push_shared(bytes),
-                }
-                n
-            } else {
-                0
-            };
-            app.metrics.count_response(response.status);
-            if access_log {
-                log::info!(
-                    target: "chatd::access",
-                    "{} \"{} {}\" {} {}B {}us",
-                    conn.peer.ip(),
-                    method,
-                    path,
-                    response.status,
-                    body_bytes,
-                    started.elapsed().as_micros()
-                );
-            }
-            answered = true;
-            consumed += len;
-            conn.requests_served += 1;
-            conn.continue_sent = false;
-            conn.request_started = None;
-            if response.close {
-                conn.close_when_flushed = true;
-            }
-        }
-        if consumed > 0 {
-            conn.inbuf.drain(..consumed);
-        }
-        if conn.close_when_flushed {
-            conn.inbuf = Vec::new();
-        } else if !conn.inbuf.is_empty() {
-            if conn.request_started.is_none() {
-                conn.request_started = Some(now.instant);
-            }
-        } else {
-            conn.release_idle_input();
-        }
-        if answered {
-            conn.last_active = now.instant;
-            self.queue_flush(conn_ref);
-        }
-    }
-
-    /// Flushes every connection that has output, then closes those that are done.
-    fn flush_all(&mut self, now: Now) {
-        let list = std::mem::take(&mut self.flush_list);
-        for conn_ref in list {
-            let Server { conns, scratch, .. } = self;
-            let Some(conn) = conns
-                .get_mut(conn_ref.key)
-                .filter(|c| c.generation == conn_ref.generation)
-            else {
-                continue;
-            };
-            conn.in_flush_list = false;
-            let status = match conn.flush(scratch, now.instant) {
-                Ok(status) => status,
-                Err(e) => {
-                    log::debug!("write to {} failed: {e}", conn.peer);
-                    self.remove(conn_ref.key);
-                    continue;
-                }
-            };
-            if status == FlushStatus::Done {
-                if conn.phase == Phase::Closing {
-                    conn.shutdown_write();
-                    if conn.discard_input() {
-                        self.remove(conn_ref.key);
-                        continue;
-                    }
-                } else if conn.close_when_flushed {
-                    conn.begin_close(now.instant);
-                    // Send the close_notify queued just now, then shut down.
-                    self.queue_flush_now(conn_ref, now);
-                    continue;
-                }
-            }
-            if conn.input_paused && conn.out.len() <= OUTPUT_HIGH_WATER / 2 {
-                conn.input_paused = false;
-                self.ready.push(conn_ref);
-            }
-            self.arm(conn_ref);
-        }
-    }
-
-    /// Flushes one connection immediately (used for the close_notify after a final flush).
-    fn queue_flush_now(&mut self, conn_ref: ConnRef, now: Now) {
-        let Server { conns, scratch, .. } = self;
-        let Some(conn) = conns.get_mut(conn_ref.key) else {
-            return;
-        };
-        match conn.flush(scratch, now.instant) {
-            Ok(FlushStatus::Done) => {
-                conn.shutdown_write();
-                if conn.discard_input() {
-                    self.remove(conn_ref.key);
-                    return;
-                }
-            }
-            Ok(FlushStatus::Blocked) => {}
-            Err(_) => {
-                self.remove(conn_ref.key);
+        let status = match conn.flush(scratch, now.instant) {
+            Ok(status) => status,
+            Err(e) => {
+                log::debug!("write to {} failed: {e}", conn.peer);
+                self.remove_any(conn_ref);
                 return;
             }
+        };
+        if status == FlushStatus::Done {
+            if conn.phase == Phase::Closing {
+                conn.shutdown_write();
+                if conn.discard_input() {
+                    self.remove_any(conn_ref);
+                    return;
+                }
+            } else if conn.close_when_flushed {
+                // Everything is out: send close_notify, then shut down and linger.
+                conn.begin_close(now.instant);
+                return self.flush_now(conn_ref, now);
+            }
+        }
+        if conn.input_paused && conn.out.len() <= serve_http::OUTPUT_HIGH_WATER / 2 {
+            conn.input_paused = false;
+            self.ready.push(conn_ref);
         }
         self.arm(conn_ref);
     }
 
     /// Handles every deadline that has passed.
     fn fire_timers(&mut self, now: Now) {
-        let (header, idle) = (self.app.config.header_timeout, self.app.config.idle_timeout);
+        let timeouts = self.timeouts;
         while let Some((at, conn_ref)) = self.timers.pop_due(now.instant) {
             let Some(conn) = self.get(conn_ref) else {
                 continue;
@@ -639,15 +533,12 @@ impl Server {
                 continue; // superseded by an earlier entry
             }
             conn.armed = None;
-            let deadline = conn.deadline(header, idle);
-            if deadline > now.instant {
+            if conn.deadline(&timeouts) > now.instant {
                 self.arm(conn_ref);
                 continue;
             }
             match conn.phase {
-                Phase::Closing => {
-                    self.remove(conn_ref.key);
-                }
+                Phase::Closing => self.remove(conn_ref.key),
                 Phase::Http if conn.request_started.is_some() => {
                     log::debug!("{}: request not complete in time; closing", conn.peer);
                     self.app.metrics.header_timeouts += 1;
@@ -658,17 +549,30 @@ impl Server {
                     self.app.metrics.idle_timeouts += 1;
                     self.queue_flush(conn_ref);
                 }
+                Phase::WebSocket => self.ws_deadline(conn_ref, now),
             }
         }
-        // Timeout closes queued flushes: run them now rather than next turn.
-        if !self.flush_list.is_empty() {
-            self.flush_all(now);
+    }
+
+    /// Removes a connection for good, telling the chat if it was a WebSocket.
+    fn remove_any(&mut self, conn_ref: ConnRef) {
+        if self
+            .get(conn_ref)
+            .is_some_and(|c| c.phase == Phase::WebSocket)
+        {
+            self.drop_ws(conn_ref);
+        } else {
+            self.remove(conn_ref.key);
         }
     }
 
     /// Removes a connection for good.
     fn remove(&mut self, key: usize) {
         if let Some(mut conn) = self.conns.try_remove(key) {
+            if let Some(ws) = &conn.ws {
+                // Normally already done; a connection must never stay in the chat.
+                self.app.chat.disconnect(ws.id, &mut self.chat_outputs);
+            }
             let _ = self.poll.registry().deregister(&mut conn.socket);
             self.app.limits.close_connection(conn.peer.ip());
         }

@@ -127,6 +127,19 @@ impl OutQueue {
         }
     }
 
+    /// Drops everything not yet started. A chunk partly handed on is kept whole, so the
+    /// peer never receives a cut frame; chunks always hold whole frames or responses.
+    pub fn drop_unstarted(&mut self) {
+        let keep = self.chunks.front().is_some_and(|c| c.sent > 0);
+        let kept = if keep { self.chunks.pop_front() } else { None };
+        self.chunks = VecDeque::new();
+        self.len = 0;
+        if let Some(chunk) = kept {
+            self.len = chunk.rest().len();
+            self.chunks.push_back(chunk);
+        }
+    }
+
     /// Returns the memory of an empty queue (idle connections should hold none).
     pub fn shrink_if_empty(&mut self) {
         if self.chunks.is_empty() && self.chunks.capacity() > 0 {
@@ -161,5 +174,20 @@ mod tests {
         assert!(q.is_empty());
         q.shrink_if_empty();
         assert_eq!(q.front(), b"");
+    }
+
+    #[test]
+    fn drop_unstarted_keeps_a_partly_sent_chunk() {
+        let mut q = OutQueue::default();
+        q.push_shared(Arc::from(&b"frame1"[..]));
+        q.push_shared(Arc::from(&b"frame2"[..]));
+        q.drop_unstarted();
+        assert!(q.is_empty());
+        q.push_shared(Arc::from(&b"frame1"[..]));
+        q.push_shared(Arc::from(&b"frame2"[..]));
+        q.consume(2);
+        q.drop_unstarted();
+        assert_eq!(q.len(), 4);
+        assert_eq!(q.front(), b"ame1");
     }
 }

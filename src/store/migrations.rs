@@ -17,6 +17,27 @@ const MIGRATIONS: &[&str] = &[
         password_version INTEGER NOT NULL DEFAULT 0,
         created_at INTEGER NOT NULL
     );",
+    // 2: chat. Room messages, direct messages and notifications share one id sequence
+    // (assigned by chatd, see messages.rs). A direct message also records its two
+    // participants as (user_lo, user_hi) so a conversation is one index range.
+    "CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        kind INTEGER NOT NULL,
+        room TEXT,
+        sender_id INTEGER NOT NULL REFERENCES users(id),
+        recipient_id INTEGER REFERENCES users(id),
+        user_lo INTEGER,
+        user_hi INTEGER,
+        text TEXT NOT NULL,
+        ts INTEGER NOT NULL
+    );
+    CREATE INDEX messages_by_room ON messages(room, id) WHERE room IS NOT NULL;
+    CREATE INDEX messages_by_pair ON messages(user_lo, user_hi, id) WHERE user_lo IS NOT NULL;
+    CREATE TABLE subscriptions (
+        subscriber_id INTEGER NOT NULL REFERENCES users(id),
+        target_id INTEGER NOT NULL REFERENCES users(id),
+        PRIMARY KEY (subscriber_id, target_id)
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this build writes.

@@ -4,12 +4,15 @@
 //! in `schema_version`, so an old database is upgraded in place and a newer one refused.
 //! Every statement is parameterised and prepared once (statement cache).
 
+mod messages;
 mod migrations;
 mod users;
 
 use std::path::Path;
 
 use rusqlite::Connection;
+
+use crate::config::DbSynchronous;
 
 pub use users::User;
 
@@ -54,6 +57,12 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 /// The open database.
 pub struct Store {
     conn: Connection,
+    /// The id the next message gets: one sequence for every kind of message.
+    next_message_id: i64,
+    /// Writes of the current turn, committed together.
+    pending: Vec<messages::PendingWrite>,
+    /// A commit failed since the last `take_commit_failure`.
+    commit_failed: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -63,34 +72,54 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database and brings its schema up to date.
+    /// Opens (creating if needed) the database with `synchronous = FULL` and brings its
+    /// schema up to date.
     pub fn open(path: &Path) -> Result<Store> {
+        Store::open_with(path, DbSynchronous::Full)
+    }
+
+    /// Opens with the given durability setting.
+    pub fn open_with(path: &Path, synchronous: DbSynchronous) -> Result<Store> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(StoreError::Io)?;
         }
         let conn = Connection::open(path)?;
-        Store::init(conn)
+        Store::init(conn, synchronous)
     }
 
     /// A private in-memory database, for tests.
     pub fn open_in_memory() -> Result<Store> {
-        Store::init(Connection::open_in_memory()?)
+        Store::init(Connection::open_in_memory()?, DbSynchronous::Normal)
     }
 
-    fn init(conn: Connection) -> Result<Store> {
+    fn init(conn: Connection, synchronous: DbSynchronous) -> Result<Store> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        // NORMAL in WAL mode: a commit survives a crash of chatd (kill -9); only an OS
-        // crash or power cut can lose the last commits.
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // FULL: every commit is fsynced. NORMAL (WAL): a commit survives a crash of
+        // chatd (kill -9); only an OS crash or power cut can lose the last commits.
+        let level = match synchronous {
+            DbSynchronous::Full => "FULL",
+            DbSynchronous::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", level)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(2))?;
         conn.set_prepared_statement_cache_capacity(64);
         migrations::apply(&conn)?;
-        Ok(Store { conn })
+        let next_message_id: i64 =
+            conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM messages", [], |r| {
+                r.get(0)
+            })?;
+        Ok(Store {
+            conn,
+            next_message_id,
+            pending: Vec::new(),
+            commit_failed: false,
+        })
     }
 
-    /// Checkpoints the WAL and closes, for a clean shutdown.
-    pub fn close(self) -> Result<()> {
+    /// Commits what is pending, checkpoints the WAL and closes, for a clean shutdown.
+    pub fn close(mut self) -> Result<()> {
+        self.commit_pending()?;
         self.conn
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
         self.conn.close().map_err(|(_, e)| StoreError::Sqlite(e))

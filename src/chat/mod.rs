@@ -1,0 +1,768 @@
+//! The chat core: rooms, presence, direct messages, subscriptions. No sockets, no clock.
+//!
+//! Inputs are a connection arriving, a text message from a connection, and a
+//! connection leaving; time comes in as an argument. Outputs are appended to a list:
+//! frames to deliver (each encoded once and shared by all its recipients), connections
+//! to close, token expiries to track. Storage goes through the [`Backend`] trait, so the
+//! core is tested with an in-memory backend and could later sit behind a cross-server
+//! backplane.
+//!
+//! Lookups use indexes kept here: room -> connections, user -> connections, and the
+//! subscribers of each user. Nothing scans all connections.
+
+pub mod protocol;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use indexmap::IndexSet;
+use serde_json::{Value, json};
+
+use crate::ws::Close;
+use protocol::{ChatError, ErrorCode, Frame, HistoryTarget, Item, ItemKind, Page, Request};
+
+pub type UserId = i64;
+
+/// The room every connection starts in.
+pub const LOBBY: &str = "lobby";
+
+/// Identifies one WebSocket connection (assigned by the server, never reused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// An account as the chat sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRef {
+    pub id: UserId,
+    pub username: String,
+}
+
+/// A message to store; the backend assigns its id from the one increasing sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage<'a> {
+    pub from: UserId,
+    pub kind: NewKind<'a>,
+    pub text: &'a str,
+    pub ts: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NewKind<'a> {
+    Room(&'a str),
+    Direct { to: UserId },
+    Notification,
+}
+
+/// A history request resolved to ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryScope<'a> {
+    Room(&'a str),
+    Direct { a: UserId, b: UserId },
+}
+
+/// What a valid token says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub user_id: UserId,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// A storage failure; the request gets an internal_error reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendError(pub String);
+
+/// Everything the core needs from outside: accounts, durable writes, history, tokens.
+///
+/// Writes (`store_message`, `set_subscription`) may be batched by the implementation:
+/// outputs marked durable are released only once the batch has committed.
+pub trait Backend {
+    fn find_user(&mut self, username: &str) -> Result<Option<UserRef>, BackendError>;
+    /// Queues the message and returns its id.
+    fn store_message(&mut self, message: &NewMessage<'_>) -> Result<i64, BackendError>;
+    fn set_subscription(
+        &mut self,
+        subscriber: UserId,
+        target: UserId,
+        subscribed: bool,
+    ) -> Result<(), BackendError>;
+    /// Up to `limit` items of the scope in the page, oldest first, and whether more
+    /// exist beyond the page in its direction.
+    fn history(
+        &mut self,
+        scope: &HistoryScope<'_>,
+        page: Page,
+        limit: usize,
+    ) -> Result<(Vec<Item>, bool), BackendError>;
+    /// Checks a token (signature, expiry at `now_ms`, account, password version).
+    fn verify_token(&mut self, token: &str, now_ms: i64) -> Result<TokenInfo, ChatError>;
+}
+
+/// Who receives a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipients {
+    One(ConnId),
+    Many(Vec<ConnId>),
+}
+
+impl Recipients {
+    pub fn as_slice(&self) -> &[ConnId] {
+        match self {
+            Recipients::One(c) => std::slice::from_ref(c),
+            Recipients::Many(v) => v,
+        }
+    }
+}
+
+/// A frame for some connections.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub to: Recipients,
+    pub frame: Frame,
+    /// Depends on this turn's writes: sent only if they commit.
+    pub durable: bool,
+    /// Sent instead when a durable delivery's writes fail (the sender's error reply).
+    pub fallback: Option<Frame>,
+}
+
+/// An effect for the event loop to carry out.
+#[derive(Debug, Clone)]
+pub enum Output {
+    Deliver(Delivery),
+    /// Close this connection with this code (it has already left the chat).
+    Close {
+        conn: ConnId,
+        close: Close,
+    },
+    /// The connection's token now expires at this Unix second.
+    TokenRenewed {
+        conn: ConnId,
+        expires_at: i64,
+    },
+}
+
+/// Limits and settings the core needs.
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    pub max_text_chars: usize,
+    pub history_max: usize,
+    /// The `limits` object of the welcome frame.
+    pub welcome_limits: Value,
+}
+
+/// The user of a new connection.
+#[derive(Debug, Clone)]
+pub struct SessionUser {
+    pub id: UserId,
+    pub username: String,
+    pub display_name: String,
+}
+
+#[derive(Debug)]
+struct Session {
+    user: UserId,
+    rooms: Vec<Arc<str>>,
+}
+
+#[derive(Debug)]
+struct OnlineUser {
+    username: Arc<str>,
+    conns: Vec<ConnId>,
+}
+
+#[derive(Debug, Default)]
+struct Room {
+    conns: IndexSet<ConnId>,
+    /// Connections per user in this room: presence changes at 0 <-> 1.
+    users: HashMap<UserId, u32>,
+}
+
+/// Counters the metrics endpoint shows.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ChatStats {
+    pub requests: u64,
+    pub deliveries: u64,
+}
+
+/// The chat state of the whole server.
+#[derive(Debug)]
+pub struct Chat {
+    config: ChatConfig,
+    sessions: HashMap<ConnId, Session>,
+    online: HashMap<UserId, OnlineUser>,
+    rooms: HashMap<Arc<str>, Room>,
+    /// target -> users subscribed to them (all accounts, loaded at start).
+    subscribers: HashMap<UserId, HashSet<UserId>>,
+    pub stats: ChatStats,
+}
+
+impl Chat {
+    /// A chat with the stored subscriptions, as (subscriber, target) pairs.
+    pub fn new(
+        config: ChatConfig,
+        subscriptions: impl IntoIterator<Item = (UserId, UserId)>,
+    ) -> Self {
+        let mut subscribers: HashMap<UserId, HashSet<UserId>> = HashMap::new();
+        for (subscriber, target) in subscriptions {
+            subscribers.entry(target).or_default().insert(subscriber);
+        }
+        Chat {
+            config,
+            sessions: HashMap::new(),
+            online: HashMap::new(),
+            rooms: HashMap::new(),
+            subscribers,
+            stats: ChatStats::default(),
+        }
+    }
+
+    pub fn parse_limits(&self) -> protocol::ParseLimits {
+        protocol::ParseLimits {
+            max_text_chars: self.config.max_text_chars,
+            history_max: self.config.history_max,
+        }
+    }
+
+    pub fn is_online(&self, user: UserId) -> bool {
+        self.online.contains_key(&user)
+    }
+
+    /// The open connections of a user.
+    pub fn connections_of(&self, user: UserId) -> &[ConnId] {
+        self.online.get(&user).map_or(&[], |u| &u.conns)
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Users with at least one connection.
+    pub fn online_count(&self) -> usize {
+        self.online.len()
+    }
+
+    /// Rooms that have at least one member.
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// A new connection: welcome frame, automatic lobby join (with presence), and with
+    /// `replace_older`, the user's older connections closed with 4001.
+    pub fn connect(
+        &mut self,
+        conn: ConnId,
+        user: &SessionUser,
+        replace_older: bool,
+        out: &mut Vec<Output>,
+    ) {
+        let older: Vec<ConnId> = if replace_older {
+            self.connections_of(user.id).to_vec()
+        } else {
+            Vec::new()
+        };
+        let online = self.online.entry(user.id).or_insert_with(|| OnlineUser {
+            username: Arc::from(user.username.as_str()),
+            conns: Vec::new(),
+        });
+        online.conns.push(conn);
+        self.sessions.insert(
+            conn,
+            Session {
+                user: user.id,
+                rooms: Vec::new(),
+            },
+        );
+        let welcome = protocol::welcome(
+            json!({"id": user.id, "username": user.username, "display_name": user.display_name}),
+            &[LOBBY],
+            self.config.welcome_limits.clone(),
+        );
+        self.deliver(out, Recipients::One(conn), welcome);
+        self.join_room(conn, LOBBY, out);
+        // The new connection is in first, so replacing never makes the user appear to
+        // leave and rejoin.
+        for old in older {
+            self.disconnect(old, out);
+            out.push(Output::Close {
+                conn: old,
+                close: Close::Replaced,
+            });
+        }
+    }
+
+    /// Closes every connection of a user with `close` (a password change, say).
+    pub fn disconnect_user(&mut self, user: UserId, close: Close, out: &mut Vec<Output>) {
+        for conn in self.connections_of(user).to_vec() {
+            self.disconnect(conn, out);
+            out.push(Output::Close { conn, close });
+        }
+    }
+
+    /// A connection left: it leaves every room (presence) and is forgotten.
+    pub fn disconnect(&mut self, conn: ConnId, out: &mut Vec<Output>) {
+        let Some(session) = self.sessions.remove(&conn) else {
+            return;
+        };
+        for room in &session.rooms {
+            self.leave_room_index(conn, session.user, room, out);
+        }
+        if let Some(online) = self.online.get_mut(&session.user) {
+            online.conns.retain(|c| *c != conn);
+            if online.conns.is_empty() {
+                self.online.remove(&session.user);
+            }
+        }
+    }
+
+    /// The reply to a request refused by the connection's rate limit.
+    pub fn reject_rate_limited(&mut self, conn: ConnId, text: &str, out: &mut Vec<Output>) {
+        let (reference, _) = protocol::parse_request(text, self.parse_limits());
+        let error = ChatError::new(ErrorCode::RateLimited, "too many requests; slow down");
+        self.deliver(
+            out,
+            Recipients::One(conn),
+            protocol::reply_error(&reference, &error),
+        );
+    }
+
+    /// Handles one text message from a connection; exactly one reply goes back to it.
+    pub fn handle(
+        &mut self,
+        conn: ConnId,
+        text: &str,
+        backend: &mut dyn Backend,
+        now_ms: i64,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(user) = self.sessions.get(&conn).map(|s| s.user) else {
+            return;
+        };
+        self.stats.requests += 1;
+        let (reference, request) = protocol::parse_request(text, self.parse_limits());
+        let result = request.and_then(|request| {
+            self.dispatch(conn, user, request, &reference, backend, now_ms, out)
+        });
+        match result {
+            Ok(Reply::Now(data)) => {
+                self.deliver(
+                    out,
+                    Recipients::One(conn),
+                    protocol::reply_ok(&reference, data),
+                );
+            }
+            Ok(Reply::Durable(data)) => out.push(Output::Deliver(Delivery {
+                to: Recipients::One(conn),
+                frame: protocol::reply_ok(&reference, data),
+                durable: true,
+                fallback: Some(protocol::reply_error(&reference, &ChatError::internal())),
+            })),
+            Ok(Reply::Sent) => {}
+            Err(error) => {
+                self.deliver(
+                    out,
+                    Recipients::One(conn),
+                    protocol::reply_error(&reference, &error),
+                );
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch(
+        &mut self,
+        conn: ConnId,
+        user: UserId,
+        request: Request,
+        reference: &Value,
+        backend: &mut dyn Backend,
+        now_ms: i64,
+        out: &mut Vec<Output>,
+    ) -> Result<Reply, ChatError> {
+        match request {
+            Request::Ping => Ok(Reply::Now(json!({}))),
+            Request::Join { room } => {
+                self.join_room(conn, &room, out);
+                let members = self.members(&room);
+                Ok(Reply::Now(json!({"room": room, "members": members})))
+            }
+            Request::Leave { room } => {
+                let in_room = self
+                    .sessions
+                    .get(&conn)
+                    .is_some_and(|s| s.rooms.iter().any(|r| **r == *room));
+                if !in_room {
+                    return Err(not_member(&room));
+                }
+                self.leave_room(conn, &room, out);
+                Ok(Reply::Now(json!({"room": room})))
+            }
+            Request::Send { room, text } => {
+                let Some(members) = self
+                    .rooms
+                    .get(room.as_str())
+                    .filter(|r| r.conns.contains(&conn))
+                else {
+                    return Err(not_member(&room));
+                };
+                let recipients: Vec<ConnId> = members.conns.iter().copied().collect();
+                let message = NewMessage {
+                    from: user,
+                    kind: NewKind::Room(&room),
+                    text: &text,
+                    ts: now_ms,
+                };
+                let id = backend.store_message(&message).map_err(internal)?;
+                let item = Item {
+                    id,
+                    kind: ItemKind::Room(room),
+                    from: self.username(user),
+                    text,
+                    ts: now_ms,
+                };
+                self.reply_then_fan_out(
+                    conn,
+                    reference,
+                    id,
+                    now_ms,
+                    None,
+                    Recipients::Many(recipients),
+                    item.frame(),
+                    out,
+                );
+                Ok(Reply::Sent)
+            }
+            Request::Direct { to, text } => {
+                let target = self.resolve_user(&to, backend)?;
+                let message = NewMessage {
+                    from: user,
+                    kind: NewKind::Direct { to: target.id },
+                    text: &text,
+                    ts: now_ms,
+                };
+                let id = backend.store_message(&message).map_err(internal)?;
+                let mut recipients: Vec<ConnId> = self.connections_of(target.id).to_vec();
+                if target.id != user {
+                    recipients.extend_from_slice(self.connections_of(user));
+                }
+                let item = Item {
+                    id,
+                    kind: ItemKind::Direct {
+                        to: target.username,
+                    },
+                    from: self.username(user),
+                    text,
+                    ts: now_ms,
+                };
+                self.reply_then_fan_out(
+                    conn,
+                    reference,
+                    id,
+                    now_ms,
+                    None,
+                    Recipients::Many(recipients),
+                    item.frame(),
+                    out,
+                );
+                Ok(Reply::Sent)
+            }
+            Request::Publish { text } => {
+                let message = NewMessage {
+                    from: user,
+                    kind: NewKind::Notification,
+                    text: &text,
+                    ts: now_ms,
+                };
+                let id = backend.store_message(&message).map_err(internal)?;
+                let recipients: Vec<ConnId> = self
+                    .subscribers
+                    .get(&user)
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|s| self.connections_of(*s))
+                    .copied()
+                    .collect();
+                let item = Item {
+                    id,
+                    kind: ItemKind::Notification,
+                    from: self.username(user),
+                    text,
+                    ts: now_ms,
+                };
+                let delivered = recipients.len();
+                self.reply_then_fan_out(
+                    conn,
+                    reference,
+                    id,
+                    now_ms,
+                    Some(delivered),
+                    Recipients::Many(recipients),
+                    item.frame(),
+                    out,
+                );
+                Ok(Reply::Sent)
+            }
+            Request::Subscribe { user: name } | Request::Unsubscribe { user: name }
+                if self.is_self(user, &name) =>
+            {
+                Err(ChatError::bad_request("you cannot subscribe to yourself"))
+            }
+            Request::Subscribe { user: name } => {
+                let target = self.resolve_user(&name, backend)?;
+                backend
+                    .set_subscription(user, target.id, true)
+                    .map_err(internal)?;
+                self.subscribers.entry(target.id).or_default().insert(user);
+                Ok(Reply::Durable(json!({"user": target.username})))
+            }
+            Request::Unsubscribe { user: name } => {
+                let target = self.resolve_user(&name, backend)?;
+                backend
+                    .set_subscription(user, target.id, false)
+                    .map_err(internal)?;
+                if let Some(set) = self.subscribers.get_mut(&target.id) {
+                    set.remove(&user);
+                    if set.is_empty() {
+                        self.subscribers.remove(&target.id);
+                    }
+                }
+                Ok(Reply::Durable(json!({"user": target.username})))
+            }
+            Request::Rooms => {
+                let mut rooms: Vec<(&str, usize)> = self
+                    .rooms
+                    .iter()
+                    .map(|(name, room)| (&**name, room.users.len()))
+                    .collect();
+                rooms.sort_unstable();
+                let rooms: Vec<Value> = rooms
+                    .into_iter()
+                    .map(|(name, members)| json!({"name": name, "members": members}))
+                    .collect();
+                Ok(Reply::Now(json!({"rooms": rooms})))
+            }
+            Request::Users => {
+                let mut users: Vec<&str> = self.online.values().map(|u| &*u.username).collect();
+                users.sort_unstable();
+                Ok(Reply::Now(json!({"users": users})))
+            }
+            Request::History {
+                target,
+                page,
+                limit,
+            } => {
+                let (items, more) = match &target {
+                    HistoryTarget::Room(room) => {
+                        backend.history(&HistoryScope::Room(room), page, limit)
+                    }
+                    HistoryTarget::With(name) => {
+                        let other = self.resolve_user(name, backend)?;
+                        backend.history(
+                            &HistoryScope::Direct {
+                                a: user,
+                                b: other.id,
+                            },
+                            page,
+                            limit,
+                        )
+                    }
+                }
+                .map_err(internal)?;
+                let messages: Vec<Value> = items.iter().map(Item::to_json).collect();
+                Ok(Reply::Now(json!({"messages": messages, "more": more})))
+            }
+            Request::Auth { token } => {
+                let info = backend.verify_token(&token, now_ms)?;
+                if info.user_id != user {
+                    return Err(ChatError::new(
+                        ErrorCode::Unauthorized,
+                        "the token belongs to another user",
+                    ));
+                }
+                out.push(Output::TokenRenewed {
+                    conn,
+                    expires_at: info.expires_at,
+                });
+                Ok(Reply::Now(json!({"expires_at": info.expires_at * 1000})))
+            }
+        }
+    }
+
+    /// The ok reply to the sender (durable), then the event to its recipients
+    /// (durable): both go out only once the message is stored.
+    #[allow(clippy::too_many_arguments)]
+    fn reply_then_fan_out(
+        &mut self,
+        conn: ConnId,
+        reference: &Value,
+        id: i64,
+        ts: i64,
+        delivered: Option<usize>,
+        recipients: Recipients,
+        event: Frame,
+        out: &mut Vec<Output>,
+    ) {
+        let data = match delivered {
+            Some(n) => json!({"id": id, "ts": ts, "delivered": n}),
+            None => json!({"id": id, "ts": ts}),
+        };
+        out.push(Output::Deliver(Delivery {
+            to: Recipients::One(conn),
+            frame: protocol::reply_ok(reference, data),
+            durable: true,
+            fallback: Some(protocol::reply_error(reference, &ChatError::internal())),
+        }));
+        if !recipients.as_slice().is_empty() {
+            self.stats.deliveries += recipients.as_slice().len() as u64;
+            out.push(Output::Deliver(Delivery {
+                to: recipients,
+                frame: event,
+                durable: true,
+                fallback: None,
+            }));
+        }
+    }
+
+    fn deliver(&mut self, out: &mut Vec<Output>, to: Recipients, frame: Frame) {
+        self.stats.deliveries += to.as_slice().len() as u64;
+        out.push(Output::Deliver(Delivery {
+            to,
+            frame,
+            durable: false,
+            fallback: None,
+        }));
+    }
+
+    fn username(&self, user: UserId) -> String {
+        self.online
+            .get(&user)
+            .map(|u| u.username.to_string())
+            .unwrap_or_default()
+    }
+
+    fn is_self(&self, user: UserId, name: &str) -> bool {
+        self.online
+            .get(&user)
+            .is_some_and(|u| u.username.eq_ignore_ascii_case(name))
+    }
+
+    fn resolve_user(&self, name: &str, backend: &mut dyn Backend) -> Result<UserRef, ChatError> {
+        backend
+            .find_user(name)
+            .map_err(internal)?
+            .ok_or_else(|| ChatError::new(ErrorCode::UnknownUser, format!("no user named {name}")))
+    }
+
+    /// Distinct usernames in a room, sorted.
+    fn members(&self, room: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .rooms
+            .get(room)
+            .into_iter()
+            .flat_map(|r| r.users.keys())
+            .map(|u| self.username(*u))
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
+    fn join_room(&mut self, conn: ConnId, room: &str, out: &mut Vec<Output>) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        if session.rooms.iter().any(|r| **r == *room) {
+            return;
+        }
+        let user = session.user;
+        let name: Arc<str> = match self.rooms.get_key_value(room) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(room),
+        };
+        session.rooms.push(name.clone());
+        let entry = self.rooms.entry(name).or_default();
+        entry.conns.insert(conn);
+        let count = entry.users.entry(user).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            self.announce(room, user, true, out);
+        }
+    }
+
+    fn leave_room(&mut self, conn: ConnId, room: &str, out: &mut Vec<Output>) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        let Some(pos) = session.rooms.iter().position(|r| **r == *room) else {
+            return;
+        };
+        let name = session.rooms.swap_remove(pos);
+        let user = session.user;
+        self.leave_room_index(conn, user, &name, out);
+    }
+
+    /// Removes the connection from the room's indexes (the session's own list is the
+    /// caller's business) and announces the user's departure if it was their last.
+    fn leave_room_index(&mut self, conn: ConnId, user: UserId, room: &str, out: &mut Vec<Output>) {
+        let Some(entry) = self.rooms.get_mut(room) else {
+            return;
+        };
+        entry.conns.swap_remove(&conn);
+        let last = match entry.users.get_mut(&user) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                false
+            }
+            Some(_) => {
+                entry.users.remove(&user);
+                true
+            }
+            None => false,
+        };
+        if entry.conns.is_empty() {
+            self.rooms.remove(room);
+        }
+        if last {
+            self.announce(room, user, false, out);
+        }
+    }
+
+    /// Presence to the room's other users' connections.
+    fn announce(&mut self, room: &str, user: UserId, joined: bool, out: &mut Vec<Output>) {
+        let Some(entry) = self.rooms.get(room) else {
+            return;
+        };
+        let recipients: Vec<ConnId> = entry
+            .conns
+            .iter()
+            .copied()
+            .filter(|c| self.sessions.get(c).is_some_and(|s| s.user != user))
+            .collect();
+        if recipients.is_empty() {
+            return;
+        }
+        let username = self.username(user);
+        let frame = protocol::presence(room, &username, joined);
+        self.deliver(out, Recipients::Many(recipients), frame);
+    }
+}
+
+/// How a handled request is answered.
+enum Reply {
+    /// An ok reply that depends on nothing pending.
+    Now(Value),
+    /// An ok reply that depends on this turn's writes.
+    Durable(Value),
+    /// The reply has been queued already (with its fan-out).
+    Sent,
+}
+
+fn not_member(room: &str) -> ChatError {
+    ChatError::new(ErrorCode::NotMember, format!("you are not in room {room}"))
+}
+
+fn internal(e: BackendError) -> ChatError {
+    log::error!("chat storage: {}", e.0);
+    ChatError::internal()
+}
+
+#[cfg(test)]
+mod tests;

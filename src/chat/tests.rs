@@ -1,0 +1,590 @@
+//! Chat core tests with an in-memory backend and a fixed clock.
+
+use super::*;
+
+/// (id, sender, text, room, recipient)
+type StoredRow = (i64, UserId, String, Option<String>, Option<UserId>);
+
+/// Stores everything in vectors; ids come from one counter.
+#[derive(Default)]
+struct MemoryBackend {
+    users: Vec<UserRef>,
+    messages: Vec<StoredRow>,
+    subscriptions: Vec<(UserId, UserId, bool)>,
+    next_id: i64,
+    fail_writes: bool,
+}
+
+impl MemoryBackend {
+    fn with_users(names: &[&str]) -> Self {
+        MemoryBackend {
+            users: names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| UserRef {
+                    id: i as i64 + 1,
+                    username: n.to_string(),
+                })
+                .collect(),
+            next_id: 1,
+            ..Default::default()
+        }
+    }
+
+    fn name(&self, id: UserId) -> String {
+        self.users
+            .iter()
+            .find(|u| u.id == id)
+            .unwrap()
+            .username
+            .clone()
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn find_user(&mut self, username: &str) -> Result<Option<UserRef>, BackendError> {
+        Ok(self
+            .users
+            .iter()
+            .find(|u| u.username.eq_ignore_ascii_case(username))
+            .cloned())
+    }
+
+    fn store_message(&mut self, m: &NewMessage<'_>) -> Result<i64, BackendError> {
+        if self.fail_writes {
+            return Err(BackendError("disk full".into()));
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let (room, to) = match m.kind {
+            NewKind::Room(r) => (Some(r.to_string()), None),
+            NewKind::Direct { to } => (None, Some(to)),
+            NewKind::Notification => (None, None),
+        };
+        self.messages
+            .push((id, m.from, m.text.to_string(), room, to));
+        Ok(id)
+    }
+
+    fn set_subscription(&mut self, s: UserId, t: UserId, on: bool) -> Result<(), BackendError> {
+        self.subscriptions.push((s, t, on));
+        Ok(())
+    }
+
+    fn history(
+        &mut self,
+        scope: &HistoryScope<'_>,
+        page: Page,
+        limit: usize,
+    ) -> Result<(Vec<Item>, bool), BackendError> {
+        let matching: Vec<Item> = self
+            .messages
+            .iter()
+            .filter(|(_, from, _, room, to)| match scope {
+                HistoryScope::Room(r) => room.as_deref() == Some(*r),
+                HistoryScope::Direct { a, b } => {
+                    to.is_some_and(|to| (*from == *a && to == *b) || (*from == *b && to == *a))
+                }
+            })
+            .map(|(id, from, text, room, to)| Item {
+                id: *id,
+                kind: match (room, to) {
+                    (Some(r), _) => ItemKind::Room(r.clone()),
+                    (None, Some(to)) => ItemKind::Direct { to: self.name(*to) },
+                    _ => ItemKind::Notification,
+                },
+                from: self.name(*from),
+                text: text.clone(),
+                ts: 0,
+            })
+            .collect();
+        let (mut page_items, more): (Vec<Item>, bool) = match page {
+            Page::Latest => {
+                let n = matching.len();
+                (matching[n.saturating_sub(limit)..].to_vec(), n > limit)
+            }
+            Page::Before(id) => {
+                let older: Vec<Item> = matching.into_iter().filter(|i| i.id < id).collect();
+                let n = older.len();
+                (older[n.saturating_sub(limit)..].to_vec(), n > limit)
+            }
+            Page::After(id) => {
+                let newer: Vec<Item> = matching.into_iter().filter(|i| i.id > id).collect();
+                let more = newer.len() > limit;
+                (newer.into_iter().take(limit).collect(), more)
+            }
+        };
+        page_items.sort_by_key(|i| i.id);
+        Ok((page_items, more))
+    }
+
+    fn verify_token(&mut self, token: &str, _now_ms: i64) -> Result<TokenInfo, ChatError> {
+        match token.strip_prefix("valid-") {
+            Some(id) => Ok(TokenInfo {
+                user_id: id.parse().unwrap(),
+                expires_at: 5000,
+            }),
+            None => Err(ChatError::new(ErrorCode::Unauthorized, "invalid token")),
+        }
+    }
+}
+
+struct World {
+    chat: Chat,
+    backend: MemoryBackend,
+    out: Vec<Output>,
+}
+
+const NOW: i64 = 1_700_000_000_000;
+
+impl World {
+    fn new(names: &[&str]) -> Self {
+        World {
+            chat: Chat::new(
+                ChatConfig {
+                    max_text_chars: 100,
+                    history_max: 100,
+                    welcome_limits: json!({"max_text_chars": 100}),
+                },
+                Vec::new(),
+            ),
+            backend: MemoryBackend::with_users(names),
+            out: Vec::new(),
+        }
+    }
+
+    fn connect(&mut self, conn: u64, user: UserId) {
+        let username = self.backend.name(user);
+        self.chat.connect(
+            ConnId(conn),
+            &SessionUser {
+                id: user,
+                username: username.clone(),
+                display_name: username,
+            },
+            false,
+            &mut self.out,
+        );
+    }
+
+    fn send(&mut self, conn: u64, request: Value) {
+        self.chat.handle(
+            ConnId(conn),
+            &request.to_string(),
+            &mut self.backend,
+            NOW,
+            &mut self.out,
+        );
+    }
+
+    /// Every JSON frame delivered to `conn` since the last call, in order.
+    fn take(&mut self, conn: u64) -> Vec<Value> {
+        let mut frames = Vec::new();
+        let mut rest = Vec::new();
+        for output in self.out.drain(..) {
+            match &output {
+                Output::Deliver(d) if d.to.as_slice().contains(&ConnId(conn)) => {
+                    frames.push(serde_json::from_slice(payload(&d.frame)).unwrap());
+                    if d.to.as_slice().len() > 1 {
+                        rest.push(remove_recipient(d, ConnId(conn)));
+                    }
+                }
+                _ => rest.push(output),
+            }
+        }
+        self.out = rest;
+        frames
+    }
+
+    fn reply(&mut self, conn: u64, request: Value) -> Value {
+        self.send(conn, request);
+        let frames = self.take(conn);
+        let replies: Vec<&Value> = frames.iter().filter(|f| f["type"] == "reply").collect();
+        assert_eq!(replies.len(), 1, "exactly one reply: {frames:?}");
+        replies[0].clone()
+    }
+
+    fn clear(&mut self) {
+        self.out.clear();
+    }
+}
+
+fn remove_recipient(d: &Delivery, conn: ConnId) -> Output {
+    let mut d = d.clone();
+    d.to = Recipients::Many(
+        d.to.as_slice()
+            .iter()
+            .copied()
+            .filter(|c| *c != conn)
+            .collect(),
+    );
+    Output::Deliver(d)
+}
+
+/// The JSON payload of a small unmasked text frame built by the server.
+fn payload(frame: &[u8]) -> &[u8] {
+    match frame[1] {
+        126 => &frame[4..],
+        127 => &frame[10..],
+        _ => &frame[2..],
+    }
+}
+
+#[test]
+fn welcome_then_lobby_presence_to_others_only() {
+    let mut w = World::new(&["alice", "bob"]);
+    w.connect(1, 1);
+    let frames = w.take(1);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0]["type"], "welcome");
+    assert_eq!(frames[0]["user"]["username"], "alice");
+    assert_eq!(frames[0]["rooms"], json!(["lobby"]));
+    assert_eq!(frames[0]["limits"]["max_text_chars"], 100);
+
+    w.connect(2, 2);
+    assert_eq!(
+        w.take(2)[0]["type"],
+        "welcome",
+        "nobody is told about themselves"
+    );
+    assert_eq!(
+        w.take(1),
+        vec![json!({"type":"presence","room":"lobby","user":"bob","event":"join"})]
+    );
+}
+
+#[test]
+fn presence_is_per_user_not_per_connection() {
+    let mut w = World::new(&["alice", "bob"]);
+    w.connect(1, 1);
+    w.connect(2, 2);
+    w.clear();
+    w.connect(3, 2); // bob's second tab
+    assert!(w.take(1).is_empty(), "no second join for bob");
+    w.chat.disconnect(ConnId(2), &mut w.out);
+    assert!(w.take(1).is_empty(), "bob still has a connection");
+    w.chat.disconnect(ConnId(3), &mut w.out);
+    assert_eq!(
+        w.take(1),
+        vec![json!({"type":"presence","room":"lobby","user":"bob","event":"leave"})]
+    );
+    assert!(!w.chat.is_online(2));
+}
+
+#[test]
+fn join_leave_and_membership() {
+    let mut w = World::new(&["alice", "bob"]);
+    w.connect(1, 1);
+    w.connect(2, 2);
+    w.clear();
+    let r = w.reply(1, json!({"type":"join","room":"rust","ref":1}));
+    assert_eq!(
+        r,
+        json!({"type":"reply","ref":1,"ok":true,"data":{"room":"rust","members":["alice"]}})
+    );
+    let r = w.reply(2, json!({"type":"join","room":"rust"}));
+    assert_eq!(r["data"]["members"], json!(["alice", "bob"]));
+    assert_eq!(
+        w.take(1),
+        vec![json!({"type":"presence","room":"rust","user":"bob","event":"join"})]
+    );
+    // Joining again changes nothing and tells nobody.
+    let r = w.reply(2, json!({"type":"join","room":"rust"}));
+    assert_eq!(r["ok"], true);
+    assert!(w.take(1).is_empty());
+
+    let r = w.reply(2, json!({"type":"leave","room":"rust","ref":"l"}));
+    assert_eq!(
+        r,
+        json!({"type":"reply","ref":"l","ok":true,"data":{"room":"rust"}})
+    );
+    assert_eq!(w.take(1)[0]["event"], "leave");
+    let r = w.reply(2, json!({"type":"leave","room":"rust"}));
+    assert_eq!(r["error"]["code"], "not_member");
+    let r = w.reply(2, json!({"type":"send","room":"rust","text":"hi"}));
+    assert_eq!(r["error"]["code"], "not_member");
+    let r = w.reply(2, json!({"type":"join","room":"no way"}));
+    assert_eq!(r["error"]["code"], "invalid_room");
+}
+
+#[test]
+fn send_reaches_exactly_the_room_members_in_id_order() {
+    let mut w = World::new(&["alice", "bob", "carol"]);
+    w.connect(1, 1);
+    w.connect(2, 2);
+    w.connect(3, 3);
+    w.reply(1, json!({"type":"join","room":"a"}));
+    w.reply(2, json!({"type":"join","room":"a"}));
+    w.reply(3, json!({"type":"join","room":"b"}));
+    w.clear();
+    w.send(1, json!({"type":"send","room":"a","text":"one","ref":"s1"}));
+    w.send(2, json!({"type":"send","room":"a","text":"two"}));
+    w.send(3, json!({"type":"send","room":"b","text":"three"}));
+
+    let alice = w.take(1);
+    assert_eq!(alice[0]["type"], "reply");
+    assert_eq!(alice[0]["ref"], "s1");
+    let first_id = alice[0]["data"]["id"].as_i64().unwrap();
+    assert_eq!(alice[0]["data"]["ts"], NOW);
+    let messages: Vec<&Value> = alice.iter().filter(|f| f["type"] == "message").collect();
+    assert_eq!(messages.len(), 2);
+    assert_eq!(
+        *messages[0],
+        json!({"type":"message","id":first_id,"room":"a","from":"alice","text":"one","ts":NOW})
+    );
+    assert_eq!(messages[1]["text"], "two");
+    assert!(messages[1]["id"].as_i64().unwrap() > first_id);
+    let bob: Vec<Value> = w
+        .take(2)
+        .into_iter()
+        .filter(|f| f["type"] == "message")
+        .collect();
+    assert_eq!(
+        bob.iter()
+            .map(|m| m["text"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["one", "two"]
+    );
+    let carol: Vec<Value> = w
+        .take(3)
+        .into_iter()
+        .filter(|f| f["type"] == "message")
+        .collect();
+    assert_eq!(carol.len(), 1);
+    assert_eq!(carol[0]["text"], "three");
+}
+
+#[test]
+fn sends_are_durable_with_an_error_fallback() {
+    let mut w = World::new(&["alice"]);
+    w.connect(1, 1);
+    w.clear();
+    w.send(1, json!({"type":"send","room":"lobby","text":"x","ref":9}));
+    let durable: Vec<&Delivery> = w
+        .out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Deliver(d) => Some(d),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(durable.len(), 2);
+    assert!(durable.iter().all(|d| d.durable));
+    let fallback: Value =
+        serde_json::from_slice(payload(durable[0].fallback.as_ref().unwrap())).unwrap();
+    assert_eq!(fallback["ref"], 9);
+    assert_eq!(fallback["error"]["code"], "internal_error");
+
+    w.clear();
+    w.backend.fail_writes = true;
+    let r = w.reply(1, json!({"type":"send","room":"lobby","text":"x"}));
+    assert_eq!(r["error"]["code"], "internal_error");
+}
+
+#[test]
+fn direct_messages_reach_both_sides_and_history() {
+    let mut w = World::new(&["alice", "bob"]);
+    w.connect(1, 1);
+    w.connect(2, 1); // alice's second device
+    w.clear();
+    w.send(1, json!({"type":"direct","to":"BOB","text":"psst"}));
+    let a1 = w.take(1);
+    assert_eq!(a1[0]["type"], "reply");
+    let event = json!({"type":"direct","id":a1[0]["data"]["id"],"from":"alice","to":"bob","text":"psst","ts":NOW});
+    assert_eq!(a1[1], event);
+    assert_eq!(
+        w.take(2),
+        vec![event.clone()],
+        "the sender's other connection too"
+    );
+
+    // bob was offline; he finds it in history.
+    w.connect(3, 2);
+    w.clear();
+    let r = w.reply(3, json!({"type":"history","with":"alice"}));
+    assert_eq!(
+        r["data"],
+        json!({"messages":[{"type":"direct","id":event["id"],"from":"alice","to":"bob","text":"psst","ts":0}],"more":false})
+    );
+
+    let r = w.reply(1, json!({"type":"direct","to":"nobody","text":"x"}));
+    assert_eq!(r["error"]["code"], "unknown_user");
+    let r = w.reply(1, json!({"type":"history","with":"nobody"}));
+    assert_eq!(r["error"]["code"], "unknown_user");
+}
+
+#[test]
+fn subscriptions_and_publish() {
+    let mut w = World::new(&["alice", "bob", "carol"]);
+    w.connect(1, 1);
+    w.connect(2, 2);
+    w.connect(3, 2);
+    w.connect(4, 3);
+    w.clear();
+    let r = w.reply(2, json!({"type":"subscribe","user":"Alice"}));
+    assert_eq!(r["data"], json!({"user":"alice"}));
+    assert_eq!(w.backend.subscriptions, vec![(2, 1, true)]);
+    let r = w.reply(1, json!({"type":"publish","text":"news"}));
+    assert_eq!(r["data"]["delivered"], 2, "both of bob's connections");
+    let n = w.take(2);
+    assert_eq!(n[0]["type"], "notification");
+    assert_eq!(n[0]["from"], "alice");
+    assert_eq!(n[0]["text"], "news");
+    assert!(w.take(4).is_empty(), "carol is not subscribed");
+
+    let r = w.reply(2, json!({"type":"unsubscribe","user":"alice"}));
+    assert_eq!(r["ok"], true);
+    let r = w.reply(1, json!({"type":"publish","text":"more"}));
+    assert_eq!(r["data"]["delivered"], 0);
+    assert!(w.take(2).is_empty());
+
+    let r = w.reply(2, json!({"type":"subscribe","user":"bob"}));
+    assert_eq!(r["error"]["code"], "bad_request");
+    let r = w.reply(2, json!({"type":"subscribe","user":"zed"}));
+    assert_eq!(r["error"]["code"], "unknown_user");
+}
+
+#[test]
+fn subscriptions_loaded_at_start_are_used() {
+    let mut w = World::new(&["alice", "bob"]);
+    w.chat = Chat::new(w.chat.config.clone(), vec![(2, 1)]);
+    w.connect(1, 1);
+    w.connect(2, 2);
+    w.clear();
+    let r = w.reply(1, json!({"type":"publish","text":"hi"}));
+    assert_eq!(r["data"]["delivered"], 1);
+}
+
+#[test]
+fn rooms_users_and_ping() {
+    let mut w = World::new(&["alice", "bob"]);
+    w.connect(1, 1);
+    w.connect(2, 2);
+    w.connect(3, 2);
+    w.reply(2, json!({"type":"join","room":"zz"}));
+    w.reply(3, json!({"type":"join","room":"zz"}));
+    w.clear();
+    let r = w.reply(1, json!({"type":"rooms"}));
+    assert_eq!(
+        r["data"],
+        json!({"rooms":[{"name":"lobby","members":2},{"name":"zz","members":1}]})
+    );
+    let r = w.reply(1, json!({"type":"users"}));
+    assert_eq!(r["data"], json!({"users":["alice","bob"]}));
+    let r = w.reply(1, json!({"type":"ping","ref":"p"}));
+    assert_eq!(r, json!({"type":"reply","ref":"p","ok":true,"data":{}}));
+    // A room is forgotten once empty.
+    w.reply(2, json!({"type":"leave","room":"zz"}));
+    w.reply(3, json!({"type":"leave","room":"zz"}));
+    assert_eq!(w.chat.room_count(), 1);
+}
+
+#[test]
+fn history_pages() {
+    let mut w = World::new(&["alice"]);
+    w.connect(1, 1);
+    for i in 0..5 {
+        w.send(
+            1,
+            json!({"type":"send","room":"lobby","text":format!("m{i}")}),
+        );
+    }
+    w.clear();
+    let texts = |r: &Value| -> Vec<String> {
+        r["data"]["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["text"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let r = w.reply(1, json!({"type":"history","room":"lobby","limit":2}));
+    assert_eq!(texts(&r), ["m3", "m4"]);
+    assert_eq!(r["data"]["more"], true);
+    let oldest = r["data"]["messages"][0]["id"].as_i64().unwrap();
+    let r = w.reply(
+        1,
+        json!({"type":"history","room":"lobby","before":oldest,"limit":2}),
+    );
+    assert_eq!(texts(&r), ["m1", "m2"]);
+    let r = w.reply(
+        1,
+        json!({"type":"history","room":"lobby","after":oldest - 3}),
+    );
+    assert_eq!(texts(&r), ["m1", "m2", "m3", "m4"]);
+    assert_eq!(r["data"]["more"], false);
+}
+
+#[test]
+fn auth_renews_only_for_the_same_user() {
+    let mut w = World::new(&["alice", "bob"]);
+    w.connect(1, 1);
+    w.clear();
+    w.send(1, json!({"type":"auth","token":"valid-1"}));
+    assert!(w.out.iter().any(|o| matches!(
+        o,
+        Output::TokenRenewed {
+            conn: ConnId(1),
+            expires_at: 5000
+        }
+    )));
+    let r = w.take(1);
+    assert_eq!(r[0]["data"]["expires_at"], 5_000_000);
+    let r = w.reply(1, json!({"type":"auth","token":"valid-2"}));
+    assert_eq!(r["error"]["code"], "unauthorized");
+    let r = w.reply(1, json!({"type":"auth","token":"junk"}));
+    assert_eq!(r["error"]["code"], "unauthorized");
+}
+
+#[test]
+fn replace_closes_older_connections_without_presence_flapping() {
+    let mut w = World::new(&["alice", "bob"]);
+    w.connect(1, 1);
+    w.connect(2, 2);
+    w.clear();
+    w.chat.connect(
+        ConnId(3),
+        &SessionUser {
+            id: 2,
+            username: "bob".into(),
+            display_name: "Bob".into(),
+        },
+        true,
+        &mut w.out,
+    );
+    assert!(w.out.iter().any(|o| matches!(
+        o,
+        Output::Close {
+            conn: ConnId(2),
+            close: Close::Replaced
+        }
+    )));
+    assert!(w.take(1).is_empty(), "alice sees no leave/join for bob");
+    assert_eq!(w.chat.connections_of(2), &[ConnId(3)]);
+}
+
+#[test]
+fn rate_limited_reply_keeps_the_ref() {
+    let mut w = World::new(&["alice"]);
+    w.connect(1, 1);
+    w.clear();
+    w.chat
+        .reject_rate_limited(ConnId(1), r#"{"type":"send","ref":"q"}"#, &mut w.out);
+    let r = w.take(1);
+    assert_eq!(r[0]["ref"], "q");
+    assert_eq!(r[0]["error"]["code"], "rate_limited");
+}
+
+#[test]
+fn bad_requests_keep_the_connection_usable() {
+    let mut w = World::new(&["alice"]);
+    w.connect(1, 1);
+    w.clear();
+    w.chat
+        .handle(ConnId(1), "nope", &mut w.backend, NOW, &mut w.out);
+    let r = w.take(1);
+    assert_eq!(r[0]["ref"], Value::Null);
+    assert_eq!(r[0]["error"]["code"], "bad_request");
+    let r = w.reply(1, json!({"type":"ping"}));
+    assert_eq!(r["ok"], true);
+}

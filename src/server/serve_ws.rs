@@ -1,0 +1,286 @@
+//! The WebSocket side of the loop: frames in, chat outputs out, keepalive, closes.
+//!
+//! Decoded text messages go through the connection's rate limit to the chat core; its
+//! outputs wait in `chat_outputs` until the turn's writes are committed, then each
+//! shared frame is queued on its recipients' output queues. A recipient whose queue
+//! would pass `max_outbound_bytes` is closed with 1013 instead of growing.
+
+use std::time::{Duration, Instant};
+
+use governor::{Quota, RateLimiter};
+
+use super::conn::{Phase, WsConn};
+use super::{ConnRef, Server};
+use crate::api::WsSession;
+use crate::chat::protocol::Frame;
+use crate::chat::{ConnId, Output};
+use crate::config::DuplicateSessions;
+use crate::time::Now;
+use crate::ws::frame::{close_frame, close_frame_with, ping_frame, pong_frame};
+use crate::ws::{Close, Decoder, WsEvent};
+
+/// The chat's id for a connection: slot and generation, so it is never reused.
+fn conn_id(conn_ref: ConnRef) -> ConnId {
+    ConnId((u64::from(conn_ref.generation) << 32) | conn_ref.key as u64)
+}
+
+fn conn_ref(id: ConnId) -> ConnRef {
+    ConnRef {
+        key: (id.0 & u64::from(u32::MAX)) as usize,
+        generation: (id.0 >> 32) as u32,
+    }
+}
+
+/// The instant at which a Unix time (seconds) is reached, seen from `now`.
+fn instant_at(unix_secs: i64, now: Now) -> Instant {
+    let ms = unix_secs
+        .saturating_mul(1000)
+        .saturating_sub(now.unix_ms)
+        .max(0);
+    now.instant + Duration::from_millis(ms as u64)
+}
+
+impl Server {
+    /// The upgrade was answered with 101: the connection now speaks WebSocket.
+    pub(super) fn start_ws(&mut self, conn_ref: ConnRef, session: WsSession, now: Now) {
+        let config = &self.app.config;
+        let quota: Quota = crate::limits::quota(config.ws_rate);
+        let max_message = config.max_message_bytes;
+        let replace = config.duplicate_sessions == DuplicateSessions::Replace;
+        let id = conn_id(conn_ref);
+        let Some(conn) = self.get(conn_ref) else {
+            return;
+        };
+        conn.phase = Phase::WebSocket;
+        conn.request_started = None;
+        conn.ws = Some(Box::new(WsConn {
+            id,
+            decoder: Decoder::new(max_message),
+            limiter: RateLimiter::direct(quota),
+            refusals: 0,
+            last_heard: now.instant,
+            last_ping: now.instant,
+            token_expires: instant_at(session.token_expires_at, now),
+            close_sent_at: None,
+        }));
+        log::debug!(
+            "{} opened a WebSocket as {}",
+            conn.peer,
+            session.user.username
+        );
+        self.app.metrics.ws_opened += 1;
+        self.app
+            .chat
+            .connect(id, &session.user, replace, &mut self.chat_outputs);
+        self.arm(conn_ref);
+    }
+
+    /// Decodes every complete frame in the connection's input and acts on it.
+    pub(super) fn process_ws(&mut self, conn_ref: ConnRef, now: Now) {
+        let burst = self.app.config.ws_rate.burst;
+        let Server {
+            conns,
+            app,
+            chat_outputs,
+            ..
+        } = self;
+        let Some(conn) = conns
+            .get_mut(conn_ref.key)
+            .filter(|c| c.generation == conn_ref.generation)
+        else {
+            return;
+        };
+        let Some(ws) = conn.ws.as_mut().filter(|_| conn.phase == Phase::WebSocket) else {
+            return;
+        };
+        let mut pos = 0;
+        let mut close: Option<Vec<u8>> = None;
+        let mut wrote = false;
+        while ws.close_sent_at.is_none() {
+            let (event, used) = match ws.decoder.decode(&conn.inbuf[pos..]) {
+                Ok(decoded) => decoded,
+                Err(code) => {
+                    log::debug!("{}: closing WebSocket: {}", conn.peer, code.reason());
+                    close = Some(close_frame(code));
+                    break;
+                }
+            };
+            pos += used;
+            let Some(event) = event else {
+                break;
+            };
+            match event {
+                WsEvent::Text(text) => {
+                    app.metrics.ws_messages_in += 1;
+                    if ws.limiter.check().is_ok() {
+                        ws.refusals = 0;
+                        let (chat, mut backend) = app.backend();
+                        chat.handle(ws.id, &text, &mut backend, now.unix_ms, chat_outputs);
+                    } else {
+                        ws.refusals += 1;
+                        app.metrics.ws_rate_limited += 1;
+                        if ws.refusals >= burst {
+                            log::info!("{}: closing WebSocket for flooding", conn.peer);
+                            close = Some(close_frame(Close::Policy));
+                            break;
+                        }
+                        app.chat.reject_rate_limited(ws.id, &text, chat_outputs);
+                    }
+                }
+                WsEvent::Ping(payload) => {
+                    conn.out.push_owned(pong_frame(&payload));
+                    wrote = true;
+                }
+                WsEvent::Pong => {}
+                WsEvent::Close { code, .. } => {
+                    // Echo the client's code, as RFC 6455 suggests.
+                    close = Some(close_frame_with(code.unwrap_or(1000), ""));
+                    break;
+                }
+            }
+        }
+        if pos > 0 {
+            conn.inbuf.drain(..pos);
+        }
+        conn.release_idle_input();
+        if wrote {
+            self.queue_flush(conn_ref);
+        }
+        if let Some(frame) = close {
+            self.close_ws_with(conn_ref, frame, false);
+        }
+    }
+
+    /// Sends a close frame with this code and ends the connection's chat session.
+    pub(super) fn close_ws(&mut self, conn_ref: ConnRef, close: Close) {
+        self.close_ws_with(conn_ref, close_frame(close), close == Close::SlowConsumer);
+    }
+
+    /// Queues `frame` (a close frame) as the last thing the connection sends. A slow
+    /// consumer's queued frames are dropped first, except one already partly sent.
+    fn close_ws_with(&mut self, conn_ref: ConnRef, frame: Vec<u8>, drop_queued: bool) {
+        let Some(conn) = self.get(conn_ref) else {
+            return;
+        };
+        let Some(ws) = conn.ws.as_mut() else {
+            return;
+        };
+        if ws.close_sent_at.is_some() {
+            return;
+        }
+        ws.close_sent_at = Some(Instant::now());
+        let id = ws.id;
+        if drop_queued {
+            conn.out.drop_unstarted();
+        }
+        conn.out.push_owned(frame);
+        conn.close_when_flushed = true;
+        conn.inbuf = Vec::new();
+        self.app.chat.disconnect(id, &mut self.chat_outputs);
+        self.queue_flush(conn_ref);
+        self.arm(conn_ref);
+    }
+
+    /// The client is gone without a close handshake.
+    pub(super) fn drop_ws(&mut self, conn_ref: ConnRef) {
+        if let Some(ws) = self.get(conn_ref).and_then(|c| c.ws.as_ref()) {
+            let id = ws.id;
+            self.app.chat.disconnect(id, &mut self.chat_outputs);
+        }
+        self.remove(conn_ref.key);
+    }
+
+    /// A WebSocket deadline passed: token expiry, idle timeout, a ping due, or the end
+    /// of the wait for a close frame to go out.
+    pub(super) fn ws_deadline(&mut self, conn_ref: ConnRef, now: Now) {
+        let timeouts = self.timeouts;
+        let Some(ws) = self.get(conn_ref).and_then(|c| c.ws.as_mut()) else {
+            return;
+        };
+        if ws.close_sent_at.is_some() {
+            // Our close frame could not be delivered in time: give up on the peer.
+            self.drop_ws(conn_ref);
+        } else if now.instant >= ws.token_expires {
+            self.close_ws(conn_ref, Close::TokenExpired);
+        } else if now.instant >= ws.last_heard + timeouts.ws_idle {
+            self.app.metrics.ws_idle_closed += 1;
+            self.close_ws(conn_ref, Close::IdleTimeout);
+        } else {
+            ws.last_ping = now.instant;
+            if let Some(conn) = self.get(conn_ref) {
+                conn.out.push_owned(ping_frame(b""));
+            }
+            self.queue_flush(conn_ref);
+            self.arm(conn_ref);
+        }
+    }
+
+    /// Commits the turn's writes, then releases the chat outputs: durable frames only
+    /// if the commit succeeded (their fallback, the sender's error reply, otherwise).
+    pub(super) fn commit_and_dispatch(&mut self, now: Now) {
+        if self.chat_outputs.is_empty() && !self.app.store.has_pending() {
+            return;
+        }
+        let committed = match self.app.store.commit_pending() {
+            Ok(_) => true,
+            Err(e) => {
+                log::error!("storing chat messages failed: {e}");
+                false
+            }
+        };
+        let committed = committed && !self.app.store.take_commit_failure();
+        while !self.chat_outputs.is_empty() {
+            for output in std::mem::take(&mut self.chat_outputs) {
+                match output {
+                    Output::Deliver(delivery) => {
+                        let frame = if delivery.durable && !committed {
+                            match delivery.fallback {
+                                Some(fallback) => fallback,
+                                None => continue,
+                            }
+                        } else {
+                            delivery.frame
+                        };
+                        for &id in delivery.to.as_slice() {
+                            self.queue_frame(id, &frame);
+                        }
+                    }
+                    Output::Close { conn, close } => self.close_ws(conn_ref(conn), close),
+                    Output::TokenRenewed { conn, expires_at } => {
+                        let conn_ref = conn_ref(conn);
+                        if let Some(ws) = self.get(conn_ref).and_then(|c| c.ws.as_mut()) {
+                            ws.token_expires = instant_at(expires_at, now);
+                            // A later deadline than armed is picked up when the armed
+                            // entry fires; nothing to do here.
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues a shared frame for one connection, or closes it as a slow consumer.
+    fn queue_frame(&mut self, id: ConnId, frame: &Frame) {
+        let cap = self.app.config.max_outbound_bytes;
+        let conn_ref = conn_ref(id);
+        let Some(conn) = self.get(conn_ref) else {
+            return;
+        };
+        if conn.ws.as_ref().is_none_or(|ws| ws.close_sent_at.is_some()) {
+            return;
+        }
+        if conn.out.len() + frame.len() > cap {
+            log::info!(
+                "{}: closing slow WebSocket consumer ({} bytes queued)",
+                conn.peer,
+                conn.out.len()
+            );
+            self.app.metrics.ws_slow_consumers += 1;
+            self.close_ws(conn_ref, Close::SlowConsumer);
+            return;
+        }
+        conn.out.push_shared(frame.clone());
+        self.app.metrics.ws_messages_out += 1;
+        self.queue_flush(conn_ref);
+    }
+}
