@@ -24,11 +24,18 @@ pub struct Client {
 
 /// Answers one request.
 pub fn handle(app: &mut App, req: &Request<'_, '_>, client: Client) -> Response {
-    if let Err(wait) = app.limits.check_http(client.ip) {
+    let mut response = if let Err(wait) = app.limits.check_http(client.ip) {
         app.metrics.rate_limited_http += 1;
-        return Response::error(&ApiError::rate_limited(retry_after_secs(wait)));
+        Response::error(&ApiError::rate_limited(retry_after_secs(wait)))
+    } else {
+        route(app, req, client).unwrap_or_else(|e| Response::error(&e))
+    };
+    // A HEAD answer never carries a body, errors included: the client would read the
+    // stray bytes as the start of the next response.
+    if req.method == "HEAD" {
+        response.omit_body = true;
     }
-    route(app, req, client).unwrap_or_else(|e| Response::error(&e))
+    response
 }
 
 fn route(app: &mut App, req: &Request<'_, '_>, client: Client) -> Result<Response, ApiError> {
