@@ -51,7 +51,7 @@ fn usernames_are_3_to_32_of_the_allowed_characters() {
     ] {
         let mut c = server.connect();
         let r = c.post_json("/register", &creds(bad, "good-password"));
-        assert_error(&r, 400, "invalid_username");
+        assert_error_and_close(&mut c, &r, 400, "invalid_username");
     }
     // Missing or mistyped fields are a bad request.
     for body in [
@@ -62,7 +62,7 @@ fn usernames_are_3_to_32_of_the_allowed_characters() {
     ] {
         let mut c = server.connect();
         let r = c.post_json("/register", &body);
-        assert_error(&r, 400, "bad_request");
+        assert_error_and_close(&mut c, &r, 400, "bad_request");
     }
 }
 
@@ -89,7 +89,7 @@ fn passwords_are_8_to_1024_bytes() {
     for (i, bad) in ["", "1234567", "ééé", &"p".repeat(1025)].iter().enumerate() {
         let mut c = server.connect();
         let r = c.post_json("/register", &creds(&format!("badpw{i}"), bad));
-        assert_error(&r, 400, "weak_password");
+        assert_error_and_close(&mut c, &r, 400, "weak_password");
     }
 }
 
@@ -298,7 +298,7 @@ fn put_me_changes_the_display_name() {
     ] {
         let mut c = server.connect();
         let r = c.send_json("PUT", "/me", &json!({"display_name": bad}), Some(&token));
-        assert_error(&r, 400, "bad_request");
+        assert_error_and_close(&mut c, &r, 400, "bad_request");
     }
     let mut c = server.connect();
     let r = c.send_json("PUT", "/me", &json!({"display_name": "nope"}), None);
@@ -319,7 +319,7 @@ fn password_change_needs_the_right_current_password() {
         &json!({"new_password": "new-hank-password"}),
         Some(&token),
     );
-    assert_error(&r, 400, "bad_request");
+    assert_error_and_close(&mut c, &r, 400, "bad_request");
 
     let mut c = server.connect();
     let r = c.send_json(
@@ -329,15 +329,17 @@ fn password_change_needs_the_right_current_password() {
         Some(&token),
     );
     assert_error(&r, 403, "invalid_credentials");
+    assert!(!r.closes(), "403 must not close");
     let r = c.send_json(
         "PUT",
         "/me",
         &json!({"current_password": "hank-password", "new_password": "short"}),
         Some(&token),
     );
-    assert_error(&r, 400, "weak_password");
+    assert_error_and_close(&mut c, &r, 400, "weak_password");
 
     // None of that changed anything.
+    let mut c = server.connect();
     assert_eq!(c.get_auth("/me", &token).status, 200);
     server.login("hank", "hank-password");
 }
