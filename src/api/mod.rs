@@ -42,29 +42,25 @@ pub struct Handled {
 
 /// Answers one request.
 pub fn handle(app: &mut App, req: &Request<'_, '_>, client: Client) -> Handled {
-    if let Err(wait) = app.limits.check_http(client.ip) {
+    let (mut response, upgrade) = if let Err(wait) = app.limits.check_http(client.ip) {
         app.metrics.rate_limited_http += 1;
-        return Handled {
-            response: Response::error(&ApiError::rate_limited(retry_after_secs(wait))),
-            upgrade: None,
-        };
+        let error = ApiError::rate_limited(retry_after_secs(wait));
+        (Response::error(&error), None)
+    } else if req.path == "/ws" {
+        match upgrade(app, req, client) {
+            Ok((response, session)) => (response, Some(session)),
+            Err(e) => (Response::error(&e), None),
+        }
+    } else {
+        let response = route(app, req, client).unwrap_or_else(|e| Response::error(&e));
+        (response, None)
+    };
+    // A HEAD answer never carries a body, errors included: the client would read the
+    // stray bytes as the start of the next response.
+    if req.method == "HEAD" {
+        response.omit_body = true;
     }
-    if req.path == "/ws" {
-        return match upgrade(app, req, client) {
-            Ok((response, session)) => Handled {
-                response,
-                upgrade: Some(session),
-            },
-            Err(e) => Handled {
-                response: Response::error(&e),
-                upgrade: None,
-            },
-        };
-    }
-    Handled {
-        response: route(app, req, client).unwrap_or_else(|e| Response::error(&e)),
-        upgrade: None,
-    }
+    Handled { response, upgrade }
 }
 
 /// `GET /ws`: handshake checks, then the token, then the duplicate-session policy.

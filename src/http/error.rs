@@ -75,16 +75,11 @@ impl ErrorCode {
         }
     }
 
-    /// Errors after which the connection is closed: the request stream can no longer
-    /// be trusted to be in sync (or the client sent something we refuse to read).
+    /// Errors after which the connection is closed: every 400 (validation errors such
+    /// as `invalid_username` included), 413, 431 and 501. The request stream can no
+    /// longer be trusted to be in sync, or the client sent something we refuse to read.
     pub fn closes_connection(self) -> bool {
-        matches!(
-            self,
-            ErrorCode::BadRequest
-                | ErrorCode::PayloadTooLarge
-                | ErrorCode::HeadersTooLarge
-                | ErrorCode::NotImplemented
-        )
+        matches!(self.status(), 400 | 413 | 431 | 501)
     }
 }
 

@@ -276,6 +276,8 @@ mod tests {
         );
         for code in [
             ErrorCode::BadRequest,
+            ErrorCode::InvalidUsername,
+            ErrorCode::WeakPassword,
             ErrorCode::PayloadTooLarge,
             ErrorCode::HeadersTooLarge,
             ErrorCode::NotImplemented,

@@ -1,0 +1,146 @@
+//! Startup refusals: unknown keys, unknown `CHATD_*` variables, bad values (file or
+//! environment), a missing config file, bad arguments and a short `SECRET_KEY` stop
+//! chatd with exit code 2 (configuration) or 1 (other startup failures), and the
+//! message names the key and the line or variable.
+
+mod common;
+
+use common::*;
+
+/// A configuration that would start fine (port 0, everything in a temp dir) plus
+/// `extra` lines.
+fn conf(extra: &str) -> String {
+    format!("port = 0\npublic_dir = public\ndb_path = chatd.db\n{extra}\n")
+}
+
+fn assert_config_error(status: std::process::ExitStatus, stderr: &str, needles: &[&str]) {
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "exit status {status:?}; stderr: {stderr}"
+    );
+    for needle in needles {
+        assert!(stderr.contains(needle), "stderr lacks {needle:?}: {stderr}");
+    }
+}
+
+#[test]
+fn unknown_key_in_the_file_names_key_and_line() {
+    let (status, stderr) = run_expecting_exit(&conf("# comment\nprot = 1"), &[]);
+    assert_config_error(status, &stderr, &["prot", "line 5", "unknown key"]);
+}
+
+#[test]
+fn unknown_chatd_variable_names_the_variable() {
+    let (status, stderr) = run_expecting_exit(&conf(""), &[("CHATD_PROT", "1")]);
+    assert_config_error(status, &stderr, &["CHATD_PROT", "unknown key"]);
+}
+
+#[test]
+fn bad_values_in_the_file_name_key_and_line() {
+    for (line, key) in [
+        ("max_connections = lots", "max_connections"),
+        ("max_connections = 0", "max_connections"),
+        ("port = 70000", "port"),
+        ("host = localhost", "host"),
+        ("header_timeout_secs = 1.5", "header_timeout_secs"),
+        ("idle_timeout_secs = 0", "idle_timeout_secs"),
+        ("max_header_bytes = 10", "max_header_bytes"),
+        ("max_body_bytes = -1", "max_body_bytes"),
+        ("http_rate_per_ip = 10/s", "http_rate_per_ip"),
+        ("login_rate_per_ip = fast", "login_rate_per_ip"),
+        ("password_hashes_per_sec = 0", "password_hashes_per_sec"),
+        ("jwt_ttl_secs = forever", "jwt_ttl_secs"),
+        ("log_level = loud", "log_level"),
+        ("access_log = yes", "access_log"),
+        ("registration = maybe", "registration"),
+        ("metrics = everyone", "metrics"),
+        ("argon2_memory_kib = 1024", "argon2_memory_kib"),
+    ] {
+        let (status, stderr) = run_expecting_exit(&conf(line), &[]);
+        assert_config_error(status, &stderr, &[&format!("`{key}`"), "line 4"]);
+    }
+}
+
+#[test]
+fn bad_values_in_the_environment_name_the_variable() {
+    for (var, value) in [
+        ("CHATD_PORT", "eighty"),
+        ("CHATD_HTTP_RATE_PER_IP", "fast"),
+        ("CHATD_MAX_CONNECTIONS_PER_IP", "0"),
+        ("CHATD_REGISTRATION", "maybe"),
+    ] {
+        let (status, stderr) = run_expecting_exit(&conf(""), &[(var, value)]);
+        assert_config_error(status, &stderr, &[var, "invalid value"]);
+    }
+}
+
+#[test]
+fn other_configuration_mistakes_exit_2() {
+    let (status, stderr) = run_expecting_exit(&conf("port = 1\nport = 0"), &[]);
+    assert_config_error(status, &stderr, &["`port`", "twice"]);
+    let (status, stderr) = run_expecting_exit(&conf("just some words"), &[]);
+    assert_config_error(status, &stderr, &["line 4", "key = value"]);
+    let (status, stderr) = run_expecting_exit(
+        &conf("max_connections = 10\nmax_connections_per_ip = 11"),
+        &[],
+    );
+    assert_config_error(status, &stderr, &["max_connections_per_ip"]);
+
+    // A config file that does not exist.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.conf");
+    let (status, stderr) = run_command_expecting_exit(chatd_command(&missing, &[]));
+    assert_config_error(status, &stderr, &["nope.conf"]);
+
+    // Arguments.
+    let mut cmd = chatd_command(&missing, &[]);
+    cmd.arg("--frobnicate");
+    let (status, stderr) = run_command_expecting_exit(cmd);
+    assert_config_error(status, &stderr, &["--frobnicate"]);
+}
+
+#[test]
+fn a_short_secret_key_stops_startup() {
+    let short = "x".repeat(31);
+    let (status, stderr) = run_expecting_exit(&conf(""), &[("SECRET_KEY", &short)]);
+    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("SECRET_KEY"), "{stderr}");
+
+    // 32 bytes is enough, and a token signed with it is accepted.
+    let key = "k".repeat(32);
+    let server = TestServer::start_with_env("", &[("SECRET_KEY", &key)]);
+    let user = server.register("ruth", "ruth-password");
+    let now = unix_now();
+    let id = user["id"].as_i64().unwrap();
+    let token = sign_hs256(&claims_for(id, "ruth", now, now + 60, 0), key.as_bytes());
+    assert_eq!(server.connect().get_auth("/me", &token).status, 200);
+    assert!(
+        !server.dir().join("certs/jwt.secret").exists(),
+        "no secret file when SECRET_KEY is set"
+    );
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    // The file says 127.0.0.1 and registration open; the environment wins.
+    let server = TestServer::start_with_env(
+        "registration = open\nmax_body_bytes = 65536",
+        &[
+            ("CHATD_REGISTRATION", "closed"),
+            ("CHATD_MAX_BODY_BYTES", "300"),
+        ],
+    );
+    let mut c = server.connect();
+    let r = c.post_json(
+        "/register",
+        &serde_json::json!({"username": "sam", "password": "sam-password"}),
+    );
+    assert_error(&r, 403, "registration_closed");
+    c.send(
+        b"POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+          Content-Length: 301\r\n\r\n",
+    );
+    let r = c.read_response();
+    assert_error_and_close(&mut c, &r, 413, "payload_too_large");
+}

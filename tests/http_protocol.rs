@@ -1,0 +1,493 @@
+//! HTTP/1.1 over TLS against the real binary: keep-alive, pipelining, bodies, the
+//! error statuses of the protocol layer (400, 405, 413, 415, 431, 501) and which of them
+//! close the connection, `Expect: 100-continue`, plain HTTP on the TLS port, HEAD,
+//! certificate verification and `/metrics`.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+#[test]
+fn healthz_answers_ok_with_security_headers() {
+    let server = TestServer::start("");
+    let mut c = server.connect();
+    let r = c.get("/healthz");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.version, "HTTP/1.1");
+    assert_eq!(r.text(), r#"{"status":"ok"}"#);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert!(!r.closes());
+    assert_security_headers(&r);
+
+    let r = c.request("HEAD", "/healthz", &[], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("15"));
+    assert!(r.body.is_empty());
+    // Nothing stray after the HEAD response: the next answer parses cleanly.
+    let r = c.get("/healthz");
+    assert_eq!((r.status, r.text().as_str()), (200, r#"{"status":"ok"}"#));
+}
+
+#[test]
+fn keep_alive_serves_many_requests_on_one_connection() {
+    let server = TestServer::start("");
+    let mut c = server.connect();
+    for path in ["/healthz", "/", "/nope", "/healthz", "/style.css"] {
+        let r = c.get(path);
+        assert!(r.status == 200 || r.status == 404, "{path}: {}", r.status);
+        assert!(!r.closes(), "{path} closed a keep-alive connection");
+    }
+    assert_eq!(server.metric("chatd_connections_accepted_total"), 2);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let server = TestServer::start("");
+    let mut c = server.connect();
+    let login = json!({"username": "nobody", "password": "whatever-pw"}).to_string();
+    let mut batch = Vec::new();
+    batch.extend(c.build_request("GET", "/healthz", &[], b""));
+    batch.extend(c.build_request("GET", "/nope", &[], b""));
+    batch.extend(c.build_request(
+        "POST",
+        "/login",
+        &[("Content-Type", "application/json")],
+        login.as_bytes(),
+    ));
+    batch.extend(c.build_request("GET", "/style.css", &[], b""));
+    batch.extend(c.build_request("POST", "/healthz", &[], b""));
+    batch.extend(c.build_request("HEAD", "/", &[], b""));
+    batch.extend(c.build_request("GET", "/app.js", &[], b""));
+    c.send(&batch);
+
+    let r = c.read_response();
+    assert_eq!((r.status, r.text().as_str()), (200, r#"{"status":"ok"}"#));
+    assert_error(&c.read_response(), 404, "not_found");
+    assert_error(&c.read_response(), 401, "invalid_credentials");
+    let r = c.read_response();
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "body { color: #222; }\n")
+    );
+    let r = c.read_response();
+    assert_error(&r, 405, "method_not_allowed");
+    let r = c.read_response_to("HEAD");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-length"),
+        Some(INDEX_HTML.len().to_string().as_str())
+    );
+    let r = c.read_response();
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "console.log('chatd');\n")
+    );
+    assert!(
+        c.pending().is_empty(),
+        "extra bytes after the last response"
+    );
+    c.assert_open(Duration::from_millis(200));
+}
+
+#[test]
+fn a_body_sent_in_pieces_is_assembled_by_content_length() {
+    let server = TestServer::start("");
+    let mut c = server.connect();
+    let body = json!({"username": "pieces", "password": "pieces-password"}).to_string();
+    let head = format!(
+        "POST /register HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    // The head itself split mid-line, then the body in three writes.
+    let (h1, h2) = head.split_at(20);
+    c.send(h1.as_bytes());
+    std::thread::sleep(Duration::from_millis(50));
+    c.send(h2.as_bytes());
+    for part in body.as_bytes().chunks(body.len() / 3 + 1) {
+        std::thread::sleep(Duration::from_millis(50));
+        c.send(part);
+    }
+    let r = c.read_response();
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_user(&r.json(), "pieces");
+}
+
+#[test]
+fn transfer_encoding_is_501_and_closes() {
+    let server = TestServer::start("");
+    let mut c = server.connect();
+    c.send(
+        b"POST /register HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+          Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    );
+    let r = c.read_response();
+    assert_error_and_close(&mut c, &r, 501, "not_implemented");
+}
+
+#[test]
+fn oversized_body_is_413_decided_from_content_length_alone() {
+    let server = TestServer::start("max_body_bytes = 1024");
+    // The head alone, announcing one byte too many: the answer comes without the body.
+    let mut c = server.connect();
+    c.send(
+        b"POST /register HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+          Content-Length: 1025\r\n\r\n",
+    );
+    let r = c.read_response();
+    assert_error_and_close(&mut c, &r, 413, "payload_too_large");
+
+    // Exactly the limit is accepted and the body is used.
+    let mut c = server.connect();
+    let mut body = json!({"username": "exactly", "password": "exactly-1024"}).to_string();
+    body.push_str(&" ".repeat(1024 - body.len()));
+    assert_eq!(body.len(), 1024);
+    let r = c.request(
+        "POST",
+        "/register",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    // A huge announced length with Expect: 100-continue gets 413, never 100.
+    let mut c = server.connect();
+    c.send(
+        b"POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+          Expect: 100-continue\r\nContent-Length: 99999999\r\n\r\n",
+    );
+    let r = c.read_any_response("POST");
+    assert_error_and_close(&mut c, &r, 413, "payload_too_large");
+}
+
+/// A GET whose header block (request line to the blank line) is exactly `len` bytes.
+fn get_with_head_len(len: usize) -> Vec<u8> {
+    let start = "GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Pad: ";
+    let end = "\r\n\r\n";
+    let pad = len - start.len() - end.len();
+    format!("{start}{}{end}", "a".repeat(pad)).into_bytes()
+}
+
+#[test]
+fn oversized_header_block_is_431_and_closes() {
+    let server = TestServer::start("max_header_bytes = 1024");
+    let mut c = server.connect();
+    let r = c.request("GET", "/healthz", &[], b"");
+    assert_eq!(r.status, 200);
+    c.send(&get_with_head_len(1024));
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "a header block of exactly the limit is fine");
+
+    let mut c = server.connect();
+    c.send(&get_with_head_len(1025));
+    let r = c.read_response();
+    assert_error_and_close(&mut c, &r, 431, "headers_too_large");
+
+    // A header block that never ends is refused as soon as it passes the limit.
+    let mut c = server.connect();
+    let mut endless = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Pad: ".to_vec();
+    endless.extend(std::iter::repeat_n(b'b', 2000));
+    c.send(&endless);
+    let r = c.read_response();
+    assert_error_and_close(&mut c, &r, 431, "headers_too_large");
+}
+
+#[test]
+fn more_than_48_headers_is_431() {
+    let server = TestServer::start("");
+    let with_headers = |n: usize| {
+        let mut raw = String::from("GET /healthz HTTP/1.1\r\nHost: localhost\r\n");
+        for i in 1..n {
+            raw.push_str(&format!("X-H{i}: v\r\n"));
+        }
+        raw.push_str("\r\n");
+        raw.into_bytes()
+    };
+    let mut c = server.connect();
+    c.send(&with_headers(48));
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "48 headers are allowed");
+
+    let mut c = server.connect();
+    c.send(&with_headers(49));
+    let r = c.read_response();
+    assert_error_and_close(&mut c, &r, 431, "headers_too_large");
+}
+
+#[test]
+fn bad_syntax_is_400_and_closes() {
+    let server = TestServer::start("");
+    for raw in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET /healthz HTTP/1.1\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET /healthz HTTP/9.9\r\nHost: localhost\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nBad Header: x\r\n\r\n",
+        b"POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Length: 12x\r\n\r\n",
+        b"POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+        b"GET http://localhost/healthz HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    ] {
+        let mut c = server.connect();
+        c.send(raw);
+        let r = c.read_response();
+        let what = String::from_utf8_lossy(raw);
+        assert_eq!(r.status, 400, "{what:?}: {}", r.text());
+        assert_error_and_close(&mut c, &r, 400, "bad_request");
+    }
+
+    // Invalid JSON in an API body is a 400 too, and closes as well.
+    let mut c = server.connect();
+    let r = c.request(
+        "POST",
+        "/login",
+        &[("Content-Type", "application/json")],
+        b"{\"username\": ",
+    );
+    assert_error_and_close(&mut c, &r, 400, "bad_request");
+}
+
+#[test]
+fn method_not_allowed_has_allow_and_keeps_the_connection() {
+    let server = TestServer::start("");
+    let mut c = server.connect();
+    for (method, path, allow) in [
+        ("GET", "/login", "POST"),
+        ("PUT", "/register", "POST"),
+        ("GET", "/refresh", "POST"),
+        ("DELETE", "/me", "GET, PUT"),
+        ("POST", "/me", "GET, PUT"),
+        ("POST", "/healthz", "GET, HEAD"),
+        ("POST", "/metrics", "GET"),
+        ("PUT", "/index.html", "GET, HEAD"),
+        ("DELETE", "/", "GET, HEAD"),
+    ] {
+        let r = c.request(method, path, &[], b"");
+        assert_error(&r, 405, "method_not_allowed");
+        assert_eq!(r.header("allow"), Some(allow), "{method} {path}");
+        assert!(!r.closes(), "405 must not close");
+    }
+    assert_eq!(c.get("/healthz").status, 200);
+}
+
+#[test]
+fn a_body_that_is_not_json_is_415() {
+    let server = TestServer::start("");
+    let mut c = server.connect();
+    let body = json!({"username": "alice", "password": "alice-password"}).to_string();
+    for headers in [
+        &[("Content-Type", "text/plain")][..],
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        &[],
+    ] {
+        let r = c.request("POST", "/register", headers, body.as_bytes());
+        assert_error(&r, 415, "unsupported_media_type");
+        assert!(!r.closes());
+    }
+    // Parameters after the media type are fine.
+    let r = c.request(
+        "POST",
+        "/register",
+        &[("Content-Type", "application/json; charset=utf-8")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    let token = server.login("alice", "alice-password");
+    let auth = format!("Bearer {token}");
+    let r = c.request(
+        "PUT",
+        "/me",
+        &[("Authorization", &auth), ("Content-Type", "text/plain")],
+        br#"{"display_name":"x"}"#,
+    );
+    assert_error(&r, 415, "unsupported_media_type");
+}
+
+#[test]
+fn unknown_paths_are_404() {
+    let server = TestServer::start("");
+    let mut c = server.connect();
+    for path in ["/nope", "/api/v1/users", "/healthz/extra", "/me/"] {
+        let r = c.get(path);
+        assert_error(&r, 404, "not_found");
+        assert!(!r.closes());
+    }
+}
+
+#[test]
+fn head_responses_never_carry_a_body() {
+    let server = TestServer::start("");
+    let mut c = server.connect();
+    // Pipelined so that a stray body after a HEAD answer would be read as the start
+    // of the next response.
+    let mut batch = Vec::new();
+    batch.extend(c.build_request("HEAD", "/missing.html", &[], b""));
+    batch.extend(c.build_request("HEAD", "/me", &[], b""));
+    batch.extend(c.build_request("HEAD", "/style.css", &[], b""));
+    batch.extend(c.build_request("GET", "/healthz", &[], b""));
+    c.send(&batch);
+    let r = c.read_response_to("HEAD");
+    assert_eq!(r.status, 404);
+    assert_security_headers(&r);
+    let r = c.read_response_to("HEAD");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, PUT"));
+    let r = c.read_response_to("HEAD");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("22"));
+    let r = c.read_response();
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, r#"{"status":"ok"}"#),
+        "the answer after HEAD responses is out of sync"
+    );
+}
+
+#[test]
+fn expect_100_continue_is_answered_before_the_body() {
+    let server = TestServer::start("");
+    let mut c = server.connect();
+    let body = json!({"username": "patient", "password": "patient-password"}).to_string();
+    let head = format!(
+        "POST /register HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Expect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.send(head.as_bytes());
+    let interim = c.read_any_response("POST");
+    assert_eq!(interim.status, 100);
+    assert_eq!(interim.version, "HTTP/1.1");
+    assert_eq!(interim.reason, "Continue");
+    assert!(c.pending().is_empty());
+    c.send(body.as_bytes());
+    let r = c.read_any_response("POST");
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_user(&r.json(), "patient");
+
+    // The next request on the connection gets its own 100.
+    let body = json!({"username": "patient", "password": "patient-password"}).to_string();
+    let head = format!(
+        "POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Expect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.send(head.as_bytes());
+    assert_eq!(c.read_any_response("POST").status, 100);
+    c.send(body.as_bytes());
+    assert_eq!(c.read_any_response("POST").status, 200);
+}
+
+#[test]
+fn plain_http_on_the_tls_port_gets_a_plaintext_400_and_is_closed() {
+    let server = TestServer::start("");
+    let mut sock = server.tcp();
+    sock.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("write");
+    let reply = read_until_eof(&mut sock, Duration::from_secs(5))
+        .expect("the server closes the plaintext connection");
+    let text = String::from_utf8(reply).expect("plaintext reply");
+    assert!(text.starts_with("HTTP/1.0 400 "), "{text:?}");
+    let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+    assert_eq!(body.trim_end(), "this port speaks HTTPS");
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .expect("content-length");
+    assert_eq!(length, body.len());
+    assert_eq!(
+        server.metric("chatd_connection_errors_total{reason=\"plaintext_http\"}"),
+        1
+    );
+}
+
+#[test]
+fn connection_close_and_http_1_0_close_after_the_response() {
+    let server = TestServer::start("");
+    let mut c = server.connect();
+    let r = c.request("GET", "/healthz", &[("Connection", "close")], b"");
+    assert_eq!(r.status, 200);
+    assert!(r.closes());
+    c.assert_closed();
+
+    let mut c = server.connect();
+    c.send(b"GET /healthz HTTP/1.0\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    assert!(r.closes());
+    c.assert_closed();
+
+    let mut c = server.connect();
+    c.send(b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+    assert!(!r.closes());
+    c.send(b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(c.read_response().status, 200);
+}
+
+#[test]
+fn the_client_verifies_the_certificate_for_real() {
+    let server = TestServer::start("");
+    let cert_pem = std::fs::read(server.cert_path()).expect("cert");
+    let der = cert_der_from_pem(&cert_pem);
+    assert_eq!(server.fingerprint(), fingerprint(&der));
+
+    // By name and by IP address: both are in the certificate.
+    for name in ["localhost", "127.0.0.1"] {
+        let mut c = Client::connect(server.addr(), server.client_config(), name)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(c.peer_cert_der(), der);
+        assert_eq!(c.get("/healthz").status, 200);
+    }
+    // A name the certificate does not cover, and a certificate we do not trust.
+    let e = Client::connect(server.addr(), server.client_config(), "example.com")
+        .err()
+        .expect("wrong name must fail");
+    assert!(e.to_string().contains("certificate"), "{e}");
+    let (other_cert, _) = new_self_signed_pair();
+    let e = Client::connect(
+        server.addr(),
+        client_config_trusting(other_cert.as_bytes()),
+        "localhost",
+    )
+    .err()
+    .expect("untrusted certificate must fail");
+    assert!(e.to_string().contains("certificate"), "{e}");
+}
+
+#[test]
+fn metrics_are_prometheus_text_and_can_be_turned_off() {
+    let server = TestServer::start("");
+    server.register("counted", "counted-password");
+    let mut c = server.connect();
+    let r = c.get("/metrics");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    assert_security_headers(&r);
+    let text = r.text();
+    assert!(
+        text.contains("# TYPE chatd_open_connections gauge"),
+        "{text}"
+    );
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (name, value) = line.rsplit_once(' ').expect("sample line");
+        assert!(name.starts_with("chatd_"), "{line}");
+        value.parse::<u64>().unwrap_or_else(|_| panic!("{line}"));
+    }
+    assert_eq!(metric_value(&text, "chatd_registrations_total"), 1);
+    assert_eq!(metric_value(&text, "chatd_open_connections"), 1);
+
+    let off = TestServer::start("metrics = off");
+    assert_error(&off.connect().get("/metrics"), 404, "not_found");
+}

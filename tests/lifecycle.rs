@@ -1,0 +1,218 @@
+//! The process lifecycle: first start (certificate, key, JWT secret), SIGTERM/SIGINT
+//! (finish in-flight requests, exit 0, database intact), restart (users, certificate and
+//! tokens survive), SIGHUP certificate reload without dropping connections, and IPv6.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn first_start_generates_certificate_key_and_jwt_secret() {
+    let server = TestServer::start("");
+    assert!(server.cert_path().is_file());
+    assert_eq!(mode(&server.key_path()), 0o600, "private key must be 0600");
+    let secret_path = server.dir().join("certs/jwt.secret");
+    assert_eq!(mode(&secret_path), 0o600, "JWT secret must be 0600");
+    assert!(server.jwt_secret().len() >= 32);
+
+    let der = cert_der_from_pem(&std::fs::read(server.cert_path()).unwrap());
+    assert_eq!(server.fingerprint(), fingerprint(&der));
+    assert_eq!(server.fingerprint().len(), 32 * 3 - 1);
+    let c = server.connect();
+    assert_eq!(
+        c.peer_cert_der(),
+        der,
+        "the server presents the generated file"
+    );
+}
+
+/// Waits until the listener is gone (connections refused): the server has seen the
+/// signal.
+fn wait_listener_closed(server: &TestServer) {
+    let addr = server.addr();
+    let gone = wait_until(Duration::from_secs(5), || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err()
+    });
+    assert!(gone, "still accepting connections after the signal");
+}
+
+#[test]
+fn sigterm_finishes_in_flight_requests_exits_0_and_keeps_the_data() {
+    let mut server = TestServer::start("");
+    server.register("olga", "olga-password");
+    let old_token = server.login("olga", "olga-password");
+    let fingerprint_before = server.fingerprint().to_string();
+
+    let mut idle = server.connect();
+    assert_eq!(idle.get("/healthz").status, 200);
+    // A request in flight: its head and half its body are here when the signal comes.
+    let mut busy = server.connect();
+    let body = json!({"username": "pavel", "password": "pavel-password"}).to_string();
+    let head = format!(
+        "POST /register HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let (first, rest) = body.split_at(10);
+    busy.send(head.as_bytes());
+    busy.send(first.as_bytes());
+    std::thread::sleep(Duration::from_millis(200));
+
+    let signalled = Instant::now();
+    server.signal(libc::SIGTERM);
+    wait_listener_closed(&server);
+    assert!(
+        idle.is_closed_within(Duration::from_secs(3)),
+        "idle connection kept open"
+    );
+    drop(idle);
+    busy.send(rest.as_bytes());
+    let r = busy.read_response();
+    assert_eq!(
+        r.status,
+        201,
+        "the in-flight request is answered: {}",
+        r.text()
+    );
+    assert!(r.closes(), "answers during shutdown close the connection");
+    busy.assert_closed();
+    drop(busy);
+
+    let status = server
+        .wait_exit(Duration::from_secs(8))
+        .expect("chatd exits after SIGTERM");
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+    assert!(signalled.elapsed() < Duration::from_secs(8));
+
+    // The database is intact and holds both accounts.
+    let db = rusqlite::Connection::open(server.db_path()).expect("open db");
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check");
+    assert_eq!(check, "ok");
+    let users: i64 = db
+        .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+        .expect("count users");
+    assert_eq!(users, 2);
+    drop(db);
+
+    // Restart: same users, same certificate, tokens from before still valid.
+    server.restart();
+    assert_eq!(server.fingerprint(), fingerprint_before);
+    let mut c = server.connect();
+    let r = c.get_auth("/me", &old_token);
+    assert_eq!(r.status, 200, "token from before the restart: {}", r.text());
+    c.login("pavel", "pavel-password");
+    let r = c.post_json(
+        "/register",
+        &json!({"username": "OLGA", "password": "another-password"}),
+    );
+    assert_error(&r, 409, "username_taken");
+}
+
+#[test]
+fn sigint_exits_0_and_closes_idle_connections() {
+    let mut server = TestServer::start("");
+    let mut c = server.connect();
+    assert_eq!(c.get("/healthz").status, 200);
+    server.signal(libc::SIGINT);
+    assert!(c.is_closed_within(Duration::from_secs(5)));
+    let status = server
+        .wait_exit(Duration::from_secs(5))
+        .expect("chatd exits after SIGINT");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn sighup_reloads_the_certificate_without_dropping_connections() {
+    let mut server = TestServer::start("");
+    let old_pem = std::fs::read(server.cert_path()).unwrap();
+    let old_der = cert_der_from_pem(&old_pem);
+    let mut old_conn = server.connect();
+    assert_eq!(old_conn.get("/healthz").status, 200);
+
+    let (cert, key) = new_self_signed_pair();
+    let new_der = cert_der_from_pem(cert.as_bytes());
+    assert_ne!(new_der, old_der);
+    std::fs::write(server.key_path(), &key).unwrap();
+    std::fs::write(server.cert_path(), &cert).unwrap();
+    server.signal(libc::SIGHUP);
+
+    // New connections see the new certificate (verified against it alone).
+    let new_config = client_config_trusting(cert.as_bytes());
+    let reloaded = wait_until(Duration::from_secs(5), || {
+        Client::connect(server.addr(), new_config.clone(), "localhost").is_ok()
+    });
+    assert!(reloaded, "new connections never got the new certificate");
+    let mut new_conn = Client::connect(server.addr(), new_config, "localhost").unwrap();
+    assert_eq!(new_conn.peer_cert_der(), new_der);
+    assert_eq!(new_conn.get("/healthz").status, 200);
+    // A client that trusts only the old certificate is now refused.
+    let e = Client::connect(server.addr(), client_config_trusting(&old_pem), "localhost")
+        .err()
+        .expect("the old certificate is gone");
+    assert!(e.to_string().contains("certificate"), "{e}");
+
+    // The connection opened before the reload is still served.
+    assert_eq!(old_conn.peer_cert_der(), old_der);
+    for _ in 0..3 {
+        assert_eq!(old_conn.get("/healthz").status, 200);
+    }
+    assert!(
+        server.log().contains(&fingerprint(&new_der)),
+        "reload not logged"
+    );
+    assert!(server.is_running());
+}
+
+#[test]
+fn sighup_with_broken_files_keeps_the_current_certificate() {
+    let server = TestServer::start("");
+    let pem = std::fs::read(server.cert_path()).unwrap();
+    let der = cert_der_from_pem(&pem);
+    let config = client_config_trusting(&pem);
+    std::fs::write(server.cert_path(), "not a certificate\n").unwrap();
+    server.signal(libc::SIGHUP);
+    assert!(
+        server.wait_for_log("keeping the current certificate", Duration::from_secs(5)),
+        "failed reload not logged"
+    );
+    let mut c = Client::connect(server.addr(), config, "localhost").expect("still the old cert");
+    assert_eq!(c.peer_cert_der(), der);
+    assert_eq!(c.get("/healthz").status, 200);
+}
+
+#[test]
+fn ipv6_loopback_works() {
+    if !has_ipv6_loopback() {
+        eprintln!("NOTE: no ::1 on this machine; IPv6 test skipped");
+        return;
+    }
+    let server = TestServer::start("host = ::1");
+    let addr = server.addr();
+    assert!(addr.is_ipv6(), "{addr}");
+    assert_eq!(addr.ip().to_string(), "::1");
+    for name in ["localhost", "::1"] {
+        let mut c = Client::connect(addr, server.client_config(), name)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(c.get("/healthz").status, 200);
+    }
+    let mut c = server.connect();
+    c.register("quinn", "quinn-password");
+    let token = c.login("quinn", "quinn-password");
+    assert_eq!(c.get_auth("/me", &token).status, 200);
+    // ::1 is loopback: /metrics is readable by default.
+    assert_eq!(c.get("/metrics").status, 200);
+}

@@ -1,0 +1,320 @@
+//! Limits end to end: connection limits at accept (before TLS), per-IP HTTP and login
+//! rates, the server-wide password-hash budget, the header timeout (slowloris, slow
+//! handshake, slow body) and the idle timeout, each with its `/metrics` counter.
+
+mod common;
+
+use std::io::{ErrorKind, Write};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+/// Asserts that a fresh TCP connection is closed by the server before any byte of TLS
+/// (we send nothing, and EOF or a reset arrives with no data).
+fn assert_refused_at_accept(server: &TestServer) {
+    let mut sock = server.tcp();
+    let data = read_until_eof(&mut sock, Duration::from_secs(5))
+        .expect("a refused connection is closed at once");
+    assert!(data.is_empty(), "refused connection sent {data:?}");
+    // A TLS handshake on a refused connection fails too.
+    let err = server
+        .try_connect()
+        .err()
+        .expect("TLS on a refused connection must fail");
+    assert_ne!(err.kind(), ErrorKind::InvalidData, "{err}");
+}
+
+#[test]
+fn per_ip_connection_limit_closes_extra_connections_before_tls() {
+    let server = TestServer::start("max_connections_per_ip = 3");
+    let mut open: Vec<Client> = (0..3).map(|_| server.connect()).collect();
+    for c in &mut open {
+        assert_eq!(c.get("/healthz").status, 200);
+    }
+    assert_refused_at_accept(&server);
+    // The first three still work, and the refusals were counted.
+    for c in &mut open {
+        assert_eq!(c.get("/healthz").status, 200);
+    }
+    let text = open[0].get("/metrics").text();
+    assert_eq!(
+        metric_value(
+            &text,
+            "chatd_connections_refused_total{reason=\"max_connections_per_ip\"}"
+        ),
+        2
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            "chatd_connections_refused_total{reason=\"max_connections\"}"
+        ),
+        0
+    );
+    assert_eq!(metric_value(&text, "chatd_open_connections"), 3);
+    assert_eq!(metric_value(&text, "chatd_connections_accepted_total"), 3);
+
+    // Closing one makes room for a new one.
+    open.pop().expect("a connection").close();
+    let reconnected = wait_until(Duration::from_secs(5), || {
+        server.try_connect().is_ok_and(|mut c| {
+            c.try_send(&c.build_request("GET", "/healthz", &[], b""))
+                .is_ok()
+                && c.try_read_any_response("GET")
+                    .is_ok_and(|r| r.status == 200)
+        })
+    });
+    assert!(reconnected, "no room after closing a connection");
+}
+
+#[test]
+fn max_connections_limit_is_counted_under_its_own_reason() {
+    let server = TestServer::start("max_connections = 2\nmax_connections_per_ip = 2");
+    let mut a = server.connect();
+    let mut b = server.connect();
+    assert_eq!(a.get("/healthz").status, 200);
+    assert_eq!(b.get("/healthz").status, 200);
+    assert_refused_at_accept(&server);
+    let text = b.get("/metrics").text();
+    assert_eq!(
+        metric_value(
+            &text,
+            "chatd_connections_refused_total{reason=\"max_connections\"}"
+        ),
+        2
+    );
+    assert_eq!(a.get("/healthz").status, 200);
+}
+
+#[test]
+fn http_rate_limit_answers_429_with_retry_after() {
+    let server = TestServer::start_with_env("", &[("CHATD_HTTP_RATE_PER_IP", "2/s burst 3")]);
+    let mut c = server.connect();
+    for _ in 0..3 {
+        assert_eq!(c.get("/healthz").status, 200);
+    }
+    let r = c.get("/healthz");
+    assert_error(&r, 429, "rate_limited");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(!r.closes(), "429 must not close");
+    // Static files and the API count alike.
+    let r = c.get("/index.html");
+    assert_error(&r, 429, "rate_limited");
+
+    std::thread::sleep(Duration::from_millis(1600));
+    assert_eq!(c.get("/healthz").status, 200, "the budget refills");
+    let r = c.get("/metrics");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        metric_value(
+            &r.text(),
+            "chatd_rate_limited_total{limit=\"http_rate_per_ip\"}"
+        ),
+        2
+    );
+}
+
+#[test]
+fn login_rate_is_shared_by_login_and_register() {
+    let server = TestServer::start("login_rate_per_ip = 1/min burst 3");
+    let mut c = server.connect();
+    c.register("kate", "kate-password");
+    c.login("kate", "kate-password");
+    let r = c.post_json(
+        "/login",
+        &json!({"username": "kate", "password": "wrong-password"}),
+    );
+    assert_error(&r, 401, "invalid_credentials");
+
+    for (path, body) in [
+        (
+            "/register",
+            json!({"username": "leo", "password": "leo-password"}),
+        ),
+        (
+            "/login",
+            json!({"username": "kate", "password": "kate-password"}),
+        ),
+    ] {
+        let r = c.post_json(path, &body);
+        assert_error(&r, 429, "rate_limited");
+        let retry: u64 = r
+            .header("retry-after")
+            .expect("Retry-After")
+            .parse()
+            .expect("whole seconds");
+        assert!((50..=60).contains(&retry), "{path}: Retry-After {retry}");
+    }
+    // Other requests are not affected.
+    assert_eq!(c.get("/healthz").status, 200);
+    assert_eq!(
+        c.metric("chatd_rate_limited_total{limit=\"login_rate_per_ip\"}"),
+        2
+    );
+}
+
+#[test]
+fn password_hash_budget_is_server_wide() {
+    let server =
+        TestServer::start("password_hashes_per_sec = 1\nlogin_rate_per_ip = 100/s burst 100");
+    let mut c = server.connect();
+    // Two registrations in one write: handled back to back, the second finds the
+    // budget of one hash per second spent.
+    let mut batch = Vec::new();
+    for name in ["mia", "ned"] {
+        let body = json!({"username": name, "password": "some-password"}).to_string();
+        batch.extend(c.build_request(
+            "POST",
+            "/register",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        ));
+    }
+    c.send(&batch);
+    assert_eq!(c.read_response().status, 201);
+    let r = c.read_response();
+    assert_error(&r, 429, "rate_limited");
+    assert_eq!(r.header("retry-after"), Some("1"));
+
+    std::thread::sleep(Duration::from_millis(1100));
+    c.register("ned", "some-password");
+    assert_eq!(
+        c.metric("chatd_rate_limited_total{limit=\"password_hashes_per_sec\"}"),
+        1
+    );
+}
+
+/// Sends `bytes` one at a time every 500 ms, stopping when the server closes the
+/// connection; returns the time from `start` to the close, or None if all was sent.
+fn trickle(c: &mut Client, bytes: &[u8], start: Instant, limit: Duration) -> Option<Duration> {
+    for &b in bytes {
+        if c.try_send(&[b]).is_err() {
+            return Some(start.elapsed());
+        }
+        if c.is_closed_within(Duration::from_millis(500)) {
+            return Some(start.elapsed());
+        }
+        assert!(start.elapsed() < limit, "still open after {limit:?}");
+    }
+    None
+}
+
+#[test]
+fn slowloris_is_cut_off_while_other_clients_are_served() {
+    let server = TestServer::start("header_timeout_secs = 2");
+    let start = Instant::now();
+    let mut slow = server.connect();
+    let head = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: 1234567890\r\n\r\n";
+
+    // A normal client is served at once while the slow one dribbles.
+    let other = std::thread::spawn({
+        let addr = server.addr();
+        let config = server.client_config();
+        move || {
+            std::thread::sleep(Duration::from_millis(800));
+            let mut c = Client::connect(addr, config, "localhost").expect("connect");
+            let t = Instant::now();
+            let r = c.get("/healthz");
+            (r.status, t.elapsed())
+        }
+    });
+    let closed_after = trickle(&mut slow, head, start, Duration::from_secs(6))
+        .expect("the slow client was never cut off");
+    assert!(
+        closed_after >= Duration::from_millis(1500),
+        "cut off too early: {closed_after:?}"
+    );
+    assert!(slow.pending().is_empty(), "no response for a slow request");
+    let (status, took) = other.join().expect("other client");
+    assert_eq!(status, 200);
+    assert!(
+        took < Duration::from_secs(2),
+        "normal client waited {took:?}"
+    );
+    assert_eq!(
+        server.metric("chatd_connection_errors_total{reason=\"header_timeout\"}"),
+        1
+    );
+}
+
+#[test]
+fn a_tls_handshake_that_never_comes_is_cut_off() {
+    let server = TestServer::start("header_timeout_secs = 2");
+    let start = Instant::now();
+    let mut sock = server.tcp();
+    let data = read_until_eof(&mut sock, Duration::from_secs(6))
+        .expect("a silent connection is closed by the header timeout");
+    assert!(data.is_empty());
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // Half a handshake is no better: a TLS record header that never completes.
+    let start = Instant::now();
+    let mut sock = server.tcp();
+    sock.write_all(&[0x16, 0x03, 0x01, 0x01, 0x00, 0x01])
+        .expect("write");
+    let data = read_until_eof(&mut sock, Duration::from_secs(6))
+        .expect("a stalled handshake is closed by the header timeout");
+    assert!(data.is_empty());
+    assert!(start.elapsed() >= Duration::from_millis(1500));
+}
+
+#[test]
+fn a_body_that_trickles_in_is_cut_off() {
+    let server = TestServer::start("header_timeout_secs = 2");
+    let mut c = server.connect();
+    // A first request is fine; the clock starts again for the second one.
+    assert_eq!(c.get("/healthz").status, 200);
+    std::thread::sleep(Duration::from_millis(1500));
+    let start = Instant::now();
+    c.send(
+        b"POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+          Content-Length: 64\r\n\r\n",
+    );
+    let closed_after = trickle(&mut c, &[b' '; 64], start, Duration::from_secs(6))
+        .expect("the slow body was never cut off");
+    assert!(
+        closed_after >= Duration::from_millis(1500),
+        "{closed_after:?}"
+    );
+}
+
+#[test]
+fn idle_keep_alive_connections_are_closed() {
+    let server = TestServer::start("idle_timeout_secs = 1");
+    let mut c = server.connect();
+    assert_eq!(c.get("/healthz").status, 200);
+    let answered = Instant::now();
+    assert!(
+        c.is_closed_within(Duration::from_secs(5)),
+        "idle connection kept open"
+    );
+    assert!(
+        answered.elapsed() >= Duration::from_millis(800),
+        "closed too early: {:?}",
+        answered.elapsed()
+    );
+    assert!(c.pending().is_empty());
+    assert_eq!(
+        server.metric("chatd_connection_errors_total{reason=\"idle_timeout\"}"),
+        1
+    );
+}
+
+#[test]
+fn a_busy_keep_alive_connection_is_not_idle() {
+    let server = TestServer::start("idle_timeout_secs = 2\nheader_timeout_secs = 2");
+    let mut c = server.connect();
+    // Requests every 0.5 s for 3.5 s: longer than both timeouts, never idle that long.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(3500) {
+        let r = c.get("/healthz");
+        assert_eq!(r.status, 200);
+        assert!(!r.closes());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
