@@ -99,6 +99,10 @@ pub struct WsConn {
     pub last_ping: Instant,
     /// When the token presented (or renewed with `auth`) expires: close with 4002.
     pub token_expires: Instant,
+    /// A close was decided while reading (protocol error, flooding, the client's own
+    /// close): no more input is processed; the close frame follows the replies
+    /// already produced.
+    pub closing: bool,
     /// When our close frame was queued; nothing else may follow it, and the peer has
     /// LINGER to take it before the connection is dropped.
     pub close_sent_at: Option<Instant>,

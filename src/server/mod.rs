@@ -486,7 +486,7 @@ impl Server {
     }
 
     /// Flushes one connection; finishes its close when everything is out.
-    fn flush_now(&mut self, conn_ref: ConnRef, now: Now) {
+    pub(super) fn flush_now(&mut self, conn_ref: ConnRef, now: Now) {
         let Server { conns, scratch, .. } = self;
         let Some(conn) = conns
             .get_mut(conn_ref.key)

@@ -16,7 +16,7 @@ use crate::chat::protocol::Frame;
 use crate::chat::{ConnId, Output};
 use crate::config::DuplicateSessions;
 use crate::time::Now;
-use crate::ws::frame::{close_frame, close_frame_with, ping_frame, pong_frame};
+use crate::ws::frame::{close_frame, ping_frame, pong_frame};
 use crate::ws::{Close, Decoder, WsEvent};
 
 /// The chat's id for a connection: slot and generation, so it is never reused.
@@ -58,6 +58,7 @@ impl Server {
             decoder: Decoder::new(max_message),
             limiter: RateLimiter::direct(quota),
             refusals: 0,
+            closing: false,
             last_heard: now.instant,
             last_ping: now.instant,
             token_expires: instant_at(session.token_expires_at, now),
@@ -94,14 +95,14 @@ impl Server {
             return;
         };
         let mut pos = 0;
-        let mut close: Option<Vec<u8>> = None;
+        let mut close: Option<Close> = None;
         let mut wrote = false;
-        while ws.close_sent_at.is_none() {
+        while !ws.closing && ws.close_sent_at.is_none() {
             let (event, used) = match ws.decoder.decode(&conn.inbuf[pos..]) {
                 Ok(decoded) => decoded,
                 Err(code) => {
                     log::debug!("{}: closing WebSocket: {}", conn.peer, code.reason());
-                    close = Some(close_frame(code));
+                    close = Some(code);
                     break;
                 }
             };
@@ -121,7 +122,7 @@ impl Server {
                         app.metrics.ws_rate_limited += 1;
                         if ws.refusals >= burst {
                             log::info!("{}: closing WebSocket for flooding", conn.peer);
-                            close = Some(close_frame(Close::Policy));
+                            close = Some(Close::Policy);
                             break;
                         }
                         app.chat.reject_rate_limited(ws.id, &text, chat_outputs);
@@ -134,31 +135,31 @@ impl Server {
                 WsEvent::Pong => {}
                 WsEvent::Close { code, .. } => {
                     // Echo the client's code, as RFC 6455 suggests.
-                    close = Some(close_frame_with(code.unwrap_or(1000), ""));
+                    close = Some(Close::Echo(code.unwrap_or(1000)));
                     break;
                 }
             }
         }
-        if pos > 0 {
+        if let Some(close) = close {
+            // Leave the chat now; the close frame goes out after the replies already
+            // produced for this connection (see commit_and_dispatch).
+            ws.closing = true;
+            app.chat.disconnect(ws.id, chat_outputs);
+            chat_outputs.push(Output::Close { conn: ws.id, close });
+            conn.inbuf = Vec::new();
+        } else if pos > 0 {
             conn.inbuf.drain(..pos);
         }
         conn.release_idle_input();
         if wrote {
             self.queue_flush(conn_ref);
         }
-        if let Some(frame) = close {
-            self.close_ws_with(conn_ref, frame, false);
-        }
     }
 
-    /// Sends a close frame with this code and ends the connection's chat session.
+    /// Queues a close frame with this code as the last thing the connection sends, and
+    /// ends its chat session. A slow consumer's queued frames are dropped first, except
+    /// one already partly sent.
     pub(super) fn close_ws(&mut self, conn_ref: ConnRef, close: Close) {
-        self.close_ws_with(conn_ref, close_frame(close), close == Close::SlowConsumer);
-    }
-
-    /// Queues `frame` (a close frame) as the last thing the connection sends. A slow
-    /// consumer's queued frames are dropped first, except one already partly sent.
-    fn close_ws_with(&mut self, conn_ref: ConnRef, frame: Vec<u8>, drop_queued: bool) {
         let Some(conn) = self.get(conn_ref) else {
             return;
         };
@@ -170,10 +171,10 @@ impl Server {
         }
         ws.close_sent_at = Some(Instant::now());
         let id = ws.id;
-        if drop_queued {
+        if close == Close::SlowConsumer {
             conn.out.drop_unstarted();
         }
-        conn.out.push_owned(frame);
+        conn.out.push_owned(close_frame(close));
         conn.close_when_flushed = true;
         conn.inbuf = Vec::new();
         self.app.chat.disconnect(id, &mut self.chat_outputs);
@@ -270,6 +271,17 @@ impl Server {
             return;
         }
         if conn.out.len() + frame.len() > cap {
+            // Over the cap only counts if the socket cannot take what is queued.
+            self.flush_now(conn_ref, Now::read());
+            let Some(conn) = self.get(conn_ref) else {
+                return;
+            };
+            if conn.out.len() + frame.len() <= cap {
+                conn.out.push_shared(frame.clone());
+                self.app.metrics.ws_messages_out += 1;
+                self.queue_flush(conn_ref);
+                return;
+            }
             log::info!(
                 "{}: closing slow WebSocket consumer ({} bytes queued)",
                 conn.peer,

@@ -29,6 +29,8 @@ pub enum Close {
     TokenExpired,
     /// 4003: the user's password changed.
     CredentialsChanged,
+    /// The answer to a client's close frame: its own code echoed (1000 if it had none).
+    Echo(u16),
 }
 
 impl Close {
@@ -47,6 +49,7 @@ impl Close {
             Close::Replaced => 4001,
             Close::TokenExpired => 4002,
             Close::CredentialsChanged => 4003,
+            Close::Echo(code) => code,
         }
     }
 
@@ -65,6 +68,7 @@ impl Close {
             Close::Replaced => "replaced",
             Close::TokenExpired => "token expired",
             Close::CredentialsChanged => "credentials changed",
+            Close::Echo(_) => "",
         }
     }
 }

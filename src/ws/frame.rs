@@ -360,6 +360,7 @@ mod tests {
             v
         });
         assert_eq!(pong_frame(b"x"), vec![0x8A, 1, b'x']);
+        assert_eq!(close_frame(Close::Echo(4999)), vec![0x88, 2, 0x13, 0x87]);
         assert_eq!(ping_frame(b""), vec![0x89, 0]);
         let cut = close_frame_with(1000, &"é".repeat(100));
         assert!(cut.len() <= 2 + 125);

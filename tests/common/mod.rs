@@ -11,6 +11,8 @@
 //! Each test file uses only part of this module.
 #![allow(dead_code)]
 
+pub mod ws;
+
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};

@@ -1,0 +1,267 @@
+//! WebSocket limits and lifetimes: token expiry and renewal, password changes, flooding,
+//! slow consumers, frame limits, keepalive, shutdown and crash durability.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use common::ws::{self, Ended};
+use serde_json::json;
+use tungstenite::Message;
+
+#[test]
+fn auth_renews_the_token_and_expiry_closes_with_4002() {
+    let server = TestServer::start("jwt_ttl_secs = 3");
+    let (mut renewed, token) = ws::user(&server, "alice");
+    let (mut left_alone, _) = ws::connect(&server, &token);
+    let started = Instant::now();
+    // Refresh over HTTP, then hand the fresh token to the open socket.
+    let mut c = server.connect();
+    let resp = c.request(
+        "POST",
+        "/refresh",
+        &[("Authorization", &format!("Bearer {token}"))],
+        b"",
+    );
+    assert_eq!(resp.status, 200);
+    let fresh = resp.json()["token"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(1100));
+    let refresh2 = c.request(
+        "POST",
+        "/refresh",
+        &[("Authorization", &format!("Bearer {fresh}"))],
+        b"",
+    );
+    let fresher = refresh2.json()["token"].as_str().unwrap().to_string();
+    let data = renewed.ok(json!({"type":"auth","token":fresher}));
+    let expires_at = data["expires_at"].as_i64().unwrap();
+    assert!(expires_at > common::unix_now() * 1000, "{data}");
+    assert_eq!(
+        renewed.error(json!({"type":"auth","token":"junk"})),
+        "unauthorized"
+    );
+
+    assert_eq!(
+        left_alone.ended(Duration::from_secs(6)),
+        Ended::Close(4002, "token expired".into())
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "not before expiry"
+    );
+    // The renewed connection outlives the first token.
+    assert_eq!(renewed.ok(json!({"type":"ping"})), json!({}));
+    assert_eq!(
+        renewed.ended(Duration::from_secs(6)),
+        Ended::Close(4002, "token expired".into()),
+        "and expires with the renewed one"
+    );
+}
+
+#[test]
+fn auth_with_another_users_token_is_refused() {
+    let server = TestServer::start("");
+    let (mut a, _) = ws::user(&server, "alice");
+    server.register("bob", "password-123");
+    let bob = server.login("bob", "password-123");
+    assert_eq!(a.error(json!({"type":"auth","token":bob})), "unauthorized");
+}
+
+#[test]
+fn password_change_closes_the_users_sockets_with_4003() {
+    let server = TestServer::start("");
+    let (mut a, token) = ws::user(&server, "alice");
+    let (mut b, _) = ws::user(&server, "bob");
+    let mut c = server.connect();
+    let resp = c.send_json(
+        "PUT",
+        "/me",
+        &json!({"current_password":"password-123","new_password":"password-456"}),
+        Some(&token),
+    );
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        a.ended(Duration::from_secs(5)),
+        Ended::Close(4003, "credentials changed".into())
+    );
+    assert_eq!(b.ok(json!({"type":"ping"})), json!({}), "others unaffected");
+}
+
+#[test]
+fn a_flooding_client_is_rate_limited_then_closed_with_1008() {
+    let server = TestServer::start("ws_rate = 5/s burst 5");
+    let (mut flood, _) = ws::user(&server, "flood");
+    let (mut calm, _) = ws::user(&server, "calm");
+    for i in 0..40 {
+        flood.send_json(&json!({"type":"ping","ref":i}));
+    }
+    let mut ok = 0;
+    let mut limited = 0;
+    let end = loop {
+        match flood.socket.read() {
+            Ok(Message::Text(t)) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "reply" {
+                    if v["ok"] == true {
+                        ok += 1;
+                    } else {
+                        assert_eq!(v["error"]["code"], "rate_limited");
+                        limited += 1;
+                    }
+                }
+            }
+            Ok(Message::Close(frame)) => break frame.map(|f| u16::from(f.code)),
+            Ok(_) => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    };
+    assert_eq!(end, Some(1008));
+    assert!((5..=7).contains(&ok), "the burst went through: {ok}");
+    assert!(
+        limited >= 1,
+        "rate_limited replies before the close: {limited}"
+    );
+    assert_eq!(calm.ok(json!({"type":"ping"})), json!({}));
+    assert!(server.metric("chatd_ws_rate_limited_total") >= 5);
+}
+
+#[test]
+fn a_client_that_never_reads_is_cut_at_max_outbound_bytes() {
+    let server = TestServer::start("max_outbound_bytes = 65536\nws_rate = 1000/s burst 1000");
+    let (mut sender, _) = ws::user(&server, "sender");
+    let (mut reader, _) = ws::user(&server, "reader");
+    let (mut sleeper, _) = ws::user(&server, "sleeper");
+    // The sleeper never reads; its kernel buffers fill, then its queue passes the cap.
+    let text = "x".repeat(3900);
+    let mut received = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut sent = 0;
+    while server.metric("chatd_ws_closed_total{reason=\"slow_consumer\"}") == 0 {
+        assert!(Instant::now() < deadline, "the sleeper was never cut off");
+        for _ in 0..50 {
+            sender.send_json(&json!({"type":"send","room":"lobby","text":text}));
+            sent += 1;
+        }
+        // The reader keeps up and keeps receiving everything.
+        while received < sent {
+            reader.next_of_type("message");
+            received += 1;
+        }
+    }
+    sender.ok(json!({"type":"send","room":"lobby","text":"still flowing"}));
+    assert_eq!(reader.next_of_type("message")["text"], "still flowing");
+    match sleeper.ended(Duration::from_secs(10)) {
+        Ended::Close(code, _) => assert_eq!(code, 1013),
+        Ended::Dropped => {} // the close frame could not get past the full buffers
+    }
+}
+
+#[test]
+fn binary_and_oversized_frames_close_with_1003_and_1009() {
+    let server = TestServer::start("max_message_bytes = 1024\nmax_text_chars = 1000");
+    let (mut a, token) = ws::user(&server, "alice");
+    a.socket.send(Message::binary(vec![1, 2, 3])).unwrap();
+    assert_eq!(a.close_code(Duration::from_secs(5)), 1003);
+    let (mut b, _) = ws::connect(&server, &token);
+    b.send_text(&"x".repeat(2000));
+    assert_eq!(b.close_code(Duration::from_secs(5)), 1009);
+}
+
+#[test]
+fn pings_keep_a_reading_client_alive_and_silence_closes_with_4000() {
+    let server = TestServer::start("ws_ping_secs = 1\nws_idle_timeout_secs = 2");
+    let (mut quiet, token) = ws::user(&server, "alice");
+    let (mut lively, _) = ws::connect(&server, &token);
+    // The lively client keeps reading, so tungstenite answers every ping with a pong.
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut pings = 0;
+    while Instant::now() < until {
+        lively
+            .socket
+            .get_mut()
+            .sock
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        match lively.socket.read() {
+            Ok(Message::Ping(_)) => pings += 1,
+            Ok(Message::Close(frame)) => panic!("lively client closed: {frame:?}"),
+            _ => {}
+        }
+        let _ = lively.socket.flush();
+    }
+    assert!(pings >= 2, "pinged every second: {pings}");
+    // The quiet client read nothing for 3 s (so sent no pong): it was closed.
+    assert_eq!(
+        quiet.ended(Duration::from_secs(3)),
+        Ended::Close(4000, "idle timeout".into())
+    );
+    lively
+        .socket
+        .get_mut()
+        .sock
+        .set_read_timeout(Some(common::IO_TIMEOUT))
+        .unwrap();
+    assert_eq!(lively.ok(json!({"type":"ping"})), json!({}));
+}
+
+#[test]
+fn sigterm_sends_1001_to_every_websocket() {
+    let mut server = TestServer::start("");
+    let (mut a, _) = ws::user(&server, "alice");
+    let (mut b, _) = ws::user(&server, "bob");
+    server.signal(libc::SIGTERM);
+    assert_eq!(
+        a.ended(Duration::from_secs(5)),
+        Ended::Close(1001, "going away".into())
+    );
+    assert_eq!(
+        b.ended(Duration::from_secs(5)),
+        Ended::Close(1001, "going away".into())
+    );
+    let status = server.wait_exit(Duration::from_secs(10)).expect("exited");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn kill_9_after_acknowledged_sends_loses_nothing() {
+    let mut server = TestServer::start("ws_rate = 1000/s burst 1000");
+    let (mut a, _) = ws::user(&server, "alice");
+    server.register("bob", "password-123");
+    let mut acknowledged = Vec::new();
+    for i in 0..200 {
+        let request = if i % 3 == 0 {
+            json!({"type":"direct","to":"bob","text":format!("d{i}")})
+        } else {
+            json!({"type":"send","room":"lobby","text":format!("m{i}")})
+        };
+        acknowledged.push(a.ok(request)["id"].as_i64().unwrap());
+    }
+    server.signal(libc::SIGKILL);
+    server.wait_exit(Duration::from_secs(5)).expect("killed");
+    server.restart();
+    let token = server.login("alice", "password-123");
+    let (mut a, _) = ws::connect(&server, &token);
+    let mut stored = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = a.ok(json!({"type":"history","room":"lobby","after":after,"limit":100}));
+        for m in page["messages"].as_array().unwrap() {
+            stored.push(m["id"].as_i64().unwrap());
+        }
+        after = *stored.last().unwrap_or(&after);
+        if page["more"] == false {
+            break;
+        }
+    }
+    let dms = a.ok(json!({"type":"history","with":"bob","limit":100}));
+    stored.extend(
+        dms["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_i64().unwrap()),
+    );
+    stored.sort_unstable();
+    assert_eq!(stored, acknowledged);
+}
