@@ -94,6 +94,11 @@ impl Server {
         let Some(ws) = conn.ws.as_mut().filter(|_| conn.phase == Phase::WebSocket) else {
             return;
         };
+        if ws.closing || ws.close_sent_at.is_some() {
+            // Nothing more is read from a closing connection: drop what arrives.
+            conn.inbuf = Vec::new();
+            return;
+        }
         let mut pos = 0;
         let mut close: Option<Close> = None;
         let mut wrote = false;
