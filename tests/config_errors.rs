@@ -144,3 +144,12 @@ fn environment_overrides_the_file() {
     let r = c.read_response();
     assert_error_and_close(&mut c, &r, 413, "payload_too_large");
 }
+
+#[test]
+fn a_port_in_use_stops_startup_with_exit_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().unwrap().port();
+    let (status, stderr) = run_expecting_exit(&conf(""), &[("CHATD_PORT", &port.to_string())]);
+    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("cannot listen"), "{stderr}");
+}

@@ -91,16 +91,30 @@ fn max_connections_limit_is_counted_under_its_own_reason() {
 fn http_rate_limit_answers_429_with_retry_after() {
     let server = TestServer::start_with_env("", &[("CHATD_HTTP_RATE_PER_IP", "2/s burst 3")]);
     let mut c = server.connect();
-    for _ in 0..3 {
-        assert_eq!(c.get("/healthz").status, 200);
+    // Five requests in one write are handled within microseconds: the burst of three
+    // passes, the next two are refused (nothing refills in between).
+    let mut batch = Vec::new();
+    for path in [
+        "/healthz",
+        "/healthz",
+        "/healthz",
+        "/healthz",
+        "/index.html",
+    ] {
+        batch.extend(c.build_request("GET", path, &[], b""));
     }
-    let r = c.get("/healthz");
+    c.send(&batch);
+    for _ in 0..3 {
+        assert_eq!(c.read_response().status, 200);
+    }
+    let r = c.read_response();
     assert_error(&r, 429, "rate_limited");
     assert_eq!(r.header("retry-after"), Some("1"));
     assert!(!r.closes(), "429 must not close");
     // Static files and the API count alike.
-    let r = c.get("/index.html");
+    let r = c.read_response();
     assert_error(&r, 429, "rate_limited");
+    assert_eq!(r.header("retry-after"), Some("1"));
 
     std::thread::sleep(Duration::from_millis(1600));
     assert_eq!(c.get("/healthz").status, 200, "the budget refills");
@@ -251,6 +265,16 @@ fn a_tls_handshake_that_never_comes_is_cut_off() {
         "{:?}",
         start.elapsed()
     );
+
+    // A finished handshake followed by silence: the first request is due within the
+    // header timeout too (the idle timeout, 60 s, does not apply before it).
+    let start = Instant::now();
+    let mut c = server.connect();
+    assert!(
+        c.is_closed_within(Duration::from_secs(6)),
+        "silent TLS client kept open"
+    );
+    assert!(start.elapsed() >= Duration::from_millis(1500));
 
     // Half a handshake is no better: a TLS record header that never completes.
     let start = Instant::now();
