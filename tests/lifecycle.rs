@@ -36,6 +36,12 @@ fn first_start_generates_certificate_key_and_jwt_secret() {
         der,
         "the server presents the generated file"
     );
+
+    // Relative paths resolved against the config file's directory: the database is
+    // there and nothing was written to the working directory.
+    assert!(server.db_path().is_file());
+    let cwd_entries = std::fs::read_dir(server.dir().join("cwd")).unwrap().count();
+    assert_eq!(cwd_entries, 0, "chatd wrote into its working directory");
 }
 
 /// Waits until the listener is gone (connections refused): the server has seen the

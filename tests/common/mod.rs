@@ -365,13 +365,17 @@ fn full_conf(conf_lines: &str) -> String {
     text
 }
 
-/// `chatd --config PATH` with a clean environment: no inherited `CHATD_*`,
-/// `SECRET_KEY` or `RUST_LOG`, then the test's variables.
+/// `chatd --config PATH` with a clean environment (no inherited `CHATD_*`,
+/// `SECRET_KEY` or `RUST_LOG`, then the test's variables), run from an empty `cwd/`
+/// next to the config file: relative paths must resolve against the config file's
+/// directory, never the working directory.
 pub fn chatd_command(conf_path: &Path, env: &[(String, String)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatd"));
     cmd.arg("--config").arg(conf_path).stdin(Stdio::null());
     if let Some(dir) = conf_path.parent() {
-        cmd.current_dir(dir);
+        let cwd = dir.join("cwd");
+        fs::create_dir_all(&cwd).expect("create cwd");
+        cmd.current_dir(cwd);
     }
     for (name, _) in std::env::vars_os() {
         let n = name.to_string_lossy();
