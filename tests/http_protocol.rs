@@ -155,6 +155,67 @@ fn large_pipelined_answers_arrive_complete_and_in_order() {
 }
 
 #[test]
+fn pipelined_requests_then_close_notify_are_all_answered() {
+    let server = TestServer::start("");
+    let mut c = server.connect();
+    let mut batch = Vec::new();
+    for path in ["/healthz", "/style.css", "/nope"] {
+        batch.extend(c.build_request("GET", path, &[], b""));
+    }
+    c.send(&batch);
+    // We are done sending: TLS close_notify right behind the requests.
+    c.tls.conn.send_close_notify();
+    c.tls
+        .conn
+        .complete_io(&mut c.tls.sock)
+        .expect("send close_notify");
+    assert_eq!(c.read_response().status, 200);
+    assert_eq!(c.read_response().status, 200);
+    assert_eq!(c.read_response().status, 404);
+    c.assert_closed();
+}
+
+#[test]
+fn a_body_of_the_default_maximum_is_read_completely() {
+    let server = TestServer::start("");
+    let mut c = server.connect();
+    let mut body = json!({"username": "big", "password": "big-password"}).to_string();
+    body.push_str(&" ".repeat(65_536 - body.len()));
+    let r = c.request(
+        "POST",
+        "/register",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(c.get("/healthz").status, 200, "in sync after a 64 KiB body");
+}
+
+#[test]
+fn concurrent_clients_are_all_served() {
+    // 160 requests from one address: above the default per-IP rate, so raise it.
+    let server = TestServer::start("http_rate_per_ip = 1000/s burst 1000");
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            let addr = server.addr();
+            let config = server.client_config();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr, config, "localhost").expect("connect");
+                (0..10)
+                    .map(|i| {
+                        let path = if i % 2 == 0 { "/healthz" } else { "/app.js" };
+                        c.get(path).status
+                    })
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().expect("client thread"), vec![200; 10]);
+    }
+}
+
+#[test]
 fn a_body_sent_in_pieces_is_assembled_by_content_length() {
     let server = TestServer::start("");
     let mut c = server.connect();
