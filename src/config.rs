@@ -389,8 +389,10 @@ impl Config {
                     .ok_or_else(|| bad("`<count>/<s|min|h> burst <n>`, e.g. `10/min burst 20`"))?;
             }
             "password_hashes_per_sec" => {
-                self.password_hashes_per_sec =
-                    parse_u32(value, 1, 1000).ok_or_else(|| bad("an integer 1-1000"))?;
+                // At least 2: a password change needs two hashes at once (verify the
+                // current password, hash the new one); a budget of 1 could never grant it.
+                self.password_hashes_per_sec = parse_u32(value, 2, 1000)
+                    .ok_or_else(|| bad("an integer 2-1000 (a password change takes two hashes)"))?;
             }
             "argon2_memory_kib" => {
                 self.argon2_memory_kib = parse_u32(value, 7168, 4 << 20)
@@ -736,6 +738,7 @@ mod tests {
             ("log_level = loud", "log_level"),
             ("max_header_bytes = 10", "max_header_bytes"),
             ("jwt_ttl_secs = -5", "jwt_ttl_secs"),
+            ("password_hashes_per_sec = 1", "password_hashes_per_sec"),
         ] {
             let e = parse(text, &[]).unwrap_err().0;
             assert!(e.contains(&format!("`{key}`")), "{text}: {e}");

@@ -50,6 +50,8 @@ fn bad_values_in_the_file_name_key_and_line() {
         ("http_rate_per_ip = 10/s", "http_rate_per_ip"),
         ("login_rate_per_ip = fast", "login_rate_per_ip"),
         ("password_hashes_per_sec = 0", "password_hashes_per_sec"),
+        // A password change takes two hashes at once: a budget of 1 could never grant it.
+        ("password_hashes_per_sec = 1", "password_hashes_per_sec"),
         ("jwt_ttl_secs = forever", "jwt_ttl_secs"),
         ("log_level = loud", "log_level"),
         ("access_log = yes", "access_log"),
@@ -143,4 +145,13 @@ fn environment_overrides_the_file() {
     );
     let r = c.read_response();
     assert_error_and_close(&mut c, &r, 413, "payload_too_large");
+}
+
+#[test]
+fn a_port_in_use_stops_startup_with_exit_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().unwrap().port();
+    let (status, stderr) = run_expecting_exit(&conf(""), &[("CHATD_PORT", &port.to_string())]);
+    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("cannot listen"), "{stderr}");
 }

@@ -94,6 +94,128 @@ fn pipelined_requests_are_answered_in_order() {
 }
 
 #[test]
+fn requests_after_a_400_in_a_pipeline_are_not_answered() {
+    let server = TestServer::start("");
+    let mut c = server.connect();
+    let mut batch = c.build_request("GET", "/healthz", &[], b"");
+    batch.extend_from_slice(b"GARBAGE\r\n\r\n");
+    batch.extend(c.build_request("GET", "/healthz", &[], b""));
+    c.send(&batch);
+    assert_eq!(c.read_response().status, 200);
+    let r = c.read_response();
+    assert_error_and_close(&mut c, &r, 400, "bad_request");
+}
+
+#[test]
+fn a_body_is_framed_by_content_length_even_on_a_get() {
+    let server = TestServer::start("");
+    let mut c = server.connect();
+    // The body looks like a request; it must be skipped, not answered.
+    let body = b"GET /nope HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let mut batch = c.build_request("GET", "/healthz", &[], body);
+    batch.extend(c.build_request("GET", "/style.css", &[], b""));
+    c.send(&batch);
+    let r = c.read_response();
+    assert_eq!((r.status, r.text().as_str()), (200, r#"{"status":"ok"}"#));
+    let r = c.read_response();
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "body { color: #222; }\n")
+    );
+    c.assert_open(Duration::from_millis(300));
+    assert!(c.pending().is_empty(), "the body was answered as a request");
+}
+
+#[test]
+fn large_pipelined_answers_arrive_complete_and_in_order() {
+    let server = TestServer::start("");
+    let files: Vec<(String, Vec<u8>)> = (0..3u8)
+        .map(|i| {
+            let body: Vec<u8> = (0..100_000u32).map(|n| b'a' + i + (n % 7) as u8).collect();
+            let name = format!("big{i}.bin");
+            std::fs::write(server.public_dir().join(&name), &body).unwrap();
+            (name, body)
+        })
+        .collect();
+    let mut c = server.connect();
+    // 2.4 MB of answers to requests sent before reading any: far more than the
+    // server queues per connection, so it must pause and resume reading them.
+    let mut batch = Vec::new();
+    for n in 0..24 {
+        batch.extend(c.build_request("GET", &format!("/{}", files[n % 3].0), &[], b""));
+    }
+    batch.extend(c.build_request("GET", "/healthz", &[], b""));
+    c.send(&batch);
+    for n in 0..24 {
+        let r = c.read_response();
+        assert_eq!(r.status, 200, "answer {n}");
+        assert!(r.body == files[n % 3].1, "answer {n} has the wrong body");
+    }
+    assert_eq!(c.read_response().text(), r#"{"status":"ok"}"#);
+}
+
+#[test]
+fn pipelined_requests_then_close_notify_are_all_answered() {
+    let server = TestServer::start("");
+    let mut c = server.connect();
+    let mut batch = Vec::new();
+    for path in ["/healthz", "/style.css", "/nope"] {
+        batch.extend(c.build_request("GET", path, &[], b""));
+    }
+    c.send(&batch);
+    // We are done sending: TLS close_notify right behind the requests.
+    c.tls.conn.send_close_notify();
+    c.tls
+        .conn
+        .complete_io(&mut c.tls.sock)
+        .expect("send close_notify");
+    assert_eq!(c.read_response().status, 200);
+    assert_eq!(c.read_response().status, 200);
+    assert_eq!(c.read_response().status, 404);
+    c.assert_closed();
+}
+
+#[test]
+fn a_body_of_the_default_maximum_is_read_completely() {
+    let server = TestServer::start("");
+    let mut c = server.connect();
+    let mut body = json!({"username": "big", "password": "big-password"}).to_string();
+    body.push_str(&" ".repeat(65_536 - body.len()));
+    let r = c.request(
+        "POST",
+        "/register",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(c.get("/healthz").status, 200, "in sync after a 64 KiB body");
+}
+
+#[test]
+fn concurrent_clients_are_all_served() {
+    // 160 requests from one address: above the default per-IP rate, so raise it.
+    let server = TestServer::start("http_rate_per_ip = 1000/s burst 1000");
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            let addr = server.addr();
+            let config = server.client_config();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr, config, "localhost").expect("connect");
+                (0..10)
+                    .map(|i| {
+                        let path = if i % 2 == 0 { "/healthz" } else { "/app.js" };
+                        c.get(path).status
+                    })
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().expect("client thread"), vec![200; 10]);
+    }
+}
+
+#[test]
 fn a_body_sent_in_pieces_is_assembled_by_content_length() {
     let server = TestServer::start("");
     let mut c = server.connect();
@@ -153,6 +275,19 @@ fn oversized_body_is_413_decided_from_content_length_alone() {
         body.as_bytes(),
     );
     assert_eq!(r.status, 201, "{}", r.text());
+
+    // A client that sends its too-large body anyway still gets to read the 413.
+    let mut c = server.connect();
+    let mut raw =
+        b"POST /register HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+          Content-Length: 200000\r\n\r\n"
+            .to_vec();
+    raw.extend(std::iter::repeat_n(b' ', 200_000));
+    let _ = c.try_send(&raw);
+    let r = c.read_response();
+    assert_error(&r, 413, "payload_too_large");
+    assert!(r.closes());
+    assert!(c.is_closed_within(Duration::from_secs(5)));
 
     // A huge announced length with Expect: 100-continue gets 413, never 100.
     let mut c = server.connect();
@@ -486,7 +621,10 @@ fn metrics_are_prometheus_text_and_can_be_turned_off() {
         value.parse::<u64>().unwrap_or_else(|_| panic!("{line}"));
     }
     assert_eq!(metric_value(&text, "chatd_registrations_total"), 1);
-    assert_eq!(metric_value(&text, "chatd_open_connections"), 1);
+    // The registering connection is gone (once the server has seen it close).
+    assert!(wait_until(Duration::from_secs(5), || c
+        .metric("chatd_open_connections")
+        == 1));
 
     let off = TestServer::start("metrics = off");
     assert_error(&off.connect().get("/metrics"), 404, "not_found");

@@ -8,6 +8,9 @@
 //!   every wait polls against a deadline, so no test can hang.
 //! - Token helpers forge JWTs (expired, foreign key, `alg: none`) for the auth tests.
 //!
+//! WebSocket tests can send the upgrade request with [`Client::request`], read the
+//! `101` with [`Client::read_response`] and continue on [`Client::into_parts`].
+//!
 //! Each test file uses only part of this module.
 #![allow(dead_code)]
 
@@ -61,11 +64,15 @@ pub const PUBLIC_FILES: &[(&str, &str)] = &[
 /// A running `chatd` in its own temporary directory. Dropping it kills the process
 /// (SIGKILL) if it still runs, and prints the server log if the test is failing.
 pub struct TestServer {
+    /// Holds server.conf, public/, the database, certs/ and the log; removed on drop.
     dir: TempDir,
     /// The test's own configuration lines (the harness adds its defaults around them).
     conf_lines: String,
+    /// Environment variables given to every start (restarts included).
     env: Vec<(String, String)>,
+    /// None once the process has exited and been reaped.
     child: Option<Child>,
+    /// Parsed from the `listening on https://...` line of the current run.
     addr: SocketAddr,
     /// As printed on stdout at start: `AB:CD:...`.
     fingerprint: String,
@@ -367,13 +374,17 @@ fn full_conf(conf_lines: &str) -> String {
     text
 }
 
-/// `chatd --config PATH` with a clean environment: no inherited `CHATD_*`,
-/// `SECRET_KEY` or `RUST_LOG`, then the test's variables.
+/// `chatd --config PATH` with a clean environment (no inherited `CHATD_*`,
+/// `SECRET_KEY` or `RUST_LOG`, then the test's variables), run from an empty `cwd/`
+/// next to the config file: relative paths must resolve against the config file's
+/// directory, never the working directory.
 pub fn chatd_command(conf_path: &Path, env: &[(String, String)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatd"));
     cmd.arg("--config").arg(conf_path).stdin(Stdio::null());
     if let Some(dir) = conf_path.parent() {
-        cmd.current_dir(dir);
+        let cwd = dir.join("cwd");
+        fs::create_dir_all(&cwd).expect("create cwd");
+        cmd.current_dir(cwd);
     }
     for (name, _) in std::env::vars_os() {
         let n = name.to_string_lossy();
@@ -783,8 +794,8 @@ impl Client {
         metric_value(&r.text(), sample)
     }
 
-    /// Reads the next final response (1xx responses are skipped), for a request that
-    /// was not HEAD.
+    /// Reads the next final response (interim 1xx responses are skipped; `101
+    /// Switching Protocols` is final), for a request that was not HEAD.
     pub fn read_response(&mut self) -> Response {
         self.read_response_to("GET")
     }
@@ -794,10 +805,16 @@ impl Client {
     pub fn read_response_to(&mut self, method: &str) -> Response {
         loop {
             let r = self.read_any_response(method);
-            if !(100..200).contains(&r.status) {
+            if r.status == 101 || !(100..200).contains(&r.status) {
                 return r;
             }
         }
+    }
+
+    /// The TLS stream and the bytes already received after the last response: after a
+    /// `101 Switching Protocols`, a WebSocket client takes over from here.
+    pub fn into_parts(self) -> (StreamOwned<ClientConnection, TcpStream>, Vec<u8>) {
+        (self.tls, self.buf)
     }
 
     /// Reads the next response, interim (1xx) ones included.
