@@ -67,13 +67,13 @@ fn json_body<T: DeserializeOwned>(req: &Request<'_, '_>) -> Result<T, ApiError> 
             "the body must be application/json",
         ));
     }
-    serde_json::from_slice(req.body).map_err(|e| {
-        let what = match e.classify() {
-            serde_json::error::Category::Data => "invalid field",
-            _ => "invalid JSON",
-        };
-        ApiError::bad_request(format!("{what}: {e}"))
-    })
+    let value: serde_json::Value = serde_json::from_slice(req.body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    // serde would also accept an array for a struct; the API takes objects only.
+    if !value.is_object() {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("invalid field: {e}")))
 }
 
 fn store_error(e: StoreError) -> ApiError {

@@ -138,6 +138,13 @@ fn content_type_and_registration_closed() {
         (status, body["error"].as_str()),
         (415, Some("unsupported_media_type"))
     );
+    let raw = "POST /register HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: 24\r\n\r\n[\"alice\",\"password-123\"]";
+    let (status, _, body) = call(&mut app, raw);
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("bad_request")),
+        "arrays are not objects"
+    );
     let (mut closed, _dir2) = self::app("registration = closed");
     let creds = json!({"username": "alice", "password": "password-123"});
     let (status, _, body) = call(&mut closed, &post("/register", &creds, None));

@@ -181,9 +181,12 @@ pub fn parse_request<'h, 'b>(
     }
     let total = head_len + body_len;
     if buf.len() < total {
-        let expects_continue = headers.iter().any(|h| {
-            h.name.eq_ignore_ascii_case("expect") && h.value.eq_ignore_ascii_case(b"100-continue")
-        });
+        // 100 Continue exists in HTTP/1.1 only (RFC 9110 §10.1.1).
+        let expects_continue = minor_version == 1
+            && headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("expect")
+                    && h.value.eq_ignore_ascii_case(b"100-continue")
+            });
         return Ok(ParseStatus::Partial { expects_continue });
     }
     let (path, query) = match target.split_once('?') {
