@@ -15,7 +15,7 @@ fn auth_renews_the_token_and_expiry_closes_with_4002() {
     let server = TestServer::start("jwt_ttl_secs = 3");
     let (mut renewed, token) = ws::user(&server, "alice");
     let (mut left_alone, _) = ws::connect(&server, &token);
-    let started = Instant::now();
+    let expires = common::token_claims(&token)["exp"].as_i64().unwrap();
     // Refresh over HTTP, then hand the fresh token to the open socket.
     let mut c = server.connect();
     let resp = c.request(
