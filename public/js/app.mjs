@@ -651,6 +651,7 @@ export class App {
   bindChatControls() {
     const els = this.els;
     els.logout.addEventListener('click', () => this.logout());
+    els.profileLogout.addEventListener('click', () => this.logout());
     els.leaveRoom.addEventListener('click', () => this.leaveRoom());
     els.closeThread.addEventListener('click', () => this.closeThread());
     els.joinForm.addEventListener('submit', async (ev) => {

@@ -27,7 +27,7 @@ const IDS = [
   'panel-notifications', 'member-count', 'member-list', 'online-count', 'online-list',
   'publish-form', 'publish-text', 'publish-result', 'subscription-list', 'subscribe-form',
   'subscribe-user', 'subscribe-error', 'notification-list', 'notification-empty', 'scrim',
-  'toasts', 'profile-dialog', 'profile-close', 'profile-username', 'name-form', 'display-name',
+  'toasts', 'profile-dialog', 'profile-close', 'profile-logout', 'profile-username', 'name-form', 'display-name',
   'name-error', 'name-result', 'password-form', 'current-password', 'new-password',
   'confirm-password', 'password-error',
 ];

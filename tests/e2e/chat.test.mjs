@@ -7,11 +7,11 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import {
+  assertInOrderOnce,
   connection,
   cspViolations,
   launchBrowser,
   memberNames,
-  messages,
   openConversation,
   openPage,
   register,
@@ -98,6 +98,11 @@ describe('chat between two browsers', { timeout: 120_000 }, () => {
     const reply = await waitForMessage(alice.page, 'hi alice, line one\nline two');
     assert.equal(reply.from, 'bob');
     assert.equal(await alice.page.inputValue('#composer-text'), '', 'the composer is cleared after sending');
+    // Each side got its own message twice (the reply and the event): shown once.
+    for (const page of [alice.page, bob.page]) {
+      const list = await assertInOrderOnce(page);
+      assert.deepEqual(list.map((m) => m.text), ['hello bob', 'hi alice, line one\nline two']);
+    }
   });
 
   it('counts unread messages of rooms not in view', async () => {
@@ -135,6 +140,9 @@ describe('chat between two browsers', { timeout: 120_000 }, () => {
     await waitForMessage(bob.page, 'psst, bob');
     await send(bob.page, 'got it');
     await waitForMessage(alice.page, 'got it');
+    for (const page of [alice.page, bob.page]) {
+      assert.deepEqual((await assertInOrderOnce(page)).map((m) => m.text), ['psst, bob', 'got it']);
+    }
   });
 
   it('subscribes to a user and receives what they publish', async () => {
@@ -186,11 +194,8 @@ describe('chat between two browsers', { timeout: 120_000 }, () => {
     await waitConnected(alice.page);
     await alice.page.locator('#conv-title', { hasText: '# dev' }).waitFor();
     await waitForMessage(alice.page, 'hello bob');
-    const list = await messages(alice.page);
-    const texts = list.map((m) => m.text);
-    for (const t of ['hello bob', 'hi alice, line one\nline two', 'are you there?', 'ping', XSS]) assert.ok(texts.includes(t), t);
-    assert.equal(new Set(list.map((m) => m.id)).size, list.length, 'no duplicates');
-    assert.deepEqual(list.map((m) => m.id), [...list.map((m) => m.id)].sort((a, b) => a - b), 'oldest first');
+    const list = await assertInOrderOnce(alice.page);
+    assert.deepEqual(list.map((m) => m.text), ['hello bob', 'hi alice, line one\nline two', 'are you there?', 'ping', XSS]);
     assert.ok(await alice.page.locator('#sidebar li[data-key="dm:bob"]').count(), 'the thread with bob is remembered');
   });
 
@@ -216,10 +221,7 @@ describe('chat between two browsers', { timeout: 120_000 }, () => {
     await waitConnected(alice.page, 20_000);
     assert.equal((await connection(alice.page)).connects, connects + 1);
     for (const text of missed) await waitForMessage(alice.page, text);
-    const list = await messages(alice.page);
-    const ids = list.map((m) => m.id);
-    assert.equal(new Set(ids).size, ids.length, 'no duplicates');
-    assert.deepEqual(ids, [...ids].sort((a, b) => a - b), 'in order');
+    const list = await assertInOrderOnce(alice.page);
     assert.deepEqual(list.slice(-3).map((m) => m.text), missed, 'nothing missing, nothing in between');
     await waitUntil(async () => (await memberNames(alice.page)).includes('carol'), 'carol in the members of dev');
     assert.ok((await memberNames(alice.page)).includes('alice'), 'alice rejoined dev');
@@ -228,13 +230,14 @@ describe('chat between two browsers', { timeout: 120_000 }, () => {
     await waitConnected(bob.page, 35_000);
     await openConversation(bob.page, 'room:dev');
     for (const text of missed) await waitForMessage(bob.page, text);
-    const bobIds = (await messages(bob.page)).map((m) => m.id);
-    assert.equal(new Set(bobIds).size, bobIds.length);
+    await assertInOrderOnce(bob.page);
 
     // And the chat still works both ways.
     await send(bob.page, 'back again');
     await waitForMessage(alice.page, 'back again');
     await carol.waitFrame((f) => f.type === 'message' && f.text === 'back again');
+    await assertInOrderOnce(alice.page);
+    await assertInOrderOnce(bob.page);
     carol.close();
   });
 

@@ -118,6 +118,16 @@ export async function waitForMessage(page, text, timeout = WAIT_MS) {
   return waitUntil(async () => (await messages(page)).find((m) => m.text === text), `message ${JSON.stringify(text)}`, timeout);
 }
 
+/** Fails unless the visible conversation shows every message once, oldest first. */
+export async function assertInOrderOnce(page) {
+  const list = await messages(page);
+  const ids = list.map((m) => m.id);
+  for (let i = 1; i < ids.length; i += 1) {
+    if (!(ids[i - 1] < ids[i])) throw new Error(`messages out of order or repeated: ${ids.join(', ')}`);
+  }
+  return list;
+}
+
 export async function memberNames(page) {
   return page.locator('#member-list .person').evaluateAll((items) => items.map((li) => li.dataset.user));
 }
