@@ -37,7 +37,7 @@ web-test:
 
 # Unit tests of the page's pure logic (public/js), no browser needed.
 js-unit:
-	node --test tests/js/
+	node --test --test-reporter=spec tests/js/
 
 # Builds chatd (debug), installs playwright-core if needed, runs the browser tests.
 # Screenshots go to $(TARGET_DIR)/e2e.
@@ -45,7 +45,7 @@ e2e: js-unit
 	$(CARGO) build -j$(JOBS)
 	@[ -d $(E2E_DIR)/node_modules ] || (cd $(E2E_DIR) && npm ci --no-audit --no-fund --loglevel=error)
 	CHATD_BIN=$(TARGET_DIR)/debug/chatd CHATD_E2E_OUT=$(TARGET_DIR)/e2e CHROMIUM=$(CHROMIUM) \
-		node --test --test-concurrency=2 $(E2E_DIR)/
+		node --test --test-reporter=spec --test-concurrency=2 $(E2E_DIR)/
 
 lint:
 	$(CARGO) fmt --all -- --check

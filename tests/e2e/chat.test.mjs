@@ -196,7 +196,10 @@ describe('chat between two browsers', { timeout: 120_000 }, () => {
     await waitForMessage(alice.page, 'hello bob');
     const list = await assertInOrderOnce(alice.page);
     assert.deepEqual(list.map((m) => m.text), ['hello bob', 'hi alice, line one\nline two', 'are you there?', 'ping', XSS]);
-    assert.ok(await alice.page.locator('#sidebar li[data-key="dm:bob"]').count(), 'the thread with bob is remembered');
+    await openConversation(alice.page, 'dm:bob');
+    await waitForMessage(alice.page, 'got it');
+    assert.deepEqual((await assertInOrderOnce(alice.page)).map((m) => m.text), ['psst, bob', 'got it'], 'the thread with bob and its history');
+    await openConversation(alice.page, 'room:dev');
   });
 
   it('reconnects after chatd is killed and restarted, and shows what was sent meanwhile', async () => {
