@@ -59,6 +59,11 @@ export class ChatSocket {
     this.listeners = new Map();
     /** Whether the socket should be connected (between start() and a stop). */
     this.running = false;
+    /**
+     * Whether the token is kept fresh: also while stopped because another tab took
+     * over, so this one can take over again later without logging in.
+     */
+    this.renewing = false;
     this.ws = null;
     /** The token the current connection was opened or last authenticated with. */
     this.wsToken = null;
@@ -95,6 +100,7 @@ export class ChatSocket {
   start() {
     if (this.running) return;
     this.running = true;
+    this.renewing = true;
     this.attempt = 0;
     this.scheduleRenewal();
     this.connect();
@@ -251,7 +257,8 @@ export class ChatSocket {
       this.scheduleReconnect();
       return;
     }
-    this.halt();
+    if (info.action === 'login') this.halt();
+    else this.pause();
     this.setState('stopped');
     this.emit('halted', { code, text: info.text, action: info.action });
   }
@@ -277,11 +284,17 @@ export class ChatSocket {
 
   /** Stops every timer and the wish to be connected. */
   halt() {
+    this.pause();
+    this.renewing = false;
+    this.clearTimer(this.renewTimer);
+    this.renewTimer = null;
+  }
+
+  /** Stops reconnecting; the token is still renewed. */
+  pause() {
     this.running = false;
     this.clearTimer(this.retryTimer);
-    this.clearTimer(this.renewTimer);
     this.retryTimer = null;
-    this.renewTimer = null;
     this.retryAt = null;
   }
 
@@ -301,7 +314,7 @@ export class ChatSocket {
    */
   async verifySession() {
     const result = await this.session.verify();
-    if (result === 'ended' && this.running) this.endSession();
+    if (result === 'ended' && this.renewing) this.endSession();
   }
 
   endSession() {
@@ -362,7 +375,7 @@ export class ChatSocket {
 
   scheduleRenewal() {
     this.clearTimer(this.renewTimer);
-    if (!this.running) return;
+    if (!this.renewing) return;
     const lifetime = this.session.expiresAt() - this.now();
     this.renewTimer = this.setTimer(() => this.renew(), renewalDelay(lifetime));
   }
@@ -375,7 +388,7 @@ export class ChatSocket {
         .catch(() => 'retry')
         .then((result) => {
           this.refreshing = null;
-          if (result === 'ended' && this.running) this.endSession();
+          if (result === 'ended' && this.renewing) this.endSession();
           else if (result === 'ok') this.scheduleRenewal();
           return result;
         });
@@ -385,9 +398,9 @@ export class ChatSocket {
 
   async renew() {
     this.renewTimer = null;
-    if (!this.running) return;
+    if (!this.renewing) return;
     const result = await this.refreshOnce();
-    if (!this.running) return;
+    if (!this.renewing) return;
     if (result === 'ok') {
       this.emit('renewed', { expiresAt: this.session.expiresAt() });
       if (this.isOpen) this.sendAuth();

@@ -64,8 +64,9 @@ describe('session: token renewal, tabs, password change', { timeout: 120_000 }, 
     await waitConnected(second.page);
     await first.page.locator('#conn-banner', { hasText: 'The chat was opened in another tab or window.' }).waitFor();
     assert.equal((await connection(first.page)).state, 'stopped');
-    // The first page stays put rather than fighting the second one.
-    await second.page.waitForTimeout(1500);
+    // The first page stays put rather than fighting the second one, and keeps its
+    // token fresh for longer than a token lives, so it can take over without a login.
+    await second.page.waitForTimeout(TTL_SECS * 1000 + 1000);
     assert.equal((await connection(second.page)).state, 'open');
     assert.equal((await connection(second.page)).connects, 1);
 

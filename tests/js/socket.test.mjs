@@ -345,3 +345,27 @@ test('reconnectNow skips the backoff wait', async () => {
   socket.reconnectNow();
   assert.equal(sockets.length, 2);
 });
+
+test('a tab replaced by another keeps its token fresh and can take over later', async () => {
+  const { clock, sockets, socket, calls, seen } = setup({ lifetimeMs: 60_000 });
+  socket.start();
+  sockets[0].welcome();
+  sockets[0].drop(4001, 'replaced');
+  assert.equal(seen.halted.at(-1).action, 'stop');
+  await clock.advance(300_000);
+  assert.equal(sockets.length, 1, 'does not fight the other tab');
+  assert.ok(calls.refresh >= 5, `renewed ${calls.refresh} times while stopped`);
+  socket.start();
+  assert.equal(sockets.length, 2);
+  assert.deepEqual(sockets[1].protocols, ['chat.v1', `bearer.T${calls.refresh}`]);
+  assert.equal(seen.halted.length, 1);
+});
+
+test('logging out stops renewing', async () => {
+  const { clock, sockets, socket, calls } = setup({ lifetimeMs: 60_000 });
+  socket.start();
+  sockets[0].welcome();
+  socket.stop();
+  await clock.advance(300_000);
+  assert.equal(calls.refresh, 0);
+});
