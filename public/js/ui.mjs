@@ -21,7 +21,7 @@ const IDS = [
   'conn-status-text', 'open-profile', 'me-avatar', 'me-name', 'logout', 'conn-banner',
   'conn-banner-text', 'conn-banner-action', 'sidebar', 'room-list', 'join-form', 'join-room',
   'join-error', 'directory-title', 'directory-list', 'dm-list', 'dm-form', 'dm-user', 'dm-error',
-  'conv-title', 'conv-subtitle', 'leave-room', 'close-thread', 'messages', 'history-status',
+  'conn-announce', 'conv-title', 'conv-subtitle', 'leave-room', 'close-thread', 'messages', 'history-status',
   'message-list', 'jump-latest', 'composer', 'composer-text', 'composer-send', 'composer-error',
   'aside', 'tab-people', 'tab-notifications', 'notification-badge', 'panel-people',
   'panel-notifications', 'member-count', 'member-list', 'online-count', 'online-list',
@@ -206,6 +206,10 @@ export class Ui {
     };
     paint();
     if (state === 'waiting') this.statusTimer = setInterval(paint, 1000);
+    // Screen readers hear about state changes, not every tick of the countdown.
+    const spoken = { open: 'Connected', waiting: 'Connection lost, reconnecting', stopped: 'Disconnected' }[state];
+    if (spoken && this.spokenState !== state) this.els.connAnnounce.textContent = spoken;
+    this.spokenState = state;
     if (state === 'open') this.hideBanner();
     else if ((state === 'waiting' || state === 'connecting') && lastClose && connectedOnce) {
       this.showBanner(`${lastClose.text} Reconnecting…`, state === 'waiting'
@@ -370,13 +374,17 @@ export class Ui {
     this.els.historyStatus.textContent = status;
   }
 
+  /** Rebuilds the list. Silent for screen readers: only appended messages are announced. */
   redraw(list, messages, now, me) {
+    const box = this.els.messages;
+    box.setAttribute('aria-live', 'off');
     list.replaceChildren();
     let prev = null;
     for (const m of messages) {
       this.appendMessage(list, prev, m, now, me);
       prev = m;
     }
+    setTimeout(() => box.setAttribute('aria-live', 'polite'), 0);
   }
 
   appendMessage(list, prev, m, now, me) {
