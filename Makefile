@@ -3,7 +3,12 @@ CARGO ?= cargo
 JOBS ?= 2
 CONFIG ?= server.conf
 
-.PHONY: build run test unit lint fmt certs clean
+.PHONY: build run test unit lint fmt certs clean web-test js-unit e2e
+
+# Browser tests: Debian's Chromium, driven by playwright-core from tests/e2e.
+CHROMIUM ?= /usr/bin/chromium
+TARGET_DIR = $(abspath $(or $(CARGO_TARGET_DIR),target))
+E2E_DIR = tests/e2e
 
 build:
 	$(CARGO) build --release -j$(JOBS)
@@ -12,9 +17,35 @@ build:
 run: build
 	./target/release/chatd --config $(CONFIG)
 
-# Formatting, clippy, then unit and end-to-end tests.
+# Formatting, clippy, then unit and end-to-end tests, then the web client's tests.
 test: lint
 	$(CARGO) test -j$(JOBS) --all-targets
+	@$(MAKE) --no-print-directory web-test
+
+# The browser tests need node and Chromium; without them they are skipped (the JS unit
+# tests still run if node is there), unless CHATD_E2E_REQUIRED=1 makes that a failure.
+web-test:
+	@if command -v node >/dev/null 2>&1 && [ -x "$(CHROMIUM)" ]; then \
+		$(MAKE) --no-print-directory e2e; \
+	elif [ "$$CHATD_E2E_REQUIRED" = 1 ]; then \
+		echo "e2e browser tests FAILED: chromium or node not found (CHATD_E2E_REQUIRED=1)" >&2; \
+		exit 1; \
+	else \
+		if command -v node >/dev/null 2>&1; then $(MAKE) --no-print-directory js-unit; fi; \
+		echo "e2e browser tests SKIPPED: chromium or node not found"; \
+	fi
+
+# Unit tests of the page's pure logic (public/js), no browser needed.
+js-unit:
+	node --test --test-reporter=spec tests/js/
+
+# Builds chatd (debug), installs playwright-core if needed, runs the browser tests.
+# Screenshots go to $(TARGET_DIR)/e2e.
+e2e: js-unit
+	$(CARGO) build -j$(JOBS)
+	@[ -d $(E2E_DIR)/node_modules ] || (cd $(E2E_DIR) && npm ci --no-audit --no-fund --loglevel=error)
+	CHATD_BIN=$(TARGET_DIR)/debug/chatd CHATD_E2E_OUT=$(TARGET_DIR)/e2e CHROMIUM=$(CHROMIUM) \
+		node --test --test-reporter=spec --test-concurrency=2 $(E2E_DIR)/
 
 lint:
 	$(CARGO) fmt --all -- --check

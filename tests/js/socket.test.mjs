@@ -1,0 +1,371 @@
+// Unit tests of the chat socket (public/js/socket.mjs) with a fake WebSocket and a fake
+// clock: reconnect with backoff, close codes, token renewal, keepalive, replies by ref.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import { ChatSocket } from '../../public/js/socket.mjs';
+
+/** Timers on a fake clock; `advance` runs what falls due, letting promises settle. */
+class Clock {
+  constructor() {
+    this.t = 1_000_000;
+    this.seq = 0;
+    this.timers = new Map();
+  }
+
+  now = () => this.t;
+
+  set = (fn, ms) => {
+    this.seq += 1;
+    this.timers.set(this.seq, { at: this.t + Math.max(0, ms), fn });
+    return this.seq;
+  };
+
+  clear = (id) => {
+    this.timers.delete(id);
+  };
+
+  async settle() {
+    for (let i = 0; i < 5; i += 1) await new Promise((resolve) => setImmediate(resolve));
+  }
+
+  async advance(ms) {
+    const end = this.t + ms;
+    await this.settle();
+    for (;;) {
+      let next = null;
+      for (const [id, timer] of this.timers) {
+        if (timer.at <= end && (!next || timer.at < next[1].at)) next = [id, timer];
+      }
+      if (!next) break;
+      this.timers.delete(next[0]);
+      this.t = next[1].at;
+      next[1].fn();
+      await this.settle();
+    }
+    this.t = end;
+  }
+}
+
+/** Records every socket the client opens; the test plays the server. */
+function fakeWebSocketClass() {
+  const sockets = [];
+  class FakeWebSocket {
+    constructor(url, protocols) {
+      this.url = url;
+      this.protocols = protocols;
+      this.sent = [];
+      this.closedWith = null;
+      sockets.push(this);
+    }
+
+    send(text) {
+      const request = JSON.parse(text);
+      this.sent.push(request);
+      // The server answers pings unless the test plays a dead connection.
+      if (request.type === 'ping' && !this.silent) queueMicrotask(() => this.reply(request));
+    }
+
+    close(code, reason) {
+      this.closedWith = { code, reason };
+    }
+
+    // Server side.
+    receive(frame) {
+      this.onmessage?.({ data: JSON.stringify(frame) });
+    }
+
+    welcome(limits = { ws_ping_secs: 25 }) {
+      this.receive({ type: 'welcome', user: { id: 1, username: 'alice', display_name: 'alice' }, rooms: ['lobby'], limits });
+    }
+
+    reply(request, data = {}) {
+      this.receive({ type: 'reply', ref: request.ref, ok: true, data });
+    }
+
+    drop(code = 1006, reason = '') {
+      this.onclose?.({ code, reason });
+    }
+
+    lastSent(type) {
+      return [...this.sent].reverse().find((r) => r.type === type);
+    }
+  }
+  return { FakeWebSocket, sockets };
+}
+
+function setup({ lifetimeMs = 3_600_000, refresh = 'ok', verify = 'ok', random = () => 0 } = {}) {
+  const clock = new Clock();
+  const { FakeWebSocket, sockets } = fakeWebSocketClass();
+  const calls = { refresh: 0, verify: 0 };
+  const session = {
+    tokenValue: 'T0',
+    expires: clock.t + lifetimeMs,
+    token: () => session.tokenValue,
+    expiresAt: () => session.expires,
+    refresh: async () => {
+      calls.refresh += 1;
+      const result = typeof refresh === 'function' ? refresh() : refresh;
+      if (result === 'ok') {
+        session.tokenValue = `T${calls.refresh}`;
+        session.expires = clock.t + lifetimeMs;
+      }
+      return result;
+    },
+    verify: async () => {
+      calls.verify += 1;
+      return verify;
+    },
+  };
+  const socket = new ChatSocket({
+    url: 'wss://chat.test/ws',
+    session,
+    WebSocketImpl: FakeWebSocket,
+    setTimer: clock.set,
+    clearTimer: clock.clear,
+    now: clock.now,
+    random,
+  });
+  const seen = { status: [], events: [], halted: [], welcomes: 0 };
+  socket.on('status', (s) => seen.status.push(s));
+  socket.on('event', (e) => seen.events.push(e));
+  socket.on('halted', (h) => seen.halted.push(h));
+  socket.on('welcome', () => {
+    seen.welcomes += 1;
+  });
+  return { clock, sockets, socket, session, calls, seen };
+}
+
+test('connects with the token as a subprotocol and matches replies by ref', async () => {
+  const { sockets, socket, seen } = setup();
+  socket.start();
+  assert.equal(sockets.length, 1);
+  assert.equal(sockets[0].url, 'wss://chat.test/ws');
+  assert.deepEqual(sockets[0].protocols, ['chat.v1', 'bearer.T0']);
+  assert.equal(socket.state, 'connecting');
+  await assert.rejects(socket.request('ping'), { code: 'disconnected' }, 'no requests before the welcome');
+  sockets[0].welcome();
+  assert.equal(socket.state, 'open');
+  assert.equal(seen.welcomes, 1);
+
+  const a = socket.request('join', { room: 'dev' });
+  const b = socket.request('rooms');
+  const [ja, jb] = sockets[0].sent;
+  assert.equal(ja.type, 'join');
+  assert.equal(ja.room, 'dev');
+  assert.notEqual(ja.ref, jb.ref);
+  sockets[0].reply(jb, { rooms: [] });
+  sockets[0].receive({ type: 'reply', ref: ja.ref, ok: false, error: { code: 'invalid_room', message: 'bad' } });
+  assert.deepEqual(await b, { rooms: [] });
+  await assert.rejects(a, { name: 'ChatError', code: 'invalid_room', message: 'bad' });
+
+  sockets[0].receive({ type: 'message', id: 1, room: 'lobby', from: 'bob', text: 'hi', ts: 1 });
+  assert.equal(seen.events.length, 1);
+  sockets[0].onmessage({ data: 'not json' });
+  assert.equal(seen.events.length, 1);
+});
+
+test('reconnects with growing backoff and resets it after a welcome', async () => {
+  const { clock, sockets, socket, seen } = setup({ random: () => 0 });
+  socket.start();
+  sockets[0].welcome();
+  const pending = socket.request('ping');
+  sockets[0].drop(1006);
+  await assert.rejects(pending, { code: 'disconnected' });
+  assert.equal(socket.state, 'waiting');
+  assert.equal(socket.retryAt, clock.t + 250);
+  assert.equal(seen.status.at(-1).lastClose.code, 1006);
+
+  const delays = [];
+  for (let i = 0; i < 4; i += 1) {
+    const before = sockets.length;
+    const waitFrom = clock.t;
+    const delay = socket.retryAt - waitFrom;
+    await clock.advance(delay - 1);
+    assert.equal(sockets.length, before, 'not before the delay');
+    await clock.advance(1);
+    assert.equal(sockets.length, before + 1, 'a new attempt after the delay');
+    delays.push(delay);
+    sockets.at(-1).drop(1006);
+  }
+  assert.deepEqual(delays, [250, 500, 1000, 2000]);
+  await clock.advance(socket.retryAt - clock.t);
+  sockets.at(-1).welcome();
+  assert.equal(socket.attempt, 0);
+  assert.equal(socket.connects, 2);
+  sockets.at(-1).drop(1001);
+  assert.equal(socket.retryAt - clock.t, 250, 'backoff starts over');
+});
+
+test('the server restarting (1001) and flooding (1008) reconnect; 4001 stops; 4002/4003 end the session', async () => {
+  for (const code of [1001, 1008, 1009, 1013, 4000]) {
+    const { sockets, socket, seen } = setup();
+    socket.start();
+    sockets[0].welcome();
+    sockets[0].drop(code);
+    assert.equal(socket.state, 'waiting', `${code}`);
+    assert.equal(seen.halted.length, 0);
+  }
+  for (const [code, action] of [[4001, 'stop'], [4002, 'login'], [4003, 'login']]) {
+    const { clock, sockets, socket, seen } = setup();
+    socket.start();
+    sockets[0].welcome();
+    sockets[0].drop(code);
+    assert.equal(socket.state, 'stopped');
+    assert.equal(seen.halted.length, 1);
+    assert.equal(seen.halted[0].action, action);
+    await clock.advance(120_000);
+    assert.equal(sockets.length, 1, `${code}: no reconnect`);
+  }
+});
+
+test('a handshake refused for a bad token ends the session', async () => {
+  const { clock, sockets, socket, seen, calls } = setup({ verify: 'ended' });
+  socket.start();
+  sockets[0].drop(1006);
+  await clock.settle();
+  assert.equal(calls.verify, 1);
+  assert.equal(socket.state, 'stopped');
+  assert.equal(seen.halted.at(-1).action, 'login');
+  await clock.advance(60_000);
+  assert.equal(sockets.length, 1);
+});
+
+test('a handshake failing while the server is down keeps retrying', async () => {
+  const { clock, sockets, socket, calls } = setup({ verify: 'retry' });
+  socket.start();
+  for (let i = 0; i < 4; i += 1) {
+    sockets.at(-1).drop(1006);
+    await clock.advance(socket.retryAt - clock.t);
+  }
+  assert.ok(sockets.length >= 3, `${sockets.length}`);
+  assert.ok(calls.verify >= 2);
+  assert.notEqual(socket.state, 'stopped');
+});
+
+test('renews the token before expiry and hands it to the open socket', async () => {
+  const { clock, sockets, socket, calls, seen } = setup({ lifetimeMs: 60_000 });
+  socket.start();
+  sockets[0].welcome();
+  await clock.advance(44_000 - 1);
+  assert.equal(calls.refresh, 0);
+  await clock.advance(1);
+  assert.equal(calls.refresh, 1);
+  const auth = sockets[0].lastSent('auth');
+  assert.deepEqual([auth.type, auth.token], ['auth', 'T1']);
+  sockets[0].reply(auth, { expires_at: clock.t + 60_000 });
+  // And again, a lifetime later: a long session never runs out.
+  await clock.advance(44_000);
+  assert.equal(calls.refresh, 2);
+  assert.equal(sockets[0].lastSent('auth').token, 'T2');
+  assert.equal(sockets.length, 1, 'the same connection throughout');
+  assert.equal(seen.halted.length, 0);
+});
+
+test('a renewal that fails for a moment is retried before expiry; a refused one ends the session', async () => {
+  let answer = 'retry';
+  const { clock, sockets, socket, calls, seen } = setup({ lifetimeMs: 60_000, refresh: () => answer });
+  socket.start();
+  sockets[0].welcome();
+  await clock.advance(44_000);
+  assert.equal(calls.refresh, 1);
+  answer = 'ok';
+  await clock.advance(5_000);
+  assert.equal(calls.refresh, 2);
+  assert.equal(sockets[0].lastSent('auth').token, 'T2');
+  answer = 'ended';
+  await clock.advance(60_000);
+  assert.equal(socket.state, 'stopped');
+  assert.equal(seen.halted.at(-1).action, 'login');
+});
+
+test('reconnecting with a nearly expired token refreshes it first', async () => {
+  const { clock, sockets, socket, calls } = setup({ lifetimeMs: 60_000 });
+  socket.start();
+  sockets[0].welcome();
+  socket.halt(); // no renewal timer: simulate a laptop asleep past the renewal time
+  socket.running = true;
+  await clock.advance(57_000);
+  sockets[0].drop(1006);
+  await clock.advance(1000);
+  assert.equal(calls.refresh, 1);
+  assert.deepEqual(sockets.at(-1).protocols, ['chat.v1', 'bearer.T1']);
+});
+
+test('a token renewed during the handshake is sent once welcomed', async () => {
+  const { sockets, socket, session } = setup();
+  socket.start();
+  session.tokenValue = 'NEW';
+  sockets[0].welcome();
+  assert.equal(sockets[0].lastSent('auth').token, 'NEW');
+});
+
+test('requests time out; a silent connection is replaced', async () => {
+  const { clock, sockets, socket } = setup();
+  socket.start();
+  sockets[0].welcome({ ws_ping_secs: 10 });
+  sockets[0].silent = true;
+  const r = assert.rejects(socket.request('rooms'), { code: 'timeout' });
+  await clock.advance(10_000);
+  await r;
+  // Nothing heard for the ping interval: a ping request; unanswered: reconnect.
+  await clock.advance(5_000);
+  const ping = sockets[0].lastSent('ping');
+  assert.ok(ping, 'a keepalive ping was sent');
+  await clock.advance(10_000);
+  assert.equal(sockets[0].closedWith.code, 4000);
+  assert.equal(socket.lastClose.code, 1006);
+  await clock.advance(1_000);
+  assert.equal(sockets.length, 2);
+});
+
+test('stop closes normally and nothing reconnects; restart reconnects at once', async () => {
+  const { clock, sockets, socket } = setup();
+  socket.start();
+  sockets[0].welcome();
+  socket.restart();
+  assert.deepEqual(sockets[0].closedWith, { code: 1000, reason: 'reconnecting' });
+  assert.equal(sockets.length, 2);
+  sockets[0].drop(1000); // the old socket's late close is ignored
+  assert.equal(socket.state, 'connecting');
+  sockets[1].welcome();
+  socket.stop();
+  assert.equal(sockets[1].closedWith.code, 1000);
+  assert.equal(socket.state, 'stopped');
+  await clock.advance(600_000);
+  assert.equal(sockets.length, 2);
+});
+
+test('reconnectNow skips the backoff wait', async () => {
+  const { sockets, socket } = setup();
+  socket.start();
+  sockets[0].welcome();
+  sockets[0].drop(1006);
+  assert.equal(socket.state, 'waiting');
+  socket.reconnectNow();
+  assert.equal(sockets.length, 2);
+});
+
+test('a tab replaced by another keeps its token fresh and can take over later', async () => {
+  const { clock, sockets, socket, calls, seen } = setup({ lifetimeMs: 60_000 });
+  socket.start();
+  sockets[0].welcome();
+  sockets[0].drop(4001, 'replaced');
+  assert.equal(seen.halted.at(-1).action, 'stop');
+  await clock.advance(300_000);
+  assert.equal(sockets.length, 1, 'does not fight the other tab');
+  assert.ok(calls.refresh >= 5, `renewed ${calls.refresh} times while stopped`);
+  socket.start();
+  assert.equal(sockets.length, 2);
+  assert.deepEqual(sockets[1].protocols, ['chat.v1', `bearer.T${calls.refresh}`]);
+  assert.equal(seen.halted.length, 1);
+});
+
+test('logging out stops renewing', async () => {
+  const { clock, sockets, socket, calls } = setup({ lifetimeMs: 60_000 });
+  socket.start();
+  sockets[0].welcome();
+  socket.stop();
+  await clock.advance(300_000);
+  assert.equal(calls.refresh, 0);
+});
