@@ -114,7 +114,10 @@ fn a_flooding_client_is_rate_limited_then_closed_with_1008() {
         }
     };
     assert_eq!(end, Some(1008));
-    assert!((5..=12).contains(&ok), "the burst went through, then the limit: {ok}");
+    assert!(
+        (5..=12).contains(&ok),
+        "the burst went through, then the limit: {ok}"
+    );
     assert!(
         limited >= 1,
         "rate_limited replies before the close: {limited}"
