@@ -405,74 +405,33 @@ impl Chat {
                     return Err(not_member(&room));
                 };
                 let recipients: Vec<ConnId> = members.conns.iter().copied().collect();
-                let message = NewMessage {
-                    from: user,
+                let post = Post {
                     kind: NewKind::Room(&room),
-                    text: &text,
-                    ts: now_ms,
-                };
-                let id = backend.store_message(&message).map_err(internal)?;
-                let item = Item {
-                    id,
-                    kind: ItemKind::Room(room),
-                    from: self.username(user),
+                    item: ItemKind::Room(room.clone()),
                     text,
-                    ts: now_ms,
+                    recipients,
+                    report_delivered: false,
                 };
-                self.reply_then_fan_out(
-                    conn,
-                    reference,
-                    id,
-                    now_ms,
-                    None,
-                    Recipients::Many(recipients),
-                    item.frame(),
-                    out,
-                );
-                Ok(Reply::Sent)
+                self.post(conn, user, reference, post, backend, now_ms, out)
             }
             Request::Direct { to, text } => {
                 let target = self.resolve_user(&to, backend)?;
-                let message = NewMessage {
-                    from: user,
-                    kind: NewKind::Direct { to: target.id },
-                    text: &text,
-                    ts: now_ms,
-                };
-                let id = backend.store_message(&message).map_err(internal)?;
                 let mut recipients: Vec<ConnId> = self.connections_of(target.id).to_vec();
                 if target.id != user {
                     recipients.extend_from_slice(self.connections_of(user));
                 }
-                let item = Item {
-                    id,
-                    kind: ItemKind::Direct {
+                let post = Post {
+                    kind: NewKind::Direct { to: target.id },
+                    item: ItemKind::Direct {
                         to: target.username,
                     },
-                    from: self.username(user),
                     text,
-                    ts: now_ms,
+                    recipients,
+                    report_delivered: false,
                 };
-                self.reply_then_fan_out(
-                    conn,
-                    reference,
-                    id,
-                    now_ms,
-                    None,
-                    Recipients::Many(recipients),
-                    item.frame(),
-                    out,
-                );
-                Ok(Reply::Sent)
+                self.post(conn, user, reference, post, backend, now_ms, out)
             }
             Request::Publish { text } => {
-                let message = NewMessage {
-                    from: user,
-                    kind: NewKind::Notification,
-                    text: &text,
-                    ts: now_ms,
-                };
-                let id = backend.store_message(&message).map_err(internal)?;
                 let recipients: Vec<ConnId> = self
                     .subscribers
                     .get(&user)
@@ -481,25 +440,14 @@ impl Chat {
                     .flat_map(|s| self.connections_of(*s))
                     .copied()
                     .collect();
-                let item = Item {
-                    id,
-                    kind: ItemKind::Notification,
-                    from: self.username(user),
+                let post = Post {
+                    kind: NewKind::Notification,
+                    item: ItemKind::Notification,
                     text,
-                    ts: now_ms,
+                    recipients,
+                    report_delivered: true,
                 };
-                let delivered = recipients.len();
-                self.reply_then_fan_out(
-                    conn,
-                    reference,
-                    id,
-                    now_ms,
-                    Some(delivered),
-                    Recipients::Many(recipients),
-                    item.frame(),
-                    out,
-                );
-                Ok(Reply::Sent)
+                self.post(conn, user, reference, post, backend, now_ms, out)
             }
             Request::Subscribe { user: name } | Request::Unsubscribe { user: name }
                 if self.is_self(user, &name) =>
@@ -587,23 +535,30 @@ impl Chat {
         }
     }
 
-    /// The ok reply to the sender (durable), then the event to its recipients
-    /// (durable): both go out only once the message is stored.
+    /// Stores a message, then queues the ok reply to the sender and the event to its
+    /// recipients, both durable: they go out only once the message is committed.
     #[allow(clippy::too_many_arguments)]
-    fn reply_then_fan_out(
+    fn post(
         &mut self,
         conn: ConnId,
+        user: UserId,
         reference: &Value,
-        id: i64,
-        ts: i64,
-        delivered: Option<usize>,
-        recipients: Recipients,
-        event: Frame,
+        post: Post<'_>,
+        backend: &mut dyn Backend,
+        now_ms: i64,
         out: &mut Vec<Output>,
-    ) {
-        let data = match delivered {
-            Some(n) => json!({"id": id, "ts": ts, "delivered": n}),
-            None => json!({"id": id, "ts": ts}),
+    ) -> Result<Reply, ChatError> {
+        let message = NewMessage {
+            from: user,
+            kind: post.kind,
+            text: &post.text,
+            ts: now_ms,
+        };
+        let id = backend.store_message(&message).map_err(internal)?;
+        let data = if post.report_delivered {
+            json!({"id": id, "ts": now_ms, "delivered": post.recipients.len()})
+        } else {
+            json!({"id": id, "ts": now_ms})
         };
         out.push(Output::Deliver(Delivery {
             to: Recipients::One(conn),
@@ -611,15 +566,23 @@ impl Chat {
             durable: true,
             fallback: Some(protocol::reply_error(reference, &ChatError::internal())),
         }));
-        if !recipients.as_slice().is_empty() {
-            self.stats.deliveries += recipients.as_slice().len() as u64;
+        if !post.recipients.is_empty() {
+            let item = Item {
+                id,
+                kind: post.item,
+                from: self.username(user),
+                text: post.text,
+                ts: now_ms,
+            };
+            self.stats.deliveries += post.recipients.len() as u64;
             out.push(Output::Deliver(Delivery {
-                to: recipients,
-                frame: event,
+                to: Recipients::Many(post.recipients),
+                frame: item.frame(),
                 durable: true,
                 fallback: None,
             }));
         }
+        Ok(Reply::Sent)
     }
 
     fn deliver(&mut self, out: &mut Vec<Output>, to: Recipients, frame: Frame) {
@@ -743,6 +706,17 @@ impl Chat {
         let frame = protocol::presence(room, &username, joined);
         self.deliver(out, Recipients::Many(recipients), frame);
     }
+}
+
+/// A message about to be stored and delivered.
+struct Post<'a> {
+    kind: NewKind<'a>,
+    /// The same kind, as it appears in the event.
+    item: ItemKind,
+    text: String,
+    recipients: Vec<ConnId>,
+    /// Publish reports how many connections it reached.
+    report_delivered: bool,
 }
 
 /// How a handled request is answered.
