@@ -2,8 +2,10 @@
 CARGO ?= cargo
 JOBS ?= 2
 CONFIG ?= server.conf
+SCENARIO ?= all
+BENCH_QUICK ?= 0
 
-.PHONY: build run test unit lint fmt certs clean
+.PHONY: build run test unit lint fmt certs clean bench
 
 build:
 	$(CARGO) build --release -j$(JOBS)
@@ -14,14 +16,19 @@ run: build
 
 # Formatting, clippy, then unit and end-to-end tests.
 test: lint
-	$(CARGO) test -j$(JOBS) --all-targets
+	$(CARGO) test -j$(JOBS) --workspace --all-targets
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy -j$(JOBS) --all-targets -- -D warnings
+	$(CARGO) clippy -j$(JOBS) --workspace --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
+
+# Benchmarks: chatd against the reference peers (bench/README.md).
+# SCENARIO=fanout runs one scenario; BENCH_QUICK=1 uses small, short settings.
+bench:
+	SCENARIO=$(SCENARIO) BENCH_QUICK=$(BENCH_QUICK) JOBS=$(JOBS) CARGO=$(CARGO) bench/run.sh
 
 # Regenerate the self-signed certificate with openssl instead (ECDSA P-256).
 certs:

@@ -1,0 +1,254 @@
+#!/usr/bin/env bash
+# `make bench`: builds release binaries, starts chatd with a bench configuration and the
+# reference peers (Node.js `ws`, nginx), runs the scenarios with chatbench, prints the
+# table and writes bench/results/latest.json. Everything listens on 127.0.0.1, every
+# run is bounded in time, every process started here is stopped by its PID.
+#
+#   SCENARIO=all|idle|fanout|fanout-max|rooms|ingest|http|static|login-storm
+#   BENCH_QUICK=1   small N and short T, for development
+#   BENCH_PERF=1    perf record -g on chatd during the fanout scenario
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+SCENARIO=${SCENARIO:-all}
+QUICK=${BENCH_QUICK:-0}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+CARGO=${CARGO:-cargo}
+JOBS=${JOBS:-2}
+
+say() { printf '\n== %s\n' "$*" >&2; }
+
+# --- tools ---------------------------------------------------------------------------
+need_apt=()
+command -v wrk >/dev/null || need_apt+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        say "installing ${need_apt[*]} (Debian packages)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    else
+        echo "bench: missing ${need_apt[*]}; install them (apt-get install ${need_apt[*]})" >&2
+        exit 1
+    fi
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+command -v node >/dev/null || { echo "bench: node is required for the reference peer" >&2; exit 1; }
+
+say "building release binaries"
+$CARGO build --release -j"$JOBS" -p chatd -p chatbench
+CHATD=$TARGET_DIR/release/chatd
+BENCH=$TARGET_DIR/release/chatbench
+
+say "installing the reference peer (npm ci)"
+(cd bench/node-ws && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+
+# --- temp dir, config, processes -------------------------------------------------------
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/chatbench.XXXXXX")
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+# Waits for "listening on https://HOST:PORT" in a file; prints PORT.
+wait_port() {
+    local file=$1 pid=$2
+    for _ in $(seq 1 200); do
+        if grep -q 'listening on https://' "$file" 2>/dev/null; then
+            grep -o 'listening on https://[^ ]*' "$file" | head -1 | sed 's/.*://'
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || { cat "$file" >&2; return 1; }
+        sleep 0.1
+    done
+    echo "bench: no port from $file" >&2
+    return 1
+}
+
+mkdir -p "$TMP/public" bench/results
+cat > "$TMP/public/index.html" <<'HTML'
+<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>chatd bench</title></head>
+<body><h1>chatd</h1><p>A small static file for the HTTP benchmark: chatd and nginx serve
+the same bytes.</p></body></html>
+HTML
+cat > "$TMP/chatd.conf" <<'CONF'
+# chatd, bench configuration: loopback, port 0, limits raised so that the bench (one
+# client address, many connections, high request rates) measures the server rather than
+# its abuse protection. Password hashing cost and db_synchronous stay at their defaults.
+host = 127.0.0.1
+port = 0
+cert_file = cert.pem
+key_file = key.pem
+secret_file = jwt.secret
+db_path = chatd.db
+public_dir = public
+max_connections = 16000
+max_connections_per_ip = 16000
+http_rate_per_ip = 1000000/s burst 1000000
+login_rate_per_ip = 1000000/s burst 1000000
+password_hashes_per_sec = 1000
+ws_rate = 1000000/s burst 1000000
+ws_ping_secs = 5
+access_log = false
+log_level = warn
+CONF
+
+"$CHATD" --config "$TMP/chatd.conf" >"$TMP/chatd.out" 2>"$TMP/chatd.err" &
+CHATD_PID=$!
+PIDS+=("$CHATD_PID")
+CHATD_PORT=$(wait_port "$TMP/chatd.out" "$CHATD_PID")
+CA=$TMP/cert.pem
+say "chatd pid $CHATD_PID on 127.0.0.1:$CHATD_PORT"
+
+node bench/node-ws/server.js "$TMP/cert.pem" "$TMP/key.pem" >"$TMP/node.out" 2>"$TMP/node.err" &
+NODE_PID=$!
+PIDS+=("$NODE_PID")
+NODE_PORT=$(wait_port "$TMP/node.out" "$NODE_PID")
+say "node ws pid $NODE_PID on 127.0.0.1:$NODE_PORT ($(node --version))"
+
+NGINX_PORT=$("$BENCH" free-port)
+mkdir -p "$TMP/nginx/logs"
+cat > "$TMP/nginx/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+user root;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 60s;
+    client_body_temp_path $TMP/nginx/body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    types { text/html html; }
+    server {
+        listen 127.0.0.1:$NGINX_PORT ssl;
+        ssl_certificate $TMP/cert.pem;
+        ssl_certificate_key $TMP/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        root $TMP/public;
+    }
+}
+CONF
+"$NGINX" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" &
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
+NGINX_WORKER=""
+for _ in $(seq 1 50); do
+    NGINX_WORKER=$(pgrep -P "$NGINX_PID" | head -1 || true)
+    [ -n "$NGINX_WORKER" ] && break
+    sleep 0.1
+done
+say "nginx master $NGINX_PID worker ${NGINX_WORKER:-?} on 127.0.0.1:$NGINX_PORT ($("$NGINX" -v 2>&1 | sed 's/.*: //'))"
+
+RESULTS=bench/results/latest.json
+rm -f "$RESULTS"
+COMMON=(--ca "$CA" --results "$RESULTS" --tokens "$TMP/tokens.json" --users 100)
+CHATD_ARGS=(--addr "127.0.0.1:$CHATD_PORT" --server-pid "$CHATD_PID" --label chatd "${COMMON[@]}")
+NODE_ARGS=(--addr "127.0.0.1:$NODE_PORT" --server-pid "$NODE_PID" --label node --mode raw "${COMMON[@]}")
+
+if [ "$QUICK" = 1 ]; then
+    IDLE=(--connections 500 --hold 6)
+    FANOUT=(--members 100 --senders 5 --rate 20 --duration 3)
+    FANMAX=(--members 100 --senders 5 --duration 2 --max true --max-start 20000 --max-step 40000 --max-limit 200000)
+    ROOMS=(--rooms 50 --room-size 10 --rate 5 --duration 3)
+    INGEST=(--connections 20 --window 8 --duration 3)
+    HTTP=(--connections 20 --duration 3)
+    WRK="-t1 -c100 -d3s"
+    STORM=(--members 100 --senders 5 --rate 20 --duration 3)
+else
+    IDLE=(--connections 10000 --hold 8)
+    FANOUT=(--members 1000 --senders 10 --rate 10 --duration 10)
+    FANMAX=(--members 1000 --senders 10 --duration 5 --max true --max-start 100000 --max-step 100000 --max-limit 2000000)
+    ROOMS=(--rooms 1000 --room-size 10 --rate 5 --duration 10)
+    INGEST=(--connections 100 --window 8 --duration 10)
+    HTTP=(--connections 50 --duration 10)
+    WRK="-t1 -c100 -d10s"
+    STORM=(--members 1000 --senders 10 --rate 10 --duration 10)
+fi
+
+# Every chatbench run is bounded (its own phases are timed; this is the backstop).
+bench() { timeout --kill-after=10 900 "$BENCH" "$@"; }
+want() { [ "$SCENARIO" = all ] || [ "$SCENARIO" = "$1" ]; }
+
+if want idle; then
+    say "idle: chatd"; bench idle "${CHATD_ARGS[@]}" "${IDLE[@]}"
+    say "idle: node ws"; bench idle "${NODE_ARGS[@]}" "${IDLE[@]}"
+fi
+if want fanout; then
+    if [ "${BENCH_PERF:-0}" = 1 ] && command -v perf >/dev/null; then
+        perf record -g -p "$CHATD_PID" -o "$TMP/perf.data" 2>"$TMP/perf.err" &
+        PERF_PID=$!
+    fi
+    say "fanout: chatd"; bench fanout "${CHATD_ARGS[@]}" "${FANOUT[@]}"
+    if [ -n "${PERF_PID:-}" ]; then
+        kill -INT "$PERF_PID"; wait "$PERF_PID" || true
+        say "perf: chatd's top functions during fanout"
+        perf report -i "$TMP/perf.data" --stdio --no-children --percent-limit 1.5 2>/dev/null \
+            | grep -E '^ +[0-9]' | head -30 | tee bench/results/perf-fanout.txt
+    fi
+    say "fanout: node ws"; bench fanout "${NODE_ARGS[@]}" "${FANOUT[@]}"
+fi
+if want fanout-max; then
+    say "fanout max: chatd"; bench fanout "${CHATD_ARGS[@]}" "${FANMAX[@]}"
+    say "fanout max: node ws"; bench fanout "${NODE_ARGS[@]}" "${FANMAX[@]}"
+fi
+if want rooms; then
+    say "rooms: chatd"; bench rooms "${CHATD_ARGS[@]}" "${ROOMS[@]}"
+fi
+if want ingest; then
+    say "ingest: chatd"; bench ingest "${CHATD_ARGS[@]}" "${INGEST[@]}"
+fi
+if want http; then
+    say "http: chatd"; bench http "${CHATD_ARGS[@]}" "${HTTP[@]}"
+fi
+if want static; then
+    say "static file, wrk $WRK: chatd"
+    bench static --label chatd --server-pid "$CHATD_PID" --results "$RESULTS" \
+        --url "https://127.0.0.1:$CHATD_PORT/" --wrk-args "$WRK"
+    say "static file, wrk $WRK: nginx"
+    bench static --label nginx --server-pid "$NGINX_PID,${NGINX_WORKER:-$NGINX_PID}" --results "$RESULTS" \
+        --url "https://127.0.0.1:$NGINX_PORT/" --wrk-args "$WRK"
+fi
+if want login-storm; then
+    say "login storm: chatd"; bench login-storm "${CHATD_ARGS[@]}" "${STORM[@]}"
+fi
+
+say "results ($RESULTS)"
+"$BENCH" report --results "$RESULTS"
+
+# --- stop everything; chatd must exit 0 on SIGTERM -------------------------------------
+kill -QUIT "$NGINX_PID" 2>/dev/null || true
+kill -TERM "$NODE_PID" 2>/dev/null || true
+wait "$NGINX_PID" 2>/dev/null || true
+wait "$NODE_PID" 2>/dev/null || true
+kill -TERM "$CHATD_PID"
+set +e
+timeout 15 tail --pid="$CHATD_PID" -f /dev/null
+wait "$CHATD_PID"
+rc=$?
+set -e
+PIDS=()
+if [ "$rc" != 0 ]; then
+    echo "bench: chatd exited $rc on SIGTERM (expected 0); its stderr:" >&2
+    tail -20 "$TMP/chatd.err" >&2
+    exit 1
+fi
+if grep -qiE 'panick|error' "$TMP/chatd.err"; then
+    echo "bench: chatd logged errors during the run:" >&2
+    grep -iE 'panick|error' "$TMP/chatd.err" | head -20 >&2
+    exit 1
+fi
+say "chatd exited 0 on SIGTERM; results in $RESULTS"
