@@ -45,12 +45,12 @@ say "installing the reference peer (npm ci)"
 
 # --- temp dir, config, processes -------------------------------------------------------
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/chatbench.XXXXXX")
-PIDS=()
+CHATD_PID="" NODE_PID="" NGINX_PID="" PERF_PID=""
 cleanup() {
-    for pid in "${PIDS[@]}"; do
+    for pid in $PERF_PID $CHATD_PID $NODE_PID $NGINX_PID; do
         kill "$pid" 2>/dev/null || true
     done
-    for pid in "${PIDS[@]}"; do
+    for pid in $PERF_PID $CHATD_PID $NODE_PID $NGINX_PID; do
         wait "$pid" 2>/dev/null || true
     done
     rm -rf "$TMP"
@@ -101,12 +101,46 @@ access_log = false
 log_level = warn
 CONF
 
-"$CHATD" --config "$TMP/chatd.conf" >"$TMP/chatd.out" 2>"$TMP/chatd.err" &
-CHATD_PID=$!
-PIDS+=("$CHATD_PID")
-CHATD_PORT=$(wait_port "$TMP/chatd.out" "$CHATD_PID")
-CA=$TMP/cert.pem
-say "chatd pid $CHATD_PID on 127.0.0.1:$CHATD_PORT"
+# Each scenario gets a fresh chatd (same database, secret and certificate, so the
+# cached tokens stay valid): memory figures start from a clean heap, and every
+# scenario ends with the SIGTERM check.
+RUNS=0
+FAILURES=()
+start_chatd() {
+    RUNS=$((RUNS + 1))
+    "$CHATD" --config "$TMP/chatd.conf" >"$TMP/chatd.$RUNS.out" 2>"$TMP/chatd.$RUNS.err" &
+    CHATD_PID=$!
+    CHATD_PORT=$(wait_port "$TMP/chatd.$RUNS.out" "$CHATD_PID")
+    CHATD_ARGS=(--addr "127.0.0.1:$CHATD_PORT" --server-pid "$CHATD_PID" --label chatd "${COMMON[@]}")
+}
+# Stops chatd with SIGTERM: it must exit 0 (within 15 s) and have logged no error.
+stop_chatd() {
+    local what=$1 rc=0
+    kill -TERM "$CHATD_PID"
+    # A watchdog: SIGKILL (and a failure) if chatd has not exited 15 s after SIGTERM.
+    ( sleep 15; kill -KILL "$CHATD_PID" 2>/dev/null && echo "bench: chatd killed after 15 s" >&2 ) &
+    local watchdog=$!
+    wait "$CHATD_PID" || rc=$?
+    kill "$watchdog" 2>/dev/null || true
+    wait "$watchdog" 2>/dev/null || true
+    CHATD_PID=""
+    if [ "$rc" != 0 ]; then
+        FAILURES+=("$what: chatd exited $rc on SIGTERM")
+    fi
+    if grep -qiE 'panick|error' "$TMP/chatd.$RUNS.err"; then
+        FAILURES+=("$what: chatd logged: $(grep -iE 'panick|error' "$TMP/chatd.$RUNS.err" | head -3)")
+    fi
+    echo "chatd exited $rc on SIGTERM after $what" >&2
+}
+
+RESULTS=bench/results/latest.json
+rm -f "$RESULTS"
+COMMON=(--ca "$TMP/cert.pem" --results "$RESULTS" --tokens "$TMP/tokens.json" --users 100)
+
+say "accounts: register and log in the bench users once (the certificate is made here)"
+start_chatd
+"$BENCH" accounts --addr "127.0.0.1:$CHATD_PORT" --ca "$TMP/cert.pem" --tokens "$TMP/tokens.json" --users 100
+stop_chatd accounts
 
 node bench/node-ws/server.js "$TMP/cert.pem" "$TMP/key.pem" >"$TMP/node.out" 2>"$TMP/node.err" &
 NODE_PID=$!
@@ -125,6 +159,8 @@ error_log $TMP/nginx/error.log warn;
 events { worker_connections 4096; }
 http {
     access_log off;
+    open_file_cache max=1000 inactive=60s;
+    open_file_cache_valid 60s;
     keepalive_requests 10000000;
     keepalive_timeout 60s;
     client_body_temp_path $TMP/nginx/body;
@@ -153,10 +189,6 @@ for _ in $(seq 1 50); do
 done
 say "nginx master $NGINX_PID worker ${NGINX_WORKER:-?} on 127.0.0.1:$NGINX_PORT ($("$NGINX" -v 2>&1 | sed 's/.*: //'))"
 
-RESULTS=bench/results/latest.json
-rm -f "$RESULTS"
-COMMON=(--ca "$CA" --results "$RESULTS" --tokens "$TMP/tokens.json" --users 100)
-CHATD_ARGS=(--addr "127.0.0.1:$CHATD_PORT" --server-pid "$CHATD_PID" --label chatd "${COMMON[@]}")
 NODE_ARGS=(--addr "127.0.0.1:$NODE_PORT" --server-pid "$NODE_PID" --label node --mode raw "${COMMON[@]}")
 
 if [ "$QUICK" = 1 ]; then
@@ -184,71 +216,76 @@ bench() { timeout --kill-after=10 900 "$BENCH" "$@"; }
 want() { [ "$SCENARIO" = all ] || [ "$SCENARIO" = "$1" ]; }
 
 if want idle; then
-    say "idle: chatd"; bench idle "${CHATD_ARGS[@]}" "${IDLE[@]}"
+    start_chatd
+    say "idle: chatd (pid $CHATD_PID)"; bench idle "${CHATD_ARGS[@]}" "${IDLE[@]}"
+    stop_chatd idle
     say "idle: node ws"; bench idle "${NODE_ARGS[@]}" "${IDLE[@]}"
 fi
 if want fanout; then
+    start_chatd
     if [ "${BENCH_PERF:-0}" = 1 ] && command -v perf >/dev/null; then
         perf record -g -p "$CHATD_PID" -o "$TMP/perf.data" 2>"$TMP/perf.err" &
         PERF_PID=$!
     fi
-    say "fanout: chatd"; bench fanout "${CHATD_ARGS[@]}" "${FANOUT[@]}"
-    if [ -n "${PERF_PID:-}" ]; then
+    say "fanout: chatd (pid $CHATD_PID)"; bench fanout "${CHATD_ARGS[@]}" "${FANOUT[@]}"
+    if [ -n "$PERF_PID" ]; then
         kill -INT "$PERF_PID"; wait "$PERF_PID" || true
-        say "perf: chatd's top functions during fanout"
-        perf report -i "$TMP/perf.data" --stdio --no-children --percent-limit 1.5 2>/dev/null \
-            | grep -E '^ +[0-9]' | head -30 | tee bench/results/perf-fanout.txt
+        PERF_PID=""
+        say "perf: chatd's top functions during fanout (bench/results/perf-fanout.txt)"
+        perf report -i "$TMP/perf.data" --stdio --no-children --percent-limit 1 2>/dev/null \
+            | grep -E '^ +[0-9]' | head -40 | tee bench/results/perf-fanout.txt
     fi
+    stop_chatd fanout
     say "fanout: node ws"; bench fanout "${NODE_ARGS[@]}" "${FANOUT[@]}"
 fi
 if want fanout-max; then
-    say "fanout max: chatd"; bench fanout "${CHATD_ARGS[@]}" "${FANMAX[@]}"
+    start_chatd
+    say "fanout max: chatd (pid $CHATD_PID)"; bench fanout "${CHATD_ARGS[@]}" "${FANMAX[@]}"
+    stop_chatd fanout-max
     say "fanout max: node ws"; bench fanout "${NODE_ARGS[@]}" "${FANMAX[@]}"
 fi
 if want rooms; then
-    say "rooms: chatd"; bench rooms "${CHATD_ARGS[@]}" "${ROOMS[@]}"
+    start_chatd
+    say "rooms: chatd (pid $CHATD_PID)"; bench rooms "${CHATD_ARGS[@]}" "${ROOMS[@]}"
+    stop_chatd rooms
 fi
 if want ingest; then
-    say "ingest: chatd"; bench ingest "${CHATD_ARGS[@]}" "${INGEST[@]}"
+    start_chatd
+    say "ingest: chatd (pid $CHATD_PID)"; bench ingest "${CHATD_ARGS[@]}" "${INGEST[@]}"
+    stop_chatd ingest
 fi
 if want http; then
-    say "http: chatd"; bench http "${CHATD_ARGS[@]}" "${HTTP[@]}"
+    start_chatd
+    say "http: chatd (pid $CHATD_PID)"; bench http "${CHATD_ARGS[@]}" "${HTTP[@]}"
+    stop_chatd http
 fi
 if want static; then
-    say "static file, wrk $WRK: chatd"
+    start_chatd
+    say "static file, wrk $WRK: chatd (pid $CHATD_PID)"
     bench static --label chatd --server-pid "$CHATD_PID" --results "$RESULTS" \
         --url "https://127.0.0.1:$CHATD_PORT/" --wrk-args "$WRK"
+    stop_chatd static
     say "static file, wrk $WRK: nginx"
     bench static --label nginx --server-pid "$NGINX_PID,${NGINX_WORKER:-$NGINX_PID}" --results "$RESULTS" \
         --url "https://127.0.0.1:$NGINX_PORT/" --wrk-args "$WRK"
 fi
 if want login-storm; then
-    say "login storm: chatd"; bench login-storm "${CHATD_ARGS[@]}" "${STORM[@]}"
+    start_chatd
+    say "login storm: chatd (pid $CHATD_PID)"; bench login-storm "${CHATD_ARGS[@]}" "${STORM[@]}"
+    stop_chatd login-storm
 fi
 
 say "results ($RESULTS)"
 "$BENCH" report --results "$RESULTS"
 
-# --- stop everything; chatd must exit 0 on SIGTERM -------------------------------------
+# --- stop the peers by PID -------------------------------------------------------------
 kill -QUIT "$NGINX_PID" 2>/dev/null || true
 kill -TERM "$NODE_PID" 2>/dev/null || true
 wait "$NGINX_PID" 2>/dev/null || true
 wait "$NODE_PID" 2>/dev/null || true
-kill -TERM "$CHATD_PID"
-set +e
-timeout 15 tail --pid="$CHATD_PID" -f /dev/null
-wait "$CHATD_PID"
-rc=$?
-set -e
-PIDS=()
-if [ "$rc" != 0 ]; then
-    echo "bench: chatd exited $rc on SIGTERM (expected 0); its stderr:" >&2
-    tail -20 "$TMP/chatd.err" >&2
+NGINX_PID="" NODE_PID=""
+if [ ${#FAILURES[@]} -gt 0 ]; then
+    printf 'bench: %s\n' "${FAILURES[@]}" >&2
     exit 1
 fi
-if grep -qiE 'panick|error' "$TMP/chatd.err"; then
-    echo "bench: chatd logged errors during the run:" >&2
-    grep -iE 'panick|error' "$TMP/chatd.err" | head -20 >&2
-    exit 1
-fi
-say "chatd exited 0 on SIGTERM; results in $RESULTS"
+say "chatd exited 0 on SIGTERM after every scenario ($RUNS runs); results in $RESULTS"

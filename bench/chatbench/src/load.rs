@@ -89,6 +89,9 @@ pub struct Load {
     pub senders: Vec<Sender>,
     schedule: BinaryHeap<Reverse<(u64, usize)>>,
     pub counters: PhaseCounters,
+    /// Members that became ready, and that closed, since the load began.
+    ready_total: usize,
+    closed_total: usize,
     /// Time from connect to the 101 answer, per connection.
     pub handshake: Latencies,
     pub text_size: usize,
@@ -106,6 +109,8 @@ impl Load {
             senders: Vec::new(),
             schedule: BinaryHeap::new(),
             counters: PhaseCounters::default(),
+            ready_total: 0,
+            closed_total: 0,
             handshake: Latencies::default(),
             text_size,
             scratch: Vec::with_capacity(512),
@@ -149,18 +154,10 @@ impl Load {
             requests.push(crate::http::upgrade(path, &host, None));
         }
         let mut last_ready = start;
-        let settled = |load: &Load, ids: &[usize]| {
-            ids.iter()
-                .filter(|&&id| {
-                    load.members[id]
-                        .as_ref()
-                        .is_some_and(|m| m.ready || m.closed)
-                })
-                .count()
-        };
+        let settled_before = self.ready_total + self.closed_total;
         let mut done_before = 0;
         while Instant::now() < deadline {
-            let done = settled(self, &ids);
+            let done = self.ready_total + self.closed_total - settled_before;
             if done > done_before {
                 last_ready = Instant::now();
                 done_before = done;
@@ -347,6 +344,15 @@ impl Load {
             .sum()
     }
 
+    fn mark_ready(&mut self, id: usize) {
+        if let Some(m) = self.member(id)
+            && !m.ready
+        {
+            m.ready = true;
+            self.ready_total += 1;
+        }
+    }
+
     fn on_message(&mut self, id: usize, stamp: Stamp, now_ns: u64) {
         let Some(member) = self.members.get_mut(id).and_then(Option::as_mut) else {
             return;
@@ -370,11 +376,8 @@ impl Load {
 impl Handler for Load {
     fn on_open(&mut self, id: usize, since_start_ns: u64, _now_ns: u64, _out: &mut Out<'_>) {
         self.handshake.record_ns(since_start_ns);
-        let mode = self.mode;
-        if let Some(m) = self.member(id)
-            && mode == Mode::Raw
-        {
-            m.ready = true;
+        if self.mode == Mode::Raw {
+            self.mark_ready(id);
         }
     }
 
@@ -413,11 +416,7 @@ impl Handler for Load {
                     *self.counters.send_errors.entry(code).or_default() += 1;
                 }
             }
-            payload::Kind::Welcome => {
-                if let Some(m) = self.member(id) {
-                    m.ready = true;
-                }
-            }
+            payload::Kind::Welcome => self.mark_ready(id),
             payload::Kind::Presence | payload::Kind::Other => {}
         }
     }
@@ -439,8 +438,14 @@ impl Handler for Load {
         if let Some(storm) = self.storm.as_mut().filter(|s| s.owns(id)) {
             return storm.on_closed(id, reason);
         }
-        if let Some(m) = self.member(id) {
+        if let Some(m) = self.member(id)
+            && !m.closed
+        {
             m.closed = true;
+            // A member that closes before it was ready settles its opening too.
+            if !m.ready {
+                self.closed_total += 1;
+            }
         }
         *self.counters.closed.entry(reason.to_string()).or_default() += 1;
     }

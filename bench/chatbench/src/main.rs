@@ -40,7 +40,8 @@ use scenarios::Ctx;
 
 const USAGE: &str = "usage: chatbench SCENARIO [--flag value ...]
 
-scenarios: idle, fanout, rooms, login-storm, ingest, http, static; also report, free-port
+scenarios: idle, fanout, rooms, login-storm, ingest, http, static
+other commands: accounts (register, log in and cache the tokens), report, free-port
 common flags:
   --addr HOST:PORT       server address (required except for static and report)
   --ca PEM               the server's certificate, the only trust root (required)
@@ -138,6 +139,7 @@ fn scenario_flags(scenario: &str) -> Option<&'static [&'static str]> {
         "http" => &["connections", "duration", "paths"],
         "static" => &["url", "wrk-args"],
         "report" => &["results", "primary"],
+        "accounts" => &[],
         "free-port" => &[],
         _ => return None,
     })
@@ -221,6 +223,11 @@ fn run(scenario: &str, args: Args) -> Result<(), String> {
         "ingest" => scenarios::ingest,
         "http" => scenarios::http,
         "static" => scenarios::static_file,
+        "accounts" => {
+            let tokens = ctx.tokens()?;
+            println!("{} accounts with tokens", tokens.len());
+            return Ok(());
+        }
         other => return Err(format!("unknown scenario `{other}`\n\n{USAGE}")),
     };
     let mut result = run(&ctx)?;

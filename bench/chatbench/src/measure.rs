@@ -17,7 +17,7 @@ pub struct Snapshot {
     /// The server's processes (summed), if their PIDs were given and readable.
     server: Option<ProcSample>,
     client_cpu_us: u64,
-    machine_busy_us: u64,
+    machine: procstat::MachineSample,
 }
 
 /// Reads every counter now. The server's PIDs are summed (nginx: master and worker).
@@ -34,7 +34,7 @@ pub fn snapshot(pids: &[u32]) -> Snapshot {
         at: Instant::now(),
         server,
         client_cpu_us: procstat::self_cpu_us(),
-        machine_busy_us: procstat::machine_busy_us(),
+        machine: procstat::machine(),
     }
 }
 
@@ -50,8 +50,13 @@ pub struct Costs {
     pub wall_s: f64,
     pub server_cpu_ms: Option<f64>,
     pub client_cpu_ms: f64,
-    /// Busy CPU of the machine that was neither the server nor this client.
+    /// Busy CPU of the machine that was neither the server nor this client (other
+    /// processes; softirq and steal excluded).
     pub other_cpu_ms: Option<f64>,
+    /// Kernel softirq time (on loopback mostly the network stack carrying our traffic).
+    pub softirq_ms: f64,
+    /// Time the hypervisor gave elsewhere.
+    pub steal_ms: f64,
     pub server_rss_before_kib: Option<u64>,
     pub server_rss_after_kib: Option<u64>,
 }
@@ -63,13 +68,16 @@ pub fn costs(before: &Snapshot, after: &Snapshot) -> Costs {
         _ => None,
     };
     let client_cpu_ms = after.client_cpu_us.saturating_sub(before.client_cpu_us) as f64 / 1000.0;
-    let machine_ms = after.machine_busy_us.saturating_sub(before.machine_busy_us) as f64 / 1000.0;
+    let delta = |a: u64, b: u64| a.saturating_sub(b) as f64 / 1000.0;
+    let machine_ms = delta(after.machine.busy_us, before.machine.busy_us);
     let other_cpu_ms = server_cpu_ms.map(|server| (machine_ms - server - client_cpu_ms).max(0.0));
     Costs {
         wall_s,
         server_cpu_ms,
         client_cpu_ms,
         other_cpu_ms,
+        softirq_ms: delta(after.machine.softirq_us, before.machine.softirq_us),
+        steal_ms: delta(after.machine.steal_us, before.machine.steal_us),
         server_rss_before_kib: before.server_rss_kib(),
         server_rss_after_kib: after.server_rss_kib(),
     }
@@ -99,11 +107,13 @@ impl Costs {
     /// Which process's CPU bounded the figure. chatd and this client are each one
     /// thread: a process busy for 90% of the wall time or more was the limit. When
     /// neither was, the figure is simply what was offered (a paced load), unless the
-    /// two cores were saturated by everything together.
+    /// two cores were saturated by everything together (other processes, the kernel's
+    /// softirq work and hypervisor steal included).
     pub fn limited_by(&self, server_threads: f64) -> &'static str {
         let server = self.server_cores().unwrap_or(0.0);
         let client = self.client_cores();
-        let other = self.other_cpu_ms.map_or(0.0, |ms| cores(ms, self.wall_s));
+        let other = self.other_cpu_ms.map_or(0.0, |ms| cores(ms, self.wall_s))
+            + cores(self.softirq_ms + self.steal_ms, self.wall_s);
         if server >= 0.9 * server_threads && server / server_threads >= client {
             "server CPU"
         } else if client >= 0.9 {
@@ -123,6 +133,8 @@ impl Costs {
             "client_cpu_ms": round3(self.client_cpu_ms),
             "client_cores": round3(self.client_cores()),
             "other_cpu_ms": self.other_cpu_ms.map(round3),
+            "softirq_ms": round3(self.softirq_ms),
+            "steal_ms": round3(self.steal_ms),
             "server_rss_before_kib": self.server_rss_before_kib,
             "server_rss_after_kib": self.server_rss_after_kib,
         })

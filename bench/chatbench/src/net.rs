@@ -126,6 +126,8 @@ pub struct Net {
     rng: MaskRng,
     base: Instant,
     open: usize,
+    /// This turn's readiness (token, readable, writable), reused across turns.
+    ready: Vec<(usize, bool, bool)>,
     pub counters: NetCounters,
 }
 
@@ -141,6 +143,7 @@ impl Net {
             rng: MaskRng::new(0x5DEE_CE66_D1CE_4E5B ^ u64::from(std::process::id())),
             base,
             open: 0,
+            ready: Vec::new(),
             counters: NetCounters::default(),
         })
     }
@@ -230,18 +233,16 @@ impl Net {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e),
         }
-        let ready: Vec<(usize, bool, bool)> = self
-            .events
-            .iter()
-            .map(|e| {
-                (
-                    e.token().0,
-                    e.is_readable() || e.is_read_closed() || e.is_error(),
-                    e.is_writable(),
-                )
-            })
-            .collect();
-        for (id, readable, writable) in ready {
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        ready.extend(self.events.iter().map(|e| {
+            (
+                e.token().0,
+                e.is_readable() || e.is_read_closed() || e.is_error(),
+                e.is_writable(),
+            )
+        }));
+        for &(id, readable, writable) in &ready {
             let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else {
                 continue;
             };
@@ -270,6 +271,7 @@ impl Net {
                 queue_flush(&mut self.flush_list, conn, id);
             }
         }
+        self.ready = ready;
         self.flush_all(handler);
         Ok(())
     }
@@ -432,17 +434,15 @@ impl Net {
     }
 
     fn flush_all(&mut self, handler: &mut dyn Handler) {
-        let list = std::mem::take(&mut self.flush_list);
+        // Flushing never queues more flushes (a failure only closes), so one pass does.
+        let mut list = std::mem::take(&mut self.flush_list);
         for &id in &list {
             if let Err(reason) = self.flush(id) {
                 self.fail(id, handler, &reason);
             }
         }
-        let mut list = list;
         list.clear();
-        if self.flush_list.is_empty() {
-            self.flush_list = list;
-        }
+        self.flush_list = list;
     }
 
     /// Hands queued plaintext to rustls and writes TLS records until `WouldBlock`.

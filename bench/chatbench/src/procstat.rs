@@ -1,5 +1,5 @@
 //! What the processes cost: a process's resident memory and CPU time from `/proc`, our
-//! own CPU time from `getrusage`, and the whole machine's busy time from `/proc/stat`
+//! own CPU time from `getrusage`, and the whole machine's CPU time from `/proc/stat`
 //! (to see how much CPU neither the server nor the client used: other load).
 
 use std::io;
@@ -71,30 +71,45 @@ pub fn self_cpu_us() -> u64 {
     us(usage.ru_utime) + us(usage.ru_stime)
 }
 
-/// Busy CPU time of the whole machine (all cores), in microseconds: every column of
-/// the `cpu` line of `/proc/stat` except idle and iowait.
-pub fn machine_busy_us() -> u64 {
-    std::fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|s| parse_proc_stat_busy_ticks(&s))
-        .map_or(0, |ticks| ticks_to_us(ticks, clock_ticks_per_sec()))
+/// The whole machine's CPU time (all cores), in microseconds, from `/proc/stat`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MachineSample {
+    /// user + nice + system + irq: time spent by processes (and hard interrupts).
+    pub busy_us: u64,
+    /// softirq: on loopback, mostly the kernel's network stack moving our packets.
+    pub softirq_us: u64,
+    /// steal: time the hypervisor gave to other machines.
+    pub steal_us: u64,
 }
 
-/// Busy ticks from the aggregate `cpu` line: user nice system idle iowait irq softirq
-/// steal (guest time is already inside user).
-pub fn parse_proc_stat_busy_ticks(stat: &str) -> Option<u64> {
+pub fn machine() -> MachineSample {
+    let ticks = clock_ticks_per_sec();
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| parse_proc_stat(&s))
+        .map_or_else(MachineSample::default, |[busy, softirq, steal]| {
+            MachineSample {
+                busy_us: ticks_to_us(busy, ticks),
+                softirq_us: ticks_to_us(softirq, ticks),
+                steal_us: ticks_to_us(steal, ticks),
+            }
+        })
+}
+
+/// [busy, softirq, steal] ticks from the aggregate `cpu` line: user nice system idle
+/// iowait irq softirq steal (guest time is already inside user).
+pub fn parse_proc_stat(stat: &str) -> Option<[u64; 3]> {
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let values: Vec<u64> = line
+    let v: Vec<u64> = line
         .split_whitespace()
         .skip(1)
         .take(8)
         .map(|v| v.parse().ok())
         .collect::<Option<_>>()?;
-    if values.len() < 5 {
+    if v.len() < 8 {
         return None;
     }
-    let total: u64 = values.iter().sum();
-    Some(total - values[3] - values[4])
+    Some([v[0] + v[1] + v[2] + v[5], v[6], v[7]])
 }
 
 #[cfg(test)]
@@ -124,8 +139,9 @@ mod tests {
 
     #[test]
     fn proc_stat_busy() {
-        let stat = "cpu  100 5 50 1000 20 3 2 0 0 0\ncpu0 50 2 25 500 10 1 1 0 0 0\n";
-        assert_eq!(parse_proc_stat_busy_ticks(stat), Some(160));
+        let stat = "cpu  100 5 50 1000 20 3 2 7 0 0\ncpu0 50 2 25 500 10 1 1 0 0 0\n";
+        assert_eq!(parse_proc_stat(stat), Some([158, 2, 7]));
+        assert_eq!(parse_proc_stat("cpu  1 2 3\n"), None);
     }
 
     #[test]

@@ -37,7 +37,7 @@ impl Ctx {
             .ok_or_else(|| "--addr and --ca are required".to_string())
     }
 
-    fn tokens(&self) -> Result<Vec<String>, String> {
+    pub fn tokens(&self) -> Result<Vec<String>, String> {
         match self.mode {
             Mode::Raw => Ok(Vec::new()),
             Mode::Chatd => setup::tokens(
