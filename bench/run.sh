@@ -7,6 +7,8 @@
 #   SCENARIO=all|idle|fanout|fanout-max|rooms|ingest|http|static|login-storm
 #   BENCH_QUICK=1   small N and short T, for development
 #   BENCH_PERF=1    perf record -g on chatd during the fanout scenario
+#   BENCH_NICE=-10  run the bench (servers, peers, clients) at this nice value, so other
+#                   load on a shared machine skews the figures less (negative needs root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -17,6 +19,12 @@ CARGO=${CARGO:-cargo}
 JOBS=${JOBS:-2}
 
 say() { printf '\n== %s\n' "$*" >&2; }
+
+if [ -n "${BENCH_NICE:-}" ] && [ "$BENCH_NICE" != 0 ]; then
+    # Children inherit it: chatd, the peers, chatbench and wrk all run at this priority.
+    renice -n "$BENCH_NICE" -p $$ >/dev/null
+    say "running at nice $BENCH_NICE"
+fi
 
 # --- tools ---------------------------------------------------------------------------
 need_apt=()

@@ -288,19 +288,23 @@ impl Net {
         };
         let mut eof = false;
         loop {
-            match conn.tls.read_tls(&mut conn.socket) {
+            let mut probe = ShortReadProbe {
+                socket: &mut conn.socket,
+                short: false,
+            };
+            let drained = match conn.tls.read_tls(&mut probe) {
                 Ok(0) => {
                     eof = true;
                     break;
                 }
-                Ok(_) => {}
+                Ok(_) => probe.short,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     let reason = format!("read: {e}");
                     return self.fail(id, handler, &reason);
                 }
-            }
+            };
             let state = match conn.tls.process_new_packets() {
                 Ok(state) => state,
                 Err(e) => {
@@ -324,6 +328,9 @@ impl Net {
             }
             if closed {
                 eof = true;
+                break;
+            }
+            if drained {
                 break;
             }
         }
@@ -474,6 +481,22 @@ impl Net {
             }
         }
         Ok(())
+    }
+}
+
+/// Remembers whether the last read was short. A TCP read that returns less than asked
+/// has emptied the receive queue at that moment, and data arriving later raises a new
+/// edge: the loop can stop there instead of paying one more `read` for `WouldBlock`.
+struct ShortReadProbe<'a> {
+    socket: &'a mut TcpStream,
+    short: bool,
+}
+
+impl Read for ShortReadProbe<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.socket.read(buf)?;
+        self.short = n < buf.len();
+        Ok(n)
     }
 }
 

@@ -49,6 +49,17 @@ fn fmt_opt(v: &Value, digits: usize) -> String {
         .map_or_else(|| "-".into(), |x| format!("{x:.digits$}"))
 }
 
+/// Cores used by other processes (not the server, not the client) in the measured phase.
+fn other_cores(r: &Value) -> String {
+    match (
+        r["costs"]["other_cpu_ms"].as_f64(),
+        r["costs"]["wall_s"].as_f64(),
+    ) {
+        (Some(ms), Some(wall)) if wall > 0.0 => format!("{:.2}", ms / 1000.0 / wall),
+        _ => "-".into(),
+    }
+}
+
 fn figure_of<'a>(result: &'a Value, name: &str) -> Option<&'a Value> {
     result["figures"]
         .as_array()?
@@ -94,12 +105,13 @@ pub fn table(results: &[Value], primary: &str) -> String {
                 || "-".to_string(),
                 |o| format!("{} {}", fmt_value(&o["value"], unit), ref_label),
             );
-            let (p50, p99, srv, cli, limited) = if i == 0 {
+            let (p50, p99, srv, cli, oth, limited) = if i == 0 {
                 (
                     fmt_opt(&r["latency_ms"]["p50_ms"], 2),
                     fmt_opt(&r["latency_ms"]["p99_ms"], 2),
                     fmt_opt(&r["costs"]["server_cores"], 2),
                     fmt_opt(&r["costs"]["client_cores"], 2),
+                    other_cores(r),
                     r["limited_by"].as_str().unwrap_or("").to_string(),
                 )
             } else {
@@ -107,7 +119,7 @@ pub fn table(results: &[Value], primary: &str) -> String {
             };
             let _ = writeln!(
                 out,
-                "{:<12} {:<52} {:>14} {:>14} {:>7} {:>8} {:>8} {:>7} {:>7}  {}",
+                "{:<12} {:<52} {:>14} {:>14} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7}  {}",
                 if i == 0 { scenario } else { "" },
                 name,
                 fmt_value(&f["value"], unit),
@@ -117,13 +129,14 @@ pub fn table(results: &[Value], primary: &str) -> String {
                 p99,
                 srv,
                 cli,
+                oth,
                 limited
             );
         }
         if let Some(o) = reference {
             let _ = writeln!(
                 out,
-                "{:<12} {:<52} {:>14} {:>14} {:>7} {:>8} {:>8} {:>7} {:>7}  {}",
+                "{:<12} {:<52} {:>14} {:>14} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7}  {}",
                 "",
                 format!("  ({ref_label}: latency, CPU, limit)"),
                 "",
@@ -133,13 +146,15 @@ pub fn table(results: &[Value], primary: &str) -> String {
                 fmt_opt(&o["latency_ms"]["p99_ms"], 2),
                 fmt_opt(&o["costs"]["server_cores"], 2),
                 fmt_opt(&o["costs"]["client_cores"], 2),
+                other_cores(o),
                 o["limited_by"].as_str().unwrap_or("")
             );
         }
     }
     out.push_str(
-        "\nratio = primary / reference. srv cpu, cli cpu: cores kept busy (CPU time / wall time) \
-         by the server and by the client during the measured phase.\n",
+        "\nratio = primary / reference. srv cpu, cli cpu, oth cpu: cores kept busy (CPU time / wall \
+         time) by the server, by the client and by every other process during the measured \
+         phase; a high oth cpu means other load on the machine skewed the figures.\n",
     );
     out
 }
