@@ -208,6 +208,7 @@ if [ "$QUICK" = 1 ]; then
     HTTP=(--connections 20 --duration 3)
     WRK="-t1 -c100 -d3s"
     STORM=(--members 100 --senders 5 --rate 20 --duration 3)
+    WARM=(--warmup 1)
 else
     IDLE=(--connections 10000 --hold 8)
     FANOUT=(--members 1000 --senders 10 --rate 10 --duration 10)
@@ -216,7 +217,8 @@ else
     INGEST=(--connections 100 --window 8 --duration 10)
     HTTP=(--connections 50 --duration 10)
     WRK="-t1 -c100 -d10s"
-    STORM=(--members 1000 --senders 10 --rate 10 --duration 10)
+    STORM=(--members 1000 --senders 10 --rate 2 --duration 10 --login-rate 20)
+    WARM=(--warmup 2)
 fi
 
 # Every chatbench run is bounded (its own phases are timed; this is the backstop).
@@ -235,7 +237,7 @@ if want fanout; then
         perf record -g -p "$CHATD_PID" -o "$TMP/perf.data" 2>"$TMP/perf.err" &
         PERF_PID=$!
     fi
-    say "fanout: chatd (pid $CHATD_PID)"; bench fanout "${CHATD_ARGS[@]}" "${FANOUT[@]}"
+    say "fanout: chatd (pid $CHATD_PID)"; bench fanout "${CHATD_ARGS[@]}" "${FANOUT[@]}" "${WARM[@]}"
     if [ -n "$PERF_PID" ]; then
         kill -INT "$PERF_PID"; wait "$PERF_PID" || true
         PERF_PID=""
@@ -244,17 +246,17 @@ if want fanout; then
             | grep -E '^ +[0-9]' | head -40 | tee bench/results/perf-fanout.txt
     fi
     stop_chatd fanout
-    say "fanout: node ws"; bench fanout "${NODE_ARGS[@]}" "${FANOUT[@]}"
+    say "fanout: node ws"; bench fanout "${NODE_ARGS[@]}" "${FANOUT[@]}" "${WARM[@]}"
 fi
 if want fanout-max; then
     start_chatd
-    say "fanout max: chatd (pid $CHATD_PID)"; bench fanout "${CHATD_ARGS[@]}" "${FANMAX[@]}"
+    say "fanout max: chatd (pid $CHATD_PID)"; bench fanout "${CHATD_ARGS[@]}" "${FANMAX[@]}" "${WARM[@]}"
     stop_chatd fanout-max
-    say "fanout max: node ws"; bench fanout "${NODE_ARGS[@]}" "${FANMAX[@]}"
+    say "fanout max: node ws"; bench fanout "${NODE_ARGS[@]}" "${FANMAX[@]}" "${WARM[@]}"
 fi
 if want rooms; then
     start_chatd
-    say "rooms: chatd (pid $CHATD_PID)"; bench rooms "${CHATD_ARGS[@]}" "${ROOMS[@]}"
+    say "rooms: chatd (pid $CHATD_PID)"; bench rooms "${CHATD_ARGS[@]}" "${ROOMS[@]}" "${WARM[@]}"
     stop_chatd rooms
 fi
 if want ingest; then
@@ -279,7 +281,7 @@ if want static; then
 fi
 if want login-storm; then
     start_chatd
-    say "login storm: chatd (pid $CHATD_PID)"; bench login-storm "${CHATD_ARGS[@]}" "${STORM[@]}"
+    say "login storm: chatd (pid $CHATD_PID)"; bench login-storm "${CHATD_ARGS[@]}" "${STORM[@]}" "${WARM[@]}"
     stop_chatd login-storm
 fi
 

@@ -114,6 +114,7 @@ fn scenario_flags(scenario: &str) -> Option<&'static [&'static str]> {
             "max-step",
             "max-limit",
             "max-p99-ms",
+            "warmup",
         ],
         "rooms" => &[
             "rooms",
@@ -124,6 +125,7 @@ fn scenario_flags(scenario: &str) -> Option<&'static [&'static str]> {
             "size",
             "drain",
             "concurrency",
+            "warmup",
         ],
         "login-storm" => &[
             "members",
@@ -134,6 +136,7 @@ fn scenario_flags(scenario: &str) -> Option<&'static [&'static str]> {
             "login-connections",
             "drain",
             "concurrency",
+            "warmup",
         ],
         "ingest" => &["connections", "window", "duration", "size", "concurrency"],
         "http" => &["connections", "duration", "paths"],
