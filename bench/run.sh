@@ -121,16 +121,23 @@ start_chatd() {
     CHATD_PORT=$(wait_port "$TMP/chatd.$RUNS.out" "$CHATD_PID")
     CHATD_ARGS=(--addr "127.0.0.1:$CHATD_PORT" --server-pid "$CHATD_PID" --label chatd "${COMMON[@]}")
 }
+# Whether our child PID has exited (gone, or a zombie waiting for `wait`).
+exited() {
+    [ ! -e "/proc/$1" ] || [ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)" = Z ]
+}
 # Stops chatd with SIGTERM: it must exit 0 (within 15 s) and have logged no error.
 stop_chatd() {
     local what=$1 rc=0
     kill -TERM "$CHATD_PID"
-    # A watchdog: SIGKILL (and a failure) if chatd has not exited 15 s after SIGTERM.
-    ( sleep 15; kill -KILL "$CHATD_PID" 2>/dev/null && echo "bench: chatd killed after 15 s" >&2 ) &
-    local watchdog=$!
+    for _ in $(seq 1 150); do
+        exited "$CHATD_PID" && break
+        sleep 0.1
+    done
+    if ! exited "$CHATD_PID"; then
+        FAILURES+=("$what: chatd still running 15 s after SIGTERM")
+        kill -KILL "$CHATD_PID" 2>/dev/null || true
+    fi
     wait "$CHATD_PID" || rc=$?
-    kill "$watchdog" 2>/dev/null || true
-    wait "$watchdog" 2>/dev/null || true
     CHATD_PID=""
     if [ "$rc" != 0 ]; then
         FAILURES+=("$what: chatd exited $rc on SIGTERM")
