@@ -209,7 +209,7 @@ NODE_ARGS=(--addr "127.0.0.1:$NODE_PORT" --server-pid "$NODE_PID" --label node -
 if [ "$QUICK" = 1 ]; then
     IDLE=(--connections 500 --hold 6)
     FANOUT=(--members 100 --senders 5 --rate 20 --duration 3)
-    FANMAX=(--members 100 --senders 5 --duration 2 --max true --max-start 20000 --max-step 40000 --max-limit 200000)
+    FANMAX=(--members 100 --senders 5 --duration 2 --max true --max-start 20000 --max-limit 400000 --max-steps 6)
     ROOMS=(--rooms 50 --room-size 10 --rate 5 --duration 3)
     INGEST=(--connections 20 --window 8 --duration 3)
     HTTP=(--connections 20 --duration 3)
@@ -219,7 +219,7 @@ if [ "$QUICK" = 1 ]; then
 else
     IDLE=(--connections 10000 --hold 8)
     FANOUT=(--members 1000 --senders 10 --rate 10 --duration 10)
-    FANMAX=(--members 1000 --senders 10 --duration 5 --max true --max-start 100000 --max-step 100000 --max-limit 2000000)
+    FANMAX=(--members 1000 --senders 10 --duration 5 --max true --max-start 100000 --max-limit 8000000)
     ROOMS=(--rooms 1000 --room-size 10 --rate 5 --duration 10)
     INGEST=(--connections 100 --window 8 --duration 10)
     HTTP=(--connections 50 --duration 10)

@@ -428,16 +428,16 @@ pub fn fanout(ctx: &Ctx) -> Result<Value, String> {
         r["phase"] = phase.to_json(per_message);
     } else {
         let start: f64 = a.get("max-start", 100_000.0)?;
-        let step: f64 = a.get("max-step", 100_000.0)?;
-        let limit: f64 = a.get("max-limit", 3_000_000.0)?;
+        let limit: f64 = a.get("max-limit", 8_000_000.0)?;
         let target_p99: f64 = a.get("max-p99-ms", 100.0)?;
-        let mut offered = start;
+        let max_steps: usize = a.get("max-steps", 14)?;
+        let mut search = MaxSearch::new(start, limit);
         let mut steps = Vec::new();
         let mut best: Option<(f64, Phase)> = None;
-        // Below the start too: a server that fails the first step is tried at half the
-        // rate, up to three times, so a slower peer still gets a figure.
-        let mut halvings = 0;
-        while offered <= limit {
+        while let Some(offered) = search.next() {
+            if steps.len() >= max_steps {
+                break;
+            }
             let per_sender = offered / (senders as f64 * per_message);
             let phase = run_phase(
                 ctx,
@@ -462,20 +462,15 @@ pub fn fanout(ctx: &Ctx) -> Result<Value, String> {
             let mut step_json = phase.to_json(per_message);
             step_json["pass"] = json!(ok);
             steps.push(step_json);
-            if ok {
+            search.record(offered, ok);
+            if ok && best.as_ref().is_none_or(|(b, _)| achieved > *b) {
                 best = Some((achieved, phase));
-                offered += step;
-            } else if best.is_none() && halvings < 3 {
-                halvings += 1;
-                offered /= 2.0;
-            } else {
-                break;
             }
         }
         r = ctx.result(
             "fanout-max",
             json!({"members": members, "senders": senders, "duration_s": secs,
-                   "text_bytes": size, "p99_target_ms": target_p99, "start": start, "step": step,
+                   "text_bytes": size, "p99_target_ms": target_p99, "start": start, "limit": limit,
                    "users": ctx.users.min(members)}),
         );
         match best {
@@ -523,6 +518,56 @@ pub fn fanout(ctx: &Ctx) -> Result<Value, String> {
     }
     close_all(&mut net, &mut load, &ids)?;
     Ok(r)
+}
+
+/// The offered rates of `fanout --max`: doubling from `start` until a step fails (or
+/// halving, down to start/8, if the first one fails), then bisecting between the best
+/// pass and the lowest failure until they are within 10%.
+#[derive(Debug, Clone)]
+struct MaxSearch {
+    start: f64,
+    limit: f64,
+    pass: Option<f64>,
+    fail: Option<f64>,
+    last: Option<f64>,
+}
+
+impl MaxSearch {
+    fn new(start: f64, limit: f64) -> Self {
+        MaxSearch {
+            start,
+            limit,
+            pass: None,
+            fail: None,
+            last: None,
+        }
+    }
+
+    fn record(&mut self, offered: f64, ok: bool) {
+        if ok {
+            self.pass = Some(self.pass.map_or(offered, |p| p.max(offered)));
+        } else {
+            self.fail = Some(self.fail.map_or(offered, |f| f.min(offered)));
+        }
+    }
+
+    /// The next rate to try, or None when the search is done.
+    fn next(&mut self) -> Option<f64> {
+        let next = match (self.last, self.pass, self.fail) {
+            (None, _, _) => Some(self.start),
+            (Some(_), Some(pass), None) => Some(pass * 2.0).filter(|&r| r <= self.limit),
+            (Some(_), None, Some(fail)) => Some(fail / 2.0).filter(|&r| r >= self.start / 8.0),
+            (Some(_), Some(pass), Some(fail)) if fail > pass * 1.1 => Some((pass + fail) / 2.0),
+            _ => None,
+        };
+        // Past the limit after a pass: try the limit itself once.
+        let next = match (next, self.pass, self.fail) {
+            (None, Some(pass), None) if pass < self.limit => Some(self.limit),
+            _ => next,
+        };
+        self.last = next;
+        next
+    }
 }
 
 fn chat_figures(phase: &Phase, per_message: f64) -> Vec<Value> {
@@ -1108,6 +1153,45 @@ pub fn static_file(ctx: &Ctx) -> Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run_search(start: f64, limit: f64, capacity: f64) -> Vec<(f64, bool)> {
+        let mut search = MaxSearch::new(start, limit);
+        let mut tried = Vec::new();
+        while let Some(rate) = search.next() {
+            let ok = rate <= capacity;
+            search.record(rate, ok);
+            tried.push((rate, ok));
+            assert!(tried.len() < 40, "the search ends");
+        }
+        tried
+    }
+
+    #[test]
+    fn max_search_doubles_then_bisects() {
+        let tried = run_search(100.0, 10_000.0, 700.0);
+        let rates: Vec<f64> = tried.iter().map(|t| t.0).collect();
+        assert_eq!(rates[..4], [100.0, 200.0, 400.0, 800.0]);
+        assert_eq!(rates[4], 600.0);
+        let best = tried
+            .iter()
+            .filter(|t| t.1)
+            .map(|t| t.0)
+            .fold(0.0, f64::max);
+        assert!(best > 630.0 && best <= 700.0, "{tried:?}");
+    }
+
+    #[test]
+    fn max_search_halves_when_the_first_step_fails_and_stops_at_the_limit() {
+        let tried = run_search(100.0, 10_000.0, 30.0);
+        assert_eq!(tried[0], (100.0, false));
+        assert_eq!(tried[1], (50.0, false));
+        assert_eq!(tried[2], (25.0, true));
+        let all_fail = run_search(100.0, 1000.0, 1.0);
+        assert_eq!(all_fail.last().unwrap().0, 12.5);
+        let capped = run_search(100.0, 1000.0, 1e9);
+        let rates: Vec<f64> = capped.iter().map(|t| t.0).collect();
+        assert_eq!(rates, [100.0, 200.0, 400.0, 800.0, 1000.0]);
+    }
 
     #[test]
     fn wrk_report() {
