@@ -1135,17 +1135,17 @@ pub fn static_file(ctx: &Ctx) -> Result<Value, String> {
     let mut costs_json = costs.to_json();
     costs_json["client"] = json!("wrk (its CPU is in other_cpu_ms)");
     r["costs"] = costs_json;
-    let server = costs.server_cores().unwrap_or(0.0);
-    let wrk_cores = costs
-        .other_cpu_ms
-        .map_or(0.0, |ms| ms / 1000.0 / costs.wall_s.max(1e-9));
-    r["limited_by"] = json!(if server >= 0.9 {
-        "server CPU"
-    } else if wrk_cores >= 0.9 {
-        "client CPU (wrk)"
-    } else {
-        "neither saturated"
-    });
+    // wrk's CPU is the other processes' time here: judge the limit with it as the client.
+    let as_client = Costs {
+        client_cpu_ms: costs.other_cpu_ms.unwrap_or(0.0),
+        other_cpu_ms: Some(0.0),
+        ..costs
+    };
+    r["limited_by"] = json!(
+        as_client
+            .limited_by(1.0)
+            .replace("client CPU", "client CPU (wrk)")
+    );
     r["wrk_output"] = json!(text);
     Ok(r)
 }
