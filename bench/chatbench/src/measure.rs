@@ -118,7 +118,7 @@ impl Costs {
             "server CPU"
         } else if client >= 0.9 {
             "client CPU"
-        } else if server + client + other >= 1.8 {
+        } else if server + client + other >= 1.7 {
             "machine CPU (2 cores shared)"
         } else {
             "offered load"
