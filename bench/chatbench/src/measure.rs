@@ -18,6 +18,7 @@ pub struct Snapshot {
     server: Option<ProcSample>,
     client_cpu_us: u64,
     machine: procstat::MachineSample,
+    listen_overflows: u64,
 }
 
 /// Reads every counter now. The server's PIDs are summed (nginx: master and worker).
@@ -35,6 +36,7 @@ pub fn snapshot(pids: &[u32]) -> Snapshot {
         server,
         client_cpu_us: procstat::self_cpu_us(),
         machine: procstat::machine(),
+        listen_overflows: procstat::listen_overflows(),
     }
 }
 
@@ -57,6 +59,8 @@ pub struct Costs {
     pub softirq_ms: f64,
     /// Time the hypervisor gave elsewhere.
     pub steal_ms: f64,
+    /// Connections dropped because an accept queue was full (machine-wide).
+    pub listen_overflows: u64,
     pub server_rss_before_kib: Option<u64>,
     pub server_rss_after_kib: Option<u64>,
 }
@@ -78,6 +82,9 @@ pub fn costs(before: &Snapshot, after: &Snapshot) -> Costs {
         other_cpu_ms,
         softirq_ms: delta(after.machine.softirq_us, before.machine.softirq_us),
         steal_ms: delta(after.machine.steal_us, before.machine.steal_us),
+        listen_overflows: after
+            .listen_overflows
+            .saturating_sub(before.listen_overflows),
         server_rss_before_kib: before.server_rss_kib(),
         server_rss_after_kib: after.server_rss_kib(),
     }
@@ -135,6 +142,7 @@ impl Costs {
             "other_cpu_ms": self.other_cpu_ms.map(round3),
             "softirq_ms": round3(self.softirq_ms),
             "steal_ms": round3(self.steal_ms),
+            "listen_overflows": self.listen_overflows,
             "server_rss_before_kib": self.server_rss_before_kib,
             "server_rss_after_kib": self.server_rss_after_kib,
         })

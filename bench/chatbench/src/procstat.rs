@@ -112,6 +112,28 @@ pub fn parse_proc_stat(stat: &str) -> Option<[u64; 3]> {
     Some([v[0] + v[1] + v[2] + v[5], v[6], v[7]])
 }
 
+/// `TcpExt: ListenOverflows` from `/proc/net/netstat`: connections the kernel dropped
+/// because a listener's accept queue was full (machine-wide; on a loopback bench, the
+/// server's listener). A dropped SYN costs the client a 1 s retransmission.
+pub fn listen_overflows() -> u64 {
+    std::fs::read_to_string("/proc/net/netstat")
+        .ok()
+        .and_then(|s| parse_netstat(&s, "TcpExt:", "ListenOverflows"))
+        .unwrap_or(0)
+}
+
+/// One counter from the header/values line pairs of `/proc/net/netstat`.
+pub fn parse_netstat(text: &str, section: &str, name: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|l| l.starts_with(section));
+    while let (Some(header), Some(values)) = (lines.next(), lines.next()) {
+        let at = header.split_whitespace().position(|h| h == name);
+        if let Some(at) = at {
+            return values.split_whitespace().nth(at)?.parse().ok();
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +164,15 @@ mod tests {
         let stat = "cpu  100 5 50 1000 20 3 2 7 0 0\ncpu0 50 2 25 500 10 1 1 0 0 0\n";
         assert_eq!(parse_proc_stat(stat), Some([158, 2, 7]));
         assert_eq!(parse_proc_stat("cpu  1 2 3\n"), None);
+    }
+
+    #[test]
+    fn netstat_counter() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 0 316 320\n\
+                    IpExt: InNoRoutes\nIpExt: 0\n";
+        assert_eq!(parse_netstat(text, "TcpExt:", "ListenOverflows"), Some(316));
+        assert_eq!(parse_netstat(text, "IpExt:", "InNoRoutes"), Some(0));
+        assert_eq!(parse_netstat(text, "TcpExt:", "Nope"), None);
     }
 
     #[test]
