@@ -491,12 +491,9 @@ pub fn fanout(ctx: &Ctx) -> Result<Value, String> {
                 ]);
                 r["latency_ms"] = latency_json(&phase.latency);
                 r["costs"] = phase.costs.to_json();
-                r["limited_by"] = json!(
-                    steps
-                        .last()
-                        .and_then(|s| s["limited_by"].as_str())
-                        .unwrap_or("?")
-                );
+                // What limited the best step; the first failing step above it says what
+                // stopped the search (see `steps`).
+                r["limited_by"] = json!(phase.costs.limited_by(1.0));
             }
             None => {
                 r["figures"] = json!([figure(
@@ -1119,6 +1116,7 @@ pub fn static_file(ctx: &Ctx) -> Result<Value, String> {
     // rest of the machine's busy time here.
     let costs = measure::costs(&before, &after);
     let mut r = ctx.result("static", json!({"url": url, "wrk": wrk_args}));
+    r["mode"] = json!("wrk");
     let mut figures = vec![figure("requests/s", wrk.requests_per_s, "/s", "higher")];
     if let Some(us) = costs.server_us_per(wrk.requests) {
         figures.push(figure("server CPU per request", us, "µs", "lower"));
