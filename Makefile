@@ -2,8 +2,10 @@
 CARGO ?= cargo
 JOBS ?= 2
 CONFIG ?= server.conf
+SCENARIO ?= all
+BENCH_QUICK ?= 0
 
-.PHONY: build run test unit lint fmt certs clean web-test js-unit e2e
+.PHONY: build run test unit lint fmt certs clean web-test js-unit e2e bench
 
 # Browser tests: Debian's Chromium, driven by playwright-core from tests/e2e.
 CHROMIUM ?= /usr/bin/chromium
@@ -19,7 +21,7 @@ run: build
 
 # Formatting, clippy, then unit and end-to-end tests, then the web client's tests.
 test: lint
-	$(CARGO) test -j$(JOBS) --all-targets
+	$(CARGO) test -j$(JOBS) --workspace --all-targets
 	@$(MAKE) --no-print-directory web-test
 
 # The browser tests need node and Chromium; without them they are skipped (the JS unit
@@ -49,10 +51,15 @@ e2e: js-unit
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy -j$(JOBS) --all-targets -- -D warnings
+	$(CARGO) clippy -j$(JOBS) --workspace --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
+
+# Benchmarks: chatd against the reference peers (bench/README.md).
+# SCENARIO=fanout runs one scenario; BENCH_QUICK=1 uses small, short settings.
+bench:
+	SCENARIO=$(SCENARIO) BENCH_QUICK=$(BENCH_QUICK) JOBS=$(JOBS) CARGO=$(CARGO) bench/run.sh
 
 # Regenerate the self-signed certificate with openssl instead (ECDSA P-256).
 certs:

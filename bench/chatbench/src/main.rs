@@ -1,0 +1,252 @@
+//! chatbench: the load generator and benchmark harness of chatd.
+//!
+//! One thread, one mio event loop driving many non-blocking rustls connections with its
+//! own small WebSocket framing, so the generator costs as little CPU as it can on a
+//! machine it shares with the server. Every message carries its send time; latency is
+//! the receive time minus the send time on one monotonic clock.
+//!
+//! # Layout
+//! - [`net`]: the event loop and connections (TLS, HTTP upgrade, frames, pings).
+//! - [`frame`], [`http`], [`payload`]: wire formats, pure and unit-tested.
+//! - [`load`]: WebSocket members, rooms and paced senders; [`storm`]: paced logins.
+//! - [`scenarios`]: idle, fanout (and `--max`), rooms, login-storm, ingest, http, static.
+//! - [`measure`], [`procstat`]: CPU and memory of the server, the client and the machine.
+//! - [`stats`]: percentiles; [`report`]: the results file and the table.
+//! - [`setup`]: TLS trust, accounts and tokens; [`args`]: flags.
+
+mod args;
+mod frame;
+mod http;
+mod load;
+mod measure;
+mod net;
+mod payload;
+mod procstat;
+mod report;
+mod scenarios;
+mod setup;
+mod stats;
+mod storm;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use serde_json::Value;
+
+use args::Args;
+use load::Mode;
+use scenarios::Ctx;
+
+const USAGE: &str = "usage: chatbench SCENARIO [--flag value ...]
+
+scenarios: idle, fanout, rooms, login-storm, ingest, http, static
+other commands: accounts (register, log in and cache the tokens), report, free-port
+common flags:
+  --addr HOST:PORT       server address (required except for static and report)
+  --ca PEM               the server's certificate, the only trust root (required)
+  --server-name NAME     name verified in the certificate (localhost)
+  --mode chatd|raw       chatd protocol, or a plain broadcast WebSocket server (chatd)
+  --server-pid PID[,PID] processes measured (CPU, RSS); summed
+  --label NAME           name of the server in the results (chatd, or node in raw mode)
+  --results FILE         append the result object to this JSON array
+  --tokens FILE          cache of the users' tokens (read if it holds enough)
+  --users N              distinct user accounts the connections are spread over (100)
+  --kx GROUP             key exchange: x25519 (default), secp256r1, X25519MLKEM768, default
+  --ws-path PATH         WebSocket path (/ws for chatd, / in raw mode)
+See bench/README.md for each scenario's flags.";
+
+fn main() -> ExitCode {
+    let mut words = std::env::args().skip(1);
+    let Some(scenario) = words.next() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    if scenario == "--help" || scenario == "-h" {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let args = match Args::parse(words) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("chatbench: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&scenario, args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chatbench {scenario}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Flags every scenario takes.
+const COMMON_FLAGS: &[&str] = &[
+    "addr",
+    "ca",
+    "server-name",
+    "mode",
+    "server-pid",
+    "label",
+    "results",
+    "tokens",
+    "users",
+    "kx",
+    "ws-path",
+];
+
+/// Each scenario's own flags: anything else is refused before the run starts.
+fn scenario_flags(scenario: &str) -> Option<&'static [&'static str]> {
+    Some(match scenario {
+        "idle" => &["connections", "concurrency", "hold", "timeout"],
+        "fanout" => &[
+            "members",
+            "senders",
+            "rate",
+            "duration",
+            "size",
+            "drain",
+            "concurrency",
+            "max",
+            "max-start",
+            "max-limit",
+            "max-steps",
+            "max-p99-ms",
+            "warmup",
+        ],
+        "rooms" => &[
+            "rooms",
+            "room-size",
+            "senders-per-room",
+            "rate",
+            "duration",
+            "size",
+            "drain",
+            "concurrency",
+            "warmup",
+        ],
+        "login-storm" => &[
+            "members",
+            "senders",
+            "rate",
+            "duration",
+            "login-rate",
+            "login-connections",
+            "drain",
+            "concurrency",
+            "warmup",
+        ],
+        "ingest" => &["connections", "window", "duration", "size", "concurrency"],
+        "http" => &["connections", "duration", "paths"],
+        "static" => &["url", "wrk-args"],
+        "report" => &["results", "primary"],
+        "accounts" => &[],
+        "free-port" => &[],
+        _ => return None,
+    })
+}
+
+fn run(scenario: &str, args: Args) -> Result<(), String> {
+    let own = scenario_flags(scenario)
+        .ok_or_else(|| format!("unknown scenario `{scenario}`\n\n{USAGE}"))?;
+    let unknown = args.unknown(COMMON_FLAGS, own);
+    if !unknown.is_empty() {
+        return Err(format!(
+            "unknown flags for {scenario}: {}",
+            unknown.join(" ")
+        ));
+    }
+    if scenario == "free-port" {
+        // For servers that cannot take port 0 (nginx): bind one, print it, let it go.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        println!(
+            "{}",
+            listener.local_addr().map_err(|e| e.to_string())?.port()
+        );
+        return Ok(());
+    }
+    if scenario == "report" {
+        let path = PathBuf::from(args.required("results")?);
+        let primary = args.str_or("primary", "chatd");
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let results: Vec<Value> = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        print!("{}", report::table(&results, &primary));
+        return Ok(());
+    }
+    // Every connection is a descriptor: raise the soft limit to the hard one.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("chatbench: cannot raise the open files limit: {e}");
+    }
+    let mode = match args.str_or("mode", "chatd").as_str() {
+        "chatd" => Mode::Chatd,
+        "raw" => Mode::Raw,
+        other => return Err(format!("--mode {other}: chatd or raw")),
+    };
+    let target = match (args.opt_str("addr"), args.opt_str("ca")) {
+        (Some(addr), Some(ca)) => Some(setup::target(
+            &addr,
+            Path::new(&ca),
+            &args.str_or("server-name", "localhost"),
+            &args.str_or("kx", "x25519"),
+        )?),
+        _ => None,
+    };
+    let pids = match args.opt_str("server-pid") {
+        Some(list) => list
+            .split(',')
+            .map(|p| {
+                p.trim()
+                    .parse::<u32>()
+                    .map_err(|_| format!("--server-pid: bad `{p}`"))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
+    let default_label = if mode == Mode::Chatd { "chatd" } else { "node" };
+    let ctx = Ctx {
+        base: Instant::now(),
+        target,
+        mode,
+        pids,
+        label: args.str_or("label", default_label),
+        users: args.get("users", 100)?,
+        token_cache: args.opt_str("tokens").map(PathBuf::from),
+        ws_path: args.str_or("ws-path", if mode == Mode::Chatd { "/ws" } else { "/" }),
+        args,
+    };
+    let results = ctx.args.opt_str("results").map(PathBuf::from);
+    let run = match scenario {
+        "idle" => scenarios::idle,
+        "fanout" => scenarios::fanout,
+        "rooms" => scenarios::rooms,
+        "login-storm" => scenarios::login_storm,
+        "ingest" => scenarios::ingest,
+        "http" => scenarios::http,
+        "static" => scenarios::static_file,
+        "accounts" => {
+            let tokens = ctx.tokens()?;
+            println!("{} accounts with tokens", tokens.len());
+            return Ok(());
+        }
+        other => return Err(format!("unknown scenario `{other}`\n\n{USAGE}")),
+    };
+    let mut result = run(&ctx)?;
+    result["load_average"] = Value::from(load_average());
+    let one = report::table(std::slice::from_ref(&result), &ctx.label);
+    print!("{one}");
+    if let Some(path) = results {
+        report::append(&path, result)?;
+    }
+    Ok(())
+}
+
+/// The 1-minute load average at the end of the scenario (other load skews figures).
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}

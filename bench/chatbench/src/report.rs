@@ -1,0 +1,203 @@
+//! The results file (a JSON array, one object per scenario run) and the table printed
+//! from it: every figure of the primary server next to the reference peer's, with the
+//! ratio, latency percentiles, the CPU each process used and what limited the figure.
+//!
+//! A result object holds `scenario`, `label` (chatd, node, nginx), `params`, `figures`
+//! (`name`, `value`, `unit`, `better`), `latency_ms`, `costs` and `limited_by`, plus
+//! the scenario's own details.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::Value;
+
+/// Appends a result to the array in `path` (created if missing).
+pub fn append(path: &Path, result: Value) -> Result<(), String> {
+    let mut all = match std::fs::read_to_string(path) {
+        Ok(text) => match serde_json::from_str::<Value>(&text) {
+            Ok(Value::Array(items)) => items,
+            _ => return Err(format!("{} is not a JSON array", path.display())),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    all.push(result);
+    let text = serde_json::to_string_pretty(&Value::Array(all)).map_err(|e| e.to_string())?;
+    std::fs::write(path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn fmt_value(v: &Value, unit: &str) -> String {
+    let Some(x) = v.as_f64() else {
+        return "-".into();
+    };
+    let number = if x.abs() >= 1000.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.3}")
+    };
+    if unit.is_empty() || unit == "/s" {
+        number
+    } else {
+        format!("{number} {unit}")
+    }
+}
+
+fn fmt_opt(v: &Value, digits: usize) -> String {
+    v.as_f64()
+        .map_or_else(|| "-".into(), |x| format!("{x:.digits$}"))
+}
+
+/// Cores used by other processes (not the server, not the client) in the measured phase.
+fn other_cores(r: &Value) -> String {
+    match (
+        r["costs"]["other_cpu_ms"].as_f64(),
+        r["costs"]["wall_s"].as_f64(),
+    ) {
+        (Some(ms), Some(wall)) if wall > 0.0 => format!("{:.2}", ms / 1000.0 / wall),
+        _ => "-".into(),
+    }
+}
+
+fn figure_of<'a>(result: &'a Value, name: &str) -> Option<&'a Value> {
+    result["figures"]
+        .as_array()?
+        .iter()
+        .find(|f| f["name"] == name)
+}
+
+/// The table for every result whose label is `primary`, each figure beside the same
+/// figure of the first other label that ran the same scenario.
+pub fn table(results: &[Value], primary: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<12} {:<52} {:>14} {:>14} {:>7} {:>8} {:>8} {:>7} {:>7}  limited by",
+        "scenario",
+        "figure",
+        primary,
+        "reference",
+        "ratio",
+        "p50 ms",
+        "p99 ms",
+        "srv cpu",
+        "cli cpu",
+    );
+    for r in results.iter().filter(|r| r["label"] == primary) {
+        let scenario = r["scenario"].as_str().unwrap_or("?");
+        let reference = results
+            .iter()
+            .find(|o| o["scenario"] == r["scenario"] && o["label"] != primary);
+        let ref_label = reference.and_then(|o| o["label"].as_str()).unwrap_or("");
+        let Some(figures) = r["figures"].as_array() else {
+            continue;
+        };
+        for (i, f) in figures.iter().enumerate() {
+            let name = f["name"].as_str().unwrap_or("?");
+            let unit = f["unit"].as_str().unwrap_or("");
+            let other = reference.and_then(|o| figure_of(o, name));
+            let ratio = match (f["value"].as_f64(), other.and_then(|o| o["value"].as_f64())) {
+                (Some(a), Some(b)) if b != 0.0 => format!("{:.2}", a / b),
+                _ => "-".into(),
+            };
+            let other_text = other.map_or_else(
+                || "-".to_string(),
+                |o| format!("{} {}", fmt_value(&o["value"], unit), ref_label),
+            );
+            let (p50, p99, srv, cli, oth, limited) = if i == 0 {
+                (
+                    fmt_opt(&r["latency_ms"]["p50_ms"], 2),
+                    fmt_opt(&r["latency_ms"]["p99_ms"], 2),
+                    fmt_opt(&r["costs"]["server_cores"], 2),
+                    fmt_opt(&r["costs"]["client_cores"], 2),
+                    other_cores(r),
+                    r["limited_by"].as_str().unwrap_or("").to_string(),
+                )
+            } else {
+                Default::default()
+            };
+            let _ = writeln!(
+                out,
+                "{:<12} {:<52} {:>14} {:>14} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7}  {}",
+                if i == 0 { scenario } else { "" },
+                name,
+                fmt_value(&f["value"], unit),
+                other_text,
+                ratio,
+                p50,
+                p99,
+                srv,
+                cli,
+                oth,
+                limited
+            );
+        }
+        if let Some(o) = reference {
+            let _ = writeln!(
+                out,
+                "{:<12} {:<52} {:>14} {:>14} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7}  {}",
+                "",
+                format!("  ({ref_label}: latency, CPU, limit)"),
+                "",
+                "",
+                "",
+                fmt_opt(&o["latency_ms"]["p50_ms"], 2),
+                fmt_opt(&o["latency_ms"]["p99_ms"], 2),
+                fmt_opt(&o["costs"]["server_cores"], 2),
+                fmt_opt(&o["costs"]["client_cores"], 2),
+                other_cores(o),
+                o["limited_by"].as_str().unwrap_or("")
+            );
+        }
+    }
+    out.push_str(
+        "\nratio = primary / reference. srv cpu, cli cpu, oth cpu: cores kept busy (CPU time / wall \
+         time) by the server, by the client and by every other process during the measured \
+         phase; a high oth cpu means other load on the machine skewed the figures.\n",
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn pairs_figures_with_the_reference() {
+        let results = vec![
+            json!({"scenario": "idle", "label": "chatd",
+                   "figures": [{"name": "connections/s", "value": 2000.0, "unit": "/s"}],
+                   "latency_ms": {"p50_ms": 1.0, "p99_ms": 2.0},
+                   "costs": {"server_cores": 0.95, "client_cores": 0.5},
+                   "limited_by": "server CPU"}),
+            json!({"scenario": "idle", "label": "node",
+                   "figures": [{"name": "connections/s", "value": 1000.0, "unit": "/s"}],
+                   "latency_ms": {"p50_ms": 3.0, "p99_ms": 4.0},
+                   "costs": {"server_cores": 1.0, "client_cores": 0.4},
+                   "limited_by": "server CPU"}),
+        ];
+        let t = table(&results, "chatd");
+        let row = t.lines().nth(1).unwrap();
+        assert!(row.contains("idle"), "{row}");
+        assert!(row.contains("2000"), "{row}");
+        assert!(row.contains("1000 node"), "{row}");
+        assert!(row.contains("2.00"), "{row}");
+        assert!(row.contains("server CPU"), "{row}");
+        assert!(t.lines().nth(2).unwrap().contains("4.00"));
+    }
+
+    #[test]
+    fn appends_to_a_file() {
+        let dir = std::env::temp_dir().join(format!("chatbench-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("r.json");
+        let _ = std::fs::remove_file(&path);
+        append(&path, json!({"a": 1})).unwrap();
+        append(&path, json!({"b": 2})).unwrap();
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(v.as_array().unwrap().len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,308 @@
+#!/usr/bin/env bash
+# `make bench`: builds release binaries, starts chatd with a bench configuration and the
+# reference peers (Node.js `ws`, nginx), runs the scenarios with chatbench, prints the
+# table and writes bench/results/latest.json. Everything listens on 127.0.0.1, every
+# run is bounded in time, every process started here is stopped by its PID.
+#
+#   SCENARIO=all|idle|fanout|fanout-max|rooms|ingest|http|static|login-storm
+#   BENCH_QUICK=1   small N and short T, for development
+#   BENCH_PERF=1    perf record -g on chatd during the fanout scenario
+#   BENCH_NICE=-10  run the bench (servers, peers, clients) at this nice value, so other
+#                   load on a shared machine skews the figures less (negative needs root)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+SCENARIO=${SCENARIO:-all}
+QUICK=${BENCH_QUICK:-0}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+CARGO=${CARGO:-cargo}
+JOBS=${JOBS:-2}
+
+say() { printf '\n== %s\n' "$*" >&2; }
+
+if [ -n "${BENCH_NICE:-}" ] && [ "$BENCH_NICE" != 0 ]; then
+    # Children inherit it: chatd, the peers, chatbench and wrk all run at this priority.
+    renice -n "$BENCH_NICE" -p $$ >/dev/null
+    say "running at nice $BENCH_NICE"
+fi
+
+# --- tools ---------------------------------------------------------------------------
+need_apt=()
+command -v wrk >/dev/null || need_apt+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        say "installing ${need_apt[*]} (Debian packages)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    else
+        echo "bench: missing ${need_apt[*]}; install them (apt-get install ${need_apt[*]})" >&2
+        exit 1
+    fi
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+command -v node >/dev/null || { echo "bench: node is required for the reference peer" >&2; exit 1; }
+
+say "building release binaries"
+$CARGO build --release -j"$JOBS" -p chatd -p chatbench
+CHATD=$TARGET_DIR/release/chatd
+BENCH=$TARGET_DIR/release/chatbench
+
+say "installing the reference peer (npm ci)"
+(cd bench/node-ws && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+
+# --- temp dir, config, processes -------------------------------------------------------
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/chatbench.XXXXXX")
+CHATD_PID="" NODE_PID="" NGINX_PID="" PERF_PID=""
+cleanup() {
+    for pid in $PERF_PID $CHATD_PID $NODE_PID $NGINX_PID; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in $PERF_PID $CHATD_PID $NODE_PID $NGINX_PID; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+# Waits for "listening on https://HOST:PORT" in a file; prints PORT.
+wait_port() {
+    local file=$1 pid=$2
+    for _ in $(seq 1 200); do
+        if grep -q 'listening on https://' "$file" 2>/dev/null; then
+            grep -o 'listening on https://[^ ]*' "$file" | head -1 | sed 's/.*://'
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || { cat "$file" >&2; return 1; }
+        sleep 0.1
+    done
+    echo "bench: no port from $file" >&2
+    return 1
+}
+
+mkdir -p "$TMP/public" bench/results
+cat > "$TMP/public/index.html" <<'HTML'
+<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>chatd bench</title></head>
+<body><h1>chatd</h1><p>A small static file for the HTTP benchmark: chatd and nginx serve
+the same bytes.</p></body></html>
+HTML
+cat > "$TMP/chatd.conf" <<'CONF'
+# chatd, bench configuration: loopback, port 0, limits raised so that the bench (one
+# client address, many connections, high request rates) measures the server rather than
+# its abuse protection. Password hashing cost and db_synchronous stay at their defaults.
+host = 127.0.0.1
+port = 0
+cert_file = cert.pem
+key_file = key.pem
+secret_file = jwt.secret
+db_path = chatd.db
+public_dir = public
+max_connections = 16000
+max_connections_per_ip = 16000
+http_rate_per_ip = 1000000/s burst 1000000
+login_rate_per_ip = 1000000/s burst 1000000
+password_hashes_per_sec = 1000
+ws_rate = 1000000/s burst 1000000
+ws_ping_secs = 5
+access_log = false
+log_level = warn
+CONF
+
+# Each scenario gets a fresh chatd (same database, secret and certificate, so the
+# cached tokens stay valid): memory figures start from a clean heap, and every
+# scenario ends with the SIGTERM check.
+RUNS=0
+FAILURES=()
+start_chatd() {
+    RUNS=$((RUNS + 1))
+    "$CHATD" --config "$TMP/chatd.conf" >"$TMP/chatd.$RUNS.out" 2>"$TMP/chatd.$RUNS.err" &
+    CHATD_PID=$!
+    CHATD_PORT=$(wait_port "$TMP/chatd.$RUNS.out" "$CHATD_PID")
+    CHATD_ARGS=(--addr "127.0.0.1:$CHATD_PORT" --server-pid "$CHATD_PID" --label chatd "${COMMON[@]}")
+}
+# Whether our child PID has exited (gone, or a zombie waiting for `wait`).
+exited() {
+    [ ! -e "/proc/$1" ] || [ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)" = Z ]
+}
+# Stops chatd with SIGTERM: it must exit 0 (within 15 s) and have logged no error.
+stop_chatd() {
+    local what=$1 rc=0
+    kill -TERM "$CHATD_PID"
+    for _ in $(seq 1 150); do
+        exited "$CHATD_PID" && break
+        sleep 0.1
+    done
+    if ! exited "$CHATD_PID"; then
+        FAILURES+=("$what: chatd still running 15 s after SIGTERM")
+        kill -KILL "$CHATD_PID" 2>/dev/null || true
+    fi
+    wait "$CHATD_PID" || rc=$?
+    CHATD_PID=""
+    if [ "$rc" != 0 ]; then
+        FAILURES+=("$what: chatd exited $rc on SIGTERM")
+    fi
+    if grep -qiE 'panick|error' "$TMP/chatd.$RUNS.err"; then
+        FAILURES+=("$what: chatd logged: $(grep -iE 'panick|error' "$TMP/chatd.$RUNS.err" | head -3)")
+    fi
+    echo "chatd exited $rc on SIGTERM after $what" >&2
+}
+
+RESULTS=bench/results/latest.json
+rm -f "$RESULTS"
+COMMON=(--ca "$TMP/cert.pem" --results "$RESULTS" --tokens "$TMP/tokens.json" --users 100)
+
+say "accounts: register and log in the bench users once (the certificate is made here)"
+start_chatd
+"$BENCH" accounts --addr "127.0.0.1:$CHATD_PORT" --ca "$TMP/cert.pem" --tokens "$TMP/tokens.json" --users 100
+stop_chatd accounts
+
+node bench/node-ws/server.js "$TMP/cert.pem" "$TMP/key.pem" >"$TMP/node.out" 2>"$TMP/node.err" &
+NODE_PID=$!
+PIDS+=("$NODE_PID")
+NODE_PORT=$(wait_port "$TMP/node.out" "$NODE_PID")
+say "node ws pid $NODE_PID on 127.0.0.1:$NODE_PORT ($(node --version))"
+
+NGINX_PORT=$("$BENCH" free-port)
+mkdir -p "$TMP/nginx/logs"
+cat > "$TMP/nginx/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+user root;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    open_file_cache max=1000 inactive=60s;
+    open_file_cache_valid 60s;
+    keepalive_requests 10000000;
+    keepalive_timeout 60s;
+    client_body_temp_path $TMP/nginx/body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    types { text/html html; }
+    server {
+        listen 127.0.0.1:$NGINX_PORT ssl;
+        ssl_certificate $TMP/cert.pem;
+        ssl_certificate_key $TMP/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        root $TMP/public;
+    }
+}
+CONF
+"$NGINX" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" &
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
+NGINX_WORKER=""
+for _ in $(seq 1 50); do
+    NGINX_WORKER=$(pgrep -P "$NGINX_PID" | head -1 || true)
+    [ -n "$NGINX_WORKER" ] && break
+    sleep 0.1
+done
+say "nginx master $NGINX_PID worker ${NGINX_WORKER:-?} on 127.0.0.1:$NGINX_PORT ($("$NGINX" -v 2>&1 | sed 's/.*: //'))"
+
+NODE_ARGS=(--addr "127.0.0.1:$NODE_PORT" --server-pid "$NODE_PID" --label node --mode raw "${COMMON[@]}")
+
+if [ "$QUICK" = 1 ]; then
+    IDLE=(--connections 500 --hold 6)
+    FANOUT=(--members 100 --senders 5 --rate 20 --duration 3)
+    FANMAX=(--members 100 --senders 5 --duration 2 --max true --max-start 20000 --max-limit 400000 --max-steps 6)
+    ROOMS=(--rooms 50 --room-size 10 --rate 5 --duration 3)
+    INGEST=(--connections 20 --window 8 --duration 3)
+    HTTP=(--connections 20 --duration 3)
+    WRK="-t1 -c100 -d3s"
+    STORM=(--members 100 --senders 5 --rate 20 --duration 3)
+    WARM=(--warmup 1)
+else
+    IDLE=(--connections 10000 --hold 8)
+    FANOUT=(--members 1000 --senders 10 --rate 10 --duration 10)
+    FANMAX=(--members 1000 --senders 10 --duration 5 --max true --max-start 100000 --max-limit 8000000)
+    ROOMS=(--rooms 1000 --room-size 10 --rate 5 --duration 10)
+    INGEST=(--connections 100 --window 8 --duration 10)
+    HTTP=(--connections 50 --duration 10)
+    WRK="-t1 -c100 -d10s"
+    STORM=(--members 1000 --senders 10 --rate 2 --duration 10 --login-rate 20)
+    WARM=(--warmup 2)
+fi
+
+# Every chatbench run is bounded (its own phases are timed; this is the backstop).
+bench() { timeout --kill-after=10 900 "$BENCH" "$@"; }
+want() { [ "$SCENARIO" = all ] || [ "$SCENARIO" = "$1" ]; }
+
+if want idle; then
+    start_chatd
+    say "idle: chatd (pid $CHATD_PID)"; bench idle "${CHATD_ARGS[@]}" "${IDLE[@]}"
+    stop_chatd idle
+    say "idle: node ws"; bench idle "${NODE_ARGS[@]}" "${IDLE[@]}"
+fi
+if want fanout; then
+    start_chatd
+    if [ "${BENCH_PERF:-0}" = 1 ] && command -v perf >/dev/null; then
+        perf record -g -p "$CHATD_PID" -o "$TMP/perf.data" 2>"$TMP/perf.err" &
+        PERF_PID=$!
+    fi
+    say "fanout: chatd (pid $CHATD_PID)"; bench fanout "${CHATD_ARGS[@]}" "${FANOUT[@]}" "${WARM[@]}"
+    if [ -n "$PERF_PID" ]; then
+        kill -INT "$PERF_PID"; wait "$PERF_PID" || true
+        PERF_PID=""
+        say "perf: chatd's top functions during fanout (bench/results/perf-fanout.txt)"
+        perf report -i "$TMP/perf.data" --stdio --no-children --percent-limit 1 2>/dev/null \
+            | grep -E '^ +[0-9]' | head -40 | tee bench/results/perf-fanout.txt
+    fi
+    stop_chatd fanout
+    say "fanout: node ws"; bench fanout "${NODE_ARGS[@]}" "${FANOUT[@]}" "${WARM[@]}"
+fi
+if want fanout-max; then
+    start_chatd
+    say "fanout max: chatd (pid $CHATD_PID)"; bench fanout "${CHATD_ARGS[@]}" "${FANMAX[@]}" "${WARM[@]}"
+    stop_chatd fanout-max
+    say "fanout max: node ws"; bench fanout "${NODE_ARGS[@]}" "${FANMAX[@]}" "${WARM[@]}"
+fi
+if want rooms; then
+    start_chatd
+    say "rooms: chatd (pid $CHATD_PID)"; bench rooms "${CHATD_ARGS[@]}" "${ROOMS[@]}" "${WARM[@]}"
+    stop_chatd rooms
+fi
+if want ingest; then
+    start_chatd
+    say "ingest: chatd (pid $CHATD_PID)"; bench ingest "${CHATD_ARGS[@]}" "${INGEST[@]}"
+    stop_chatd ingest
+fi
+if want http; then
+    start_chatd
+    say "http: chatd (pid $CHATD_PID)"; bench http "${CHATD_ARGS[@]}" "${HTTP[@]}"
+    stop_chatd http
+fi
+if want static; then
+    start_chatd
+    say "static file, wrk $WRK: chatd (pid $CHATD_PID)"
+    bench static --label chatd --server-pid "$CHATD_PID" --results "$RESULTS" \
+        --url "https://127.0.0.1:$CHATD_PORT/" --wrk-args "$WRK"
+    stop_chatd static
+    say "static file, wrk $WRK: nginx"
+    bench static --label nginx --server-pid "$NGINX_PID,${NGINX_WORKER:-$NGINX_PID}" --results "$RESULTS" \
+        --url "https://127.0.0.1:$NGINX_PORT/" --wrk-args "$WRK"
+fi
+if want login-storm; then
+    start_chatd
+    say "login storm: chatd (pid $CHATD_PID)"; bench login-storm "${CHATD_ARGS[@]}" "${STORM[@]}" "${WARM[@]}"
+    stop_chatd login-storm
+fi
+
+say "results ($RESULTS)"
+"$BENCH" report --results "$RESULTS"
+
+# --- stop the peers by PID -------------------------------------------------------------
+kill -QUIT "$NGINX_PID" 2>/dev/null || true
+kill -TERM "$NODE_PID" 2>/dev/null || true
+wait "$NGINX_PID" 2>/dev/null || true
+wait "$NODE_PID" 2>/dev/null || true
+NGINX_PID="" NODE_PID=""
+if [ ${#FAILURES[@]} -gt 0 ]; then
+    printf 'bench: %s\n' "${FAILURES[@]}" >&2
+    exit 1
+fi
+say "chatd exited 0 on SIGTERM after every scenario ($RUNS runs); results in $RESULTS"
