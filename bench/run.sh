@@ -6,7 +6,13 @@
 #
 #   SCENARIO=all|idle|fanout|fanout-max|rooms|ingest|http|static|login-storm
 #   BENCH_QUICK=1   small N and short T, for development
-#   BENCH_PERF=1    perf record -g on chatd during the fanout scenario
+#   BENCH_PERF=fanout  perf record on chatd during that scenario (fanout or idle; 1 means
+#                   fanout); BENCH_PERF_ARGS / BENCH_PERF_REPORT pass flags to perf
+#   BENCH_REPEAT=3  run each chatd scenario this many times (a fresh chatd each time),
+#                   to quote medians on a noisy machine
+#   BENCH_PERFSTAT=1  count chatd's instructions (user, kernel) over each of its runs with
+#                   `perf stat`: a figure that other load on the machine does not move
+#   BENCH_REF=0     skip the reference peers (Node.js ws, nginx) while iterating on chatd
 #   BENCH_NICE=-10  run the bench (servers, peers, clients) at this nice value, so other
 #                   load on a shared machine skews the figures less (negative needs root)
 set -euo pipefail
@@ -14,6 +20,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 SCENARIO=${SCENARIO:-all}
 QUICK=${BENCH_QUICK:-0}
+REPEAT=${BENCH_REPEAT:-1}
+REF=${BENCH_REF:-1}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 CARGO=${CARGO:-cargo}
 JOBS=${JOBS:-2}
@@ -55,10 +63,10 @@ say "installing the reference peer (npm ci)"
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/chatbench.XXXXXX")
 CHATD_PID="" NODE_PID="" NGINX_PID="" PERF_PID=""
 cleanup() {
-    for pid in $PERF_PID $CHATD_PID $NODE_PID $NGINX_PID; do
+    for pid in $PERF_PID ${STAT_PID:-} $CHATD_PID $NODE_PID $NGINX_PID; do
         kill "$pid" 2>/dev/null || true
     done
-    for pid in $PERF_PID $CHATD_PID $NODE_PID $NGINX_PID; do
+    for pid in $PERF_PID ${STAT_PID:-} $CHATD_PID $NODE_PID $NGINX_PID; do
         wait "$pid" 2>/dev/null || true
     done
     rm -rf "$TMP"
@@ -114,11 +122,17 @@ CONF
 # scenario ends with the SIGTERM check.
 RUNS=0
 FAILURES=()
+STAT_PID=""
 start_chatd() {
     RUNS=$((RUNS + 1))
     "$CHATD" --config "$TMP/chatd.conf" >"$TMP/chatd.$RUNS.out" 2>"$TMP/chatd.$RUNS.err" &
     CHATD_PID=$!
     CHATD_PORT=$(wait_port "$TMP/chatd.$RUNS.out" "$CHATD_PID")
+    if [ "${BENCH_PERFSTAT:-0}" = 1 ] && command -v perf >/dev/null; then
+        perf stat -x, -e instructions:u,instructions:k,cycles:u,cycles:k -p "$CHATD_PID" \
+            -o "$TMP/perfstat.$RUNS" 2>/dev/null &
+        STAT_PID=$!
+    fi
     CHATD_ARGS=(--addr "127.0.0.1:$CHATD_PORT" --server-pid "$CHATD_PID" --label chatd "${COMMON[@]}")
 }
 # Whether our child PID has exited (gone, or a zombie waiting for `wait`).
@@ -128,6 +142,13 @@ exited() {
 # Stops chatd with SIGTERM: it must exit 0 (within 15 s) and have logged no error.
 stop_chatd() {
     local what=$1 rc=0
+    if [ -n "$STAT_PID" ]; then
+        kill -INT "$STAT_PID"; wait "$STAT_PID" || true
+        STAT_PID=""
+        printf '%s: chatd instructions (user, kernel), cycles (user, kernel): %s\n' "$what" \
+            "$(grep -E "instructions|cycles" "$TMP/perfstat.$RUNS" | cut -d, -f1 | paste -sd' ')" \
+            | tee -a bench/results/perfstat.txt >&2
+    fi
     kill -TERM "$CHATD_PID"
     for _ in $(seq 1 150); do
         exited "$CHATD_PID" && break
@@ -228,68 +249,106 @@ else
     WARM=(--warmup 2)
 fi
 
+# BENCH_PERF=<scenario> (1 means fanout): perf record on chatd during that scenario, top
+# functions to bench/results/perf-<scenario>.txt. BENCH_PERF_ARGS adds perf record flags
+# (e.g. "-e instructions:u", "--call-graph dwarf"), BENCH_PERF_REPORT perf report flags.
+perf_start() {
+    local want=${BENCH_PERF:-0}
+    [ "$want" = 1 ] && want=fanout
+    if [ "$want" = "$1" ] && command -v perf >/dev/null; then
+        perf record ${BENCH_PERF_ARGS:-} -p "$CHATD_PID" -o "$TMP/perf.data" 2>"$TMP/perf.err" &
+        PERF_PID=$!
+    fi
+}
+perf_stop() {
+    [ -n "$PERF_PID" ] || return 0
+    kill -INT "$PERF_PID"; wait "$PERF_PID" || true
+    PERF_PID=""
+    say "perf: chatd's top functions during $1 (bench/results/perf-$1.txt)"
+    perf report -i "$TMP/perf.data" --stdio ${BENCH_PERF_REPORT:---no-children} \
+        --percent-limit 0.5 2>/dev/null | grep -E '^ +[0-9]' | head -"${BENCH_PERF_LINES:-60}" \
+        | tee "bench/results/perf-$1.txt"
+}
+
 # Every chatbench run is bounded (its own phases are timed; this is the backstop).
 bench() { timeout --kill-after=10 900 "$BENCH" "$@"; }
 want() { [ "$SCENARIO" = all ] || [ "$SCENARIO" = "$1" ]; }
 
 if want idle; then
-    start_chatd
-    say "idle: chatd (pid $CHATD_PID)"; bench idle "${CHATD_ARGS[@]}" "${IDLE[@]}"
-    stop_chatd idle
-    say "idle: node ws"; bench idle "${NODE_ARGS[@]}" "${IDLE[@]}"
+    for _ in $(seq 1 "$REPEAT"); do
+        start_chatd
+        perf_start idle
+        say "idle: chatd (pid $CHATD_PID)"; bench idle "${CHATD_ARGS[@]}" "${IDLE[@]}"
+        perf_stop idle
+        stop_chatd idle
+    done
+    if [ "$REF" = 1 ]; then
+        say "idle: node ws"; bench idle "${NODE_ARGS[@]}" "${IDLE[@]}"
+    fi
 fi
 if want fanout; then
-    start_chatd
-    if [ "${BENCH_PERF:-0}" = 1 ] && command -v perf >/dev/null; then
-        perf record -g -p "$CHATD_PID" -o "$TMP/perf.data" 2>"$TMP/perf.err" &
-        PERF_PID=$!
+    for _ in $(seq 1 "$REPEAT"); do
+        start_chatd
+        perf_start fanout
+        say "fanout: chatd (pid $CHATD_PID)"; bench fanout "${CHATD_ARGS[@]}" "${FANOUT[@]}" "${WARM[@]}"
+        perf_stop fanout
+        stop_chatd fanout
+    done
+    if [ "$REF" = 1 ]; then
+        say "fanout: node ws"; bench fanout "${NODE_ARGS[@]}" "${FANOUT[@]}" "${WARM[@]}"
     fi
-    say "fanout: chatd (pid $CHATD_PID)"; bench fanout "${CHATD_ARGS[@]}" "${FANOUT[@]}" "${WARM[@]}"
-    if [ -n "$PERF_PID" ]; then
-        kill -INT "$PERF_PID"; wait "$PERF_PID" || true
-        PERF_PID=""
-        say "perf: chatd's top functions during fanout (bench/results/perf-fanout.txt)"
-        perf report -i "$TMP/perf.data" --stdio --no-children --percent-limit 1 2>/dev/null \
-            | grep -E '^ +[0-9]' | head -40 | tee bench/results/perf-fanout.txt
-    fi
-    stop_chatd fanout
-    say "fanout: node ws"; bench fanout "${NODE_ARGS[@]}" "${FANOUT[@]}" "${WARM[@]}"
 fi
 if want fanout-max; then
-    start_chatd
-    say "fanout max: chatd (pid $CHATD_PID)"; bench fanout "${CHATD_ARGS[@]}" "${FANMAX[@]}" "${WARM[@]}"
-    stop_chatd fanout-max
-    say "fanout max: node ws"; bench fanout "${NODE_ARGS[@]}" "${FANMAX[@]}" "${WARM[@]}"
+    for _ in $(seq 1 "$REPEAT"); do
+        start_chatd
+        say "fanout max: chatd (pid $CHATD_PID)"; bench fanout "${CHATD_ARGS[@]}" "${FANMAX[@]}" "${WARM[@]}"
+        stop_chatd fanout-max
+    done
+    if [ "$REF" = 1 ]; then
+        say "fanout max: node ws"; bench fanout "${NODE_ARGS[@]}" "${FANMAX[@]}" "${WARM[@]}"
+    fi
 fi
 if want rooms; then
-    start_chatd
-    say "rooms: chatd (pid $CHATD_PID)"; bench rooms "${CHATD_ARGS[@]}" "${ROOMS[@]}" "${WARM[@]}"
-    stop_chatd rooms
+    for _ in $(seq 1 "$REPEAT"); do
+        start_chatd
+        say "rooms: chatd (pid $CHATD_PID)"; bench rooms "${CHATD_ARGS[@]}" "${ROOMS[@]}" "${WARM[@]}"
+        stop_chatd rooms
+    done
 fi
 if want ingest; then
-    start_chatd
-    say "ingest: chatd (pid $CHATD_PID)"; bench ingest "${CHATD_ARGS[@]}" "${INGEST[@]}"
-    stop_chatd ingest
+    for _ in $(seq 1 "$REPEAT"); do
+        start_chatd
+        say "ingest: chatd (pid $CHATD_PID)"; bench ingest "${CHATD_ARGS[@]}" "${INGEST[@]}"
+        stop_chatd ingest
+    done
 fi
 if want http; then
-    start_chatd
-    say "http: chatd (pid $CHATD_PID)"; bench http "${CHATD_ARGS[@]}" "${HTTP[@]}"
-    stop_chatd http
+    for _ in $(seq 1 "$REPEAT"); do
+        start_chatd
+        say "http: chatd (pid $CHATD_PID)"; bench http "${CHATD_ARGS[@]}" "${HTTP[@]}"
+        stop_chatd http
+    done
 fi
 if want static; then
-    start_chatd
-    say "static file, wrk $WRK: chatd (pid $CHATD_PID)"
-    bench static --label chatd --server-pid "$CHATD_PID" --results "$RESULTS" \
-        --url "https://127.0.0.1:$CHATD_PORT/" --wrk-args "$WRK"
-    stop_chatd static
-    say "static file, wrk $WRK: nginx"
-    bench static --label nginx --server-pid "$NGINX_PID,${NGINX_WORKER:-$NGINX_PID}" --results "$RESULTS" \
-        --url "https://127.0.0.1:$NGINX_PORT/" --wrk-args "$WRK"
+    for _ in $(seq 1 "$REPEAT"); do
+        start_chatd
+        say "static file, wrk $WRK: chatd (pid $CHATD_PID)"
+        bench static --label chatd --server-pid "$CHATD_PID" --results "$RESULTS" \
+            --url "https://127.0.0.1:$CHATD_PORT/" --wrk-args "$WRK"
+        stop_chatd static
+    done
+    if [ "$REF" = 1 ]; then
+        say "static file, wrk $WRK: nginx"
+        bench static --label nginx --server-pid "$NGINX_PID,${NGINX_WORKER:-$NGINX_PID}" --results "$RESULTS" \
+            --url "https://127.0.0.1:$NGINX_PORT/" --wrk-args "$WRK"
+    fi
 fi
 if want login-storm; then
-    start_chatd
-    say "login storm: chatd (pid $CHATD_PID)"; bench login-storm "${CHATD_ARGS[@]}" "${STORM[@]}" "${WARM[@]}"
-    stop_chatd login-storm
+    for _ in $(seq 1 "$REPEAT"); do
+        start_chatd
+        say "login storm: chatd (pid $CHATD_PID)"; bench login-storm "${CHATD_ARGS[@]}" "${STORM[@]}" "${WARM[@]}"
+        stop_chatd login-storm
+    done
 fi
 
 say "results ($RESULTS)"
