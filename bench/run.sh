@@ -53,7 +53,8 @@ command -v node >/dev/null || { echo "bench: node is required for the reference 
 
 say "building release binaries"
 $CARGO build --release -j"$JOBS" -p chatd -p chatbench
-CHATD=$TARGET_DIR/release/chatd
+# BENCH_CHATD=/path/to/chatd measures another build (A/B comparisons).
+CHATD=${BENCH_CHATD:-$TARGET_DIR/release/chatd}
 BENCH=$TARGET_DIR/release/chatbench
 
 say "installing the reference peer (npm ci)"
@@ -129,7 +130,7 @@ start_chatd() {
     CHATD_PID=$!
     CHATD_PORT=$(wait_port "$TMP/chatd.$RUNS.out" "$CHATD_PID")
     if [ "${BENCH_PERFSTAT:-0}" = 1 ] && command -v perf >/dev/null; then
-        perf stat -x, -e instructions:u,instructions:k,cycles:u,cycles:k -p "$CHATD_PID" \
+        perf stat -x, -e ${BENCH_PERFSTAT_EVENTS:-instructions:u,instructions:k,cycles:u,cycles:k} -p "$CHATD_PID" \
             -o "$TMP/perfstat.$RUNS" 2>/dev/null &
         STAT_PID=$!
     fi
