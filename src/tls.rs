@@ -96,7 +96,7 @@ pub fn load_server_config(
             key_file.display()
         ))
     })?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError(format!("TLS configuration: {e}")))?
@@ -104,11 +104,30 @@ pub fn load_server_config(
         .with_single_cert(certs, key)
         .map_err(|e| TlsError(format!("certificate and key do not form a valid pair: {e}")))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Our order (AES-128-GCM with SHA-256 first), not the client's: every suite offered
+    // is strong, and SHA-256 has hardware support where SHA-384 often does not, which
+    // makes the handshake's key schedule measurably cheaper.
+    config.ignore_client_order = true;
     // Resumption saves nothing with TLS 1.3 and P-256 (ECDHE runs anyway) while tickets
     // cost CPU and bytes on every handshake and a session cache costs memory.
     config.send_tls13_tickets = 0;
     config.session_storage = Arc::new(NoServerSessionStorage {});
     Ok((Arc::new(config), fingerprint))
+}
+
+/// aws-lc-rs with its default suites and groups, AES-128-GCM suites moved first.
+fn provider() -> rustls::crypto::CryptoProvider {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.cipher_suites.sort_by_key(|suite| {
+        let name = format!("{:?}", suite.suite());
+        match (name.contains("AES_128_GCM"), name.starts_with("TLS13")) {
+            (true, true) => 0,
+            (_, true) => 1,
+            (true, false) => 2,
+            (_, false) => 3,
+        }
+    });
+    provider
 }
 
 /// SHA-256 of the DER certificate as `AB:CD:...`.
@@ -189,7 +208,9 @@ mod tests {
         );
         let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let (_, fp) = load_server_config(&cert, &key).unwrap();
+        let (config, fp) = load_server_config(&cert, &key).unwrap();
+        let first = format!("{:?}", config.crypto_provider().cipher_suites[0].suite());
+        assert_eq!(first, "TLS13_AES_128_GCM_SHA256");
         assert_eq!(fp.len(), 32 * 3 - 1);
         assert!(fp.split(':').all(|h| h.len() == 2));
     }

@@ -71,6 +71,8 @@ pub enum FlushStatus {
 pub enum ConnError {
     Io(io::Error),
     Tls(rustls::Error),
+    /// The first byte was not a TLS handshake record: plain HTTP on the TLS port.
+    NotTls,
 }
 
 impl std::fmt::Display for ConnError {
@@ -78,6 +80,7 @@ impl std::fmt::Display for ConnError {
         match self {
             ConnError::Io(e) => write!(f, "i/o: {e}"),
             ConnError::Tls(e) => write!(f, "tls: {e}"),
+            ConnError::NotTls => f.write_str("not TLS"),
         }
     }
 }
@@ -116,6 +119,25 @@ impl WsConn {
         let idle = self.last_heard + timeouts.ws_idle;
         let ping = self.last_heard.max(self.last_ping) + timeouts.ws_ping;
         idle.min(ping).min(self.token_expires)
+    }
+}
+
+/// The socket as rustls reads it: remembers whether the last read came back short and
+/// what the first byte of the first read was.
+struct SocketReader<'a> {
+    socket: &'a mut TcpStream,
+    short: bool,
+    first_byte: Option<u8>,
+}
+
+impl Read for SocketReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.socket.read(buf)?;
+        self.short = n < buf.len();
+        if n > 0 && self.first_byte.is_none() {
+            self.first_byte = Some(buf[0]);
+        }
+        Ok(n)
     }
 }
 
@@ -209,24 +231,27 @@ impl Conn {
         }
     }
 
-    /// Looks at the first byte without consuming it: Some(true) for a TLS handshake
-    /// record, Some(false) for anything else (plain HTTP), None if nothing arrived yet.
-    pub fn peek_is_tls(&self) -> io::Result<Option<bool>> {
-        let mut first = [0u8; 1];
-        match self.socket.peek(&mut first) {
-            Ok(0) => Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(_) => Ok(Some(first[0] == 0x16)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Reads TLS records until `WouldBlock`, EOF or `budget` bytes, decrypting into
-    /// `inbuf`.
+    /// Reads TLS records until the socket is drained, EOF or `budget` bytes, decrypting
+    /// into `inbuf`. The very first byte must start a TLS handshake record
+    /// (`ConnError::NotTls` otherwise, before rustls sees it).
     pub fn read_tls(&mut self, budget: usize, now: Instant) -> Result<ReadStatus, ConnError> {
         let mut total = 0;
         loop {
-            match self.tls.read_tls(&mut self.socket) {
+            let mut reader = SocketReader {
+                socket: &mut self.socket,
+                short: false,
+                first_byte: None,
+            };
+            let result = self.tls.read_tls(&mut reader);
+            let (short, first_byte) = (reader.short, reader.first_byte);
+            if !self.tls_checked {
+                match first_byte {
+                    Some(0x16) => self.tls_checked = true,
+                    Some(_) => return Err(ConnError::NotTls),
+                    None => {}
+                }
+            }
+            match result {
                 Ok(0) => return Ok(ReadStatus::Eof),
                 Ok(n) => {
                     total += n;
@@ -252,6 +277,12 @@ impl Conn {
             }
             if peer_closed {
                 return Ok(ReadStatus::Eof);
+            }
+            if short {
+                // The kernel had less than asked for: the socket is empty now, and any
+                // byte arriving later raises a new edge. This saves the read that would
+                // only return WouldBlock.
+                return Ok(ReadStatus::Drained);
             }
             if total >= budget {
                 return Ok(ReadStatus::Budget);

@@ -59,6 +59,25 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 const PLAINTEXT_REPLY: &[u8] = b"HTTP/1.0 400 Bad Request\r\ncontent-type: text/plain\r\n\
 content-length: 23\r\nconnection: close\r\n\r\nthis port speaks HTTPS\n";
 
+/// Pending connections the kernel may queue while the loop is busy (the kernel caps it
+/// at `net.core.somaxconn`): a burst of thousands of clients must not overflow it.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A non-blocking listener with a deep accept queue. TCP_NODELAY is set on the
+/// listener because accepted sockets inherit it (one system call per connection less):
+/// chatd coalesces its own writes, and Nagle would delay the next small frame by a
+/// delayed-ACK period.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
 /// The server: listener, connections, timers and the application state.
 pub struct Server {
     poll: Poll,
@@ -92,7 +111,7 @@ impl Server {
     pub fn bind(app: App, tls_config: Arc<ServerConfig>) -> io::Result<Server> {
         let poll = Poll::new()?;
         let addr = SocketAddr::new(app.config.host, app.config.port);
-        let mut listener = TcpListener::bind(addr)?;
+        let mut listener = listen(addr)?;
         let local_addr = listener.local_addr()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -242,7 +261,6 @@ impl Server {
                 continue;
             }
             self.app.metrics.connections_accepted += 1;
-            let _ = socket.set_nodelay(true);
             let tls = match rustls::ServerConnection::new(self.tls_config.clone()) {
                 Ok(tls) => tls,
                 Err(e) => {
@@ -384,22 +402,12 @@ impl Server {
         if conn.input_paused {
             return;
         }
-        if !conn.tls_checked {
-            match conn.peek_is_tls() {
-                Ok(None) => return,
-                Ok(Some(true)) => conn.tls_checked = true,
-                Ok(Some(false)) => {
-                    self.reject_plaintext(conn_ref.key);
-                    return;
-                }
-                Err(_) => {
-                    self.remove(conn_ref.key);
-                    return;
-                }
-            }
-        }
         let status = match conn.read_tls(READ_BUDGET, now.instant) {
             Ok(status) => status,
+            Err(ConnError::NotTls) => {
+                self.reject_plaintext(conn_ref.key);
+                return;
+            }
             Err(e) => {
                 self.drop_on_error(conn_ref, &e);
                 return;
@@ -568,13 +576,15 @@ impl Server {
 
     /// Removes a connection for good.
     fn remove(&mut self, key: usize) {
-        if let Some(mut conn) = self.conns.try_remove(key) {
+        if let Some(conn) = self.conns.try_remove(key) {
             if let Some(ws) = &conn.ws {
                 // Normally already done; a connection must never stay in the chat.
                 self.app.chat.disconnect(ws.id, &mut self.chat_outputs);
             }
-            let _ = self.poll.registry().deregister(&mut conn.socket);
             self.app.limits.close_connection(conn.peer.ip());
+            // Dropping the socket closes its descriptor, which removes it from the
+            // epoll set: an explicit deregister would only cost a system call.
+            drop(conn);
         }
     }
 }
