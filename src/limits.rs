@@ -173,6 +173,13 @@ impl<C: Clock> Limits<C> {
         }
     }
 
+    /// Returns the memory of the per-address connection counts after a load.
+    pub fn shrink(&mut self) {
+        if self.connections.len() * 4 < self.connections.capacity() {
+            self.connections.shrink_to_fit();
+        }
+    }
+
     /// Entries held by the keyed limiters (for tests and metrics).
     pub fn tracked_keys(&self) -> usize {
         self.http.len() + self.login.len()

@@ -236,6 +236,28 @@ impl Chat {
         self.sessions.len()
     }
 
+    /// Returns the memory of indexes much larger than what they hold now (after many
+    /// connections have left).
+    pub fn shrink(&mut self) {
+        if self.sessions.len() * 4 < self.sessions.capacity() {
+            self.sessions.shrink_to_fit();
+        }
+        if self.online.len() * 4 < self.online.capacity() {
+            self.online.shrink_to_fit();
+        }
+        if self.rooms.len() * 4 < self.rooms.capacity() {
+            self.rooms.shrink_to_fit();
+        }
+        for room in self.rooms.values_mut() {
+            if room.conns.len() * 4 < room.conns.capacity() {
+                room.conns.shrink_to_fit();
+            }
+            if room.users.len() * 4 < room.users.capacity() {
+                room.users.shrink_to_fit();
+            }
+        }
+    }
+
     /// Users with at least one connection.
     pub fn online_count(&self) -> usize {
         self.online.len()

@@ -52,7 +52,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// After `accept` fails for lack of file descriptors, retry this much later.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
-/// How often idle rate-limiter entries are dropped.
+/// How often housekeeping looks whether a load has passed (collections that a load left
+/// mostly empty are shrunk and freed memory handed back to the system).
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often idle rate-limiter entries are dropped and an unused argon2 work area freed.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The plain-text answer to plain HTTP on the TLS port.
@@ -78,13 +82,27 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(TcpListener::from_std(socket.into()))
 }
 
+/// Returns freed heap pages to the system. glibc keeps freed memory inside its heap
+/// (only the top can shrink on its own), so after thousands of connections close the
+/// process would keep their memory resident; `malloc_trim` releases the free pages.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes a plain integer and only works on glibc's own allocator
+    // state, under glibc's internal locks; it frees no memory that is in use, so no
+    // pointer held by this program is affected. chatd has one thread anyway.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// The server: listener, connections, timers and the application state.
 pub struct Server {
     poll: Poll,
     listener: Option<TcpListener>,
     local_addr: SocketAddr,
     signals: Signals,
-    conns: Slab<Conn>,
+    /// Boxed: a slot freed after a load costs a pointer, not a whole connection.
+    conns: Slab<Box<Conn>>,
     timers: Timers,
     timeouts: Timeouts,
     app: App,
@@ -104,6 +122,8 @@ pub struct Server {
     shutdown_deadline: Option<Instant>,
     /// Accepting paused after EMFILE until this time.
     accept_paused_until: Option<Instant>,
+    /// Most connections open since memory was last handed back to the system.
+    peak_connections: usize,
 }
 
 impl Server {
@@ -142,6 +162,7 @@ impl Server {
             date: (i64::MIN, String::new()),
             shutdown_deadline: None,
             accept_paused_until: None,
+            peak_connections: 0,
         })
     }
 
@@ -153,6 +174,7 @@ impl Server {
     /// Runs until SIGINT/SIGTERM, then closes every connection and the database.
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
+        let mut last_housekeeping = Instant::now();
         let mut last_prune = Instant::now();
         loop {
             let timeout = self.poll_timeout(Instant::now());
@@ -198,7 +220,12 @@ impl Server {
             }
             if now.instant.duration_since(last_prune) >= PRUNE_INTERVAL {
                 self.app.limits.prune();
+                self.app.passwords.release_if_unused();
                 last_prune = now.instant;
+            }
+            if now.instant.duration_since(last_housekeeping) >= HOUSEKEEPING_INTERVAL {
+                self.housekeeping();
+                last_housekeeping = now.instant;
             }
             if let Some(deadline) = self.shutdown_deadline
                 && (self.conns.is_empty() || now.instant >= deadline)
@@ -281,16 +308,45 @@ impl Server {
                 continue;
             }
             self.next_generation = self.next_generation.wrapping_add(1);
-            let conn = entry.insert(Conn::new(
+            let conn = entry.insert(Box::new(Conn::new(
                 socket,
                 peer,
                 tls,
                 self.next_generation,
                 now.instant,
-            ));
+            )));
             let conn_ref = conn.conn_ref(key);
+            self.peak_connections = self.peak_connections.max(self.conns.len());
             self.arm(conn_ref);
         }
+    }
+
+    /// Periodic clean-up after a load: without it a burst of connections would keep its
+    /// memory (collection capacities, freed heap pages) for good.
+    fn housekeeping(&mut self) {
+        let open = self.conns.len();
+        if open * 2 >= self.peak_connections {
+            return;
+        }
+        // Down to less than half of the peak: shrink what the load grew.
+        self.conns.shrink_to_fit();
+        self.timers.shrink();
+        self.app.chat.shrink();
+        self.app.limits.shrink();
+        for list in [&mut self.flush_list, &mut self.ready] {
+            if list.is_empty() {
+                *list = Vec::new();
+            }
+        }
+        if self.chat_outputs.is_empty() {
+            self.chat_outputs = Vec::new();
+        }
+        release_free_memory();
+        log::debug!(
+            "housekeeping: {open} connections (peak {}), memory released",
+            self.peak_connections
+        );
+        self.peak_connections = open;
     }
 
     fn handle_signals(&mut self, now: Now) {
@@ -364,6 +420,7 @@ impl Server {
         self.conns
             .get_mut(conn_ref.key)
             .filter(|c| c.generation == conn_ref.generation)
+            .map(|c| &mut **c)
     }
 
     /// Schedules a flush of this connection before the loop sleeps.

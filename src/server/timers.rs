@@ -33,6 +33,13 @@ impl Timers {
         self.heap.peek().map(|Reverse((at, _))| *at)
     }
 
+    /// Returns the memory of a heap much larger than what it holds now.
+    pub fn shrink(&mut self) {
+        if self.heap.len() * 4 < self.heap.capacity() {
+            self.heap.shrink_to_fit();
+        }
+    }
+
     /// Removes and returns one entry due at `now`, if any.
     pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, ConnRef)> {
         match self.heap.peek() {

@@ -136,7 +136,9 @@ pub fn idle(ctx: &Ctx) -> Result<Value, String> {
     for id in ids {
         net.close(id);
     }
-    hold(&mut net, &mut load, 2.0)?;
+    // chatd lingers up to 2 s on closing connections and looks for a passed load once a
+    // second: 5 s is enough for both.
+    hold(&mut net, &mut load, 5.0)?;
     let closed_snap = ctx.snapshot();
     let open_costs = measure::costs(&before, &opened_snap);
     let hold_costs = measure::costs(&opened_snap, &held_snap);
@@ -158,6 +160,22 @@ pub fn idle(ctx: &Ctx) -> Result<Value, String> {
     ];
     if let Some(kib) = rss_per_conn {
         figures.push(figure("server RSS per connection", kib, "KiB", "lower"));
+    }
+    if let (Some(before_kib), Some(closed_kib)) =
+        (before.server_rss_kib(), closed_snap.server_rss_kib())
+    {
+        figures.push(figure(
+            "server RSS before the load",
+            before_kib as f64 / 1024.0,
+            "MiB",
+            "lower",
+        ));
+        figures.push(figure(
+            "server RSS 5 s after all closed",
+            closed_kib as f64 / 1024.0,
+            "MiB",
+            "lower",
+        ));
     }
     if let Some(us) = open_costs.server_us_per(opened as u64) {
         figures.push(figure(
