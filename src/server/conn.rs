@@ -345,6 +345,12 @@ impl Conn {
         }
     }
 
+    /// Whether a flush has anything to do: queued plaintext, TLS records, or a close to
+    /// finish.
+    pub fn has_pending_output(&self) -> bool {
+        !self.out.is_empty() || self.tls.wants_write() || self.close_when_flushed
+    }
+
     /// Starts the two-step close: queue close_notify; the caller flushes, then calls
     /// `shutdown_write` and lingers.
     pub fn begin_close(&mut self, now: Instant) {

@@ -198,7 +198,11 @@ impl Server {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.on_readable(conn_ref, now);
                         }
-                        if event.is_writable() {
+                        // Writable edges come with every ACK that frees send buffer;
+                        // only a connection with something left to send needs a flush.
+                        if event.is_writable()
+                            && self.get(conn_ref).is_some_and(|c| c.has_pending_output())
+                        {
                             self.queue_flush(conn_ref);
                         }
                     }
