@@ -4,7 +4,7 @@
 # table and writes bench/results/latest.json. Everything listens on 127.0.0.1, every
 # run is bounded in time, every process started here is stopped by its PID.
 #
-#   SCENARIO=all|idle|fanout|fanout-max|rooms|ingest|http|static|login-storm
+#   SCENARIO=all|idle|fanout|fanout-aligned|fanout-max|rooms|ingest|http|static|login-storm
 #   BENCH_QUICK=1   small N and short T, for development
 #   BENCH_PERF=fanout  perf record on chatd during that scenario (fanout or idle; 1 means
 #                   fanout); BENCH_PERF_ARGS / BENCH_PERF_REPORT pass flags to perf
@@ -297,6 +297,18 @@ if want fanout; then
     done
     if [ "$REF" = 1 ]; then
         say "fanout: node ws"; bench fanout "${NODE_ARGS[@]}" "${FANOUT[@]}" "${WARM[@]}"
+    fi
+fi
+if want fanout-aligned; then
+    for _ in $(seq 1 "$REPEAT"); do
+        start_chatd
+        say "fanout, senders aligned: chatd (pid $CHATD_PID)"
+        bench fanout "${CHATD_ARGS[@]}" "${FANOUT[@]}" "${WARM[@]}" --aligned true
+        stop_chatd fanout-aligned
+    done
+    if [ "$REF" = 1 ]; then
+        say "fanout, senders aligned: node ws"
+        bench fanout "${NODE_ARGS[@]}" "${FANOUT[@]}" "${WARM[@]}" --aligned true
     fi
 fi
 if want fanout-max; then

@@ -98,6 +98,9 @@ pub struct Load {
     scratch: Vec<u8>,
     /// Logins sharing the loop (the login-storm scenario), with their own connections.
     pub storm: Option<Storm>,
+    /// All senders send at the same instants (bursts of one message per sender) instead
+    /// of being spread evenly over the interval.
+    pub aligned: bool,
 }
 
 impl Load {
@@ -115,6 +118,7 @@ impl Load {
             text_size,
             scratch: Vec::with_capacity(512),
             storm: None,
+            aligned: false,
         }
     }
 
@@ -256,15 +260,17 @@ impl Load {
         }
     }
 
-    /// Sets every sender's rate and starts the schedule at `start_ns`, senders spread
-    /// evenly over one interval so the total is paced too.
+    /// Sets every sender's rate and starts the schedule at `start_ns`: senders spread
+    /// evenly over one interval so the total is paced too, or, with `aligned`, all at the
+    /// same instants.
     pub fn start_schedule(&mut self, rate_per_sender: f64, start_ns: u64) {
         let interval_ns = (1e9 / rate_per_sender.max(1e-3)) as u64;
         let n = self.senders.len().max(1) as u64;
+        let spread = if self.aligned { 0 } else { interval_ns / n };
         self.schedule.clear();
         for (i, s) in self.senders.iter_mut().enumerate() {
             s.interval_ns = interval_ns.max(1);
-            s.next_due_ns = start_ns + interval_ns / n * i as u64;
+            s.next_due_ns = start_ns + spread * i as u64;
             self.schedule.push(Reverse((s.next_due_ns, i)));
         }
     }

@@ -115,6 +115,7 @@ fn scenario_flags(scenario: &str) -> Option<&'static [&'static str]> {
             "max-steps",
             "max-p99-ms",
             "warmup",
+            "aligned",
         ],
         "rooms" => &[
             "rooms",

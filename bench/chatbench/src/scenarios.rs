@@ -413,8 +413,10 @@ pub fn fanout(ctx: &Ctx) -> Result<Value, String> {
     let size: usize = a.get("size", 64)?;
     let drain = Duration::from_secs_f64(a.get("drain", 5.0)?);
     let max_mode: bool = a.get("max", false)?;
+    let aligned: bool = a.get("aligned", false)?;
     let mut net = ctx.net()?;
     let mut load = Load::new(ctx.mode, size);
+    load.aligned = aligned;
     let ids = build_rooms(ctx, &mut net, &mut load, 1, members, senders, "fan")?;
     let per_message = members as f64;
     let first_rate = if max_mode {
@@ -434,9 +436,10 @@ pub fn fanout(ctx: &Ctx) -> Result<Value, String> {
             drain,
         )?;
         r = ctx.result(
-            "fanout",
+            if aligned { "fanout-aligned" } else { "fanout" },
             json!({"members": members, "senders": senders, "rate_per_sender": rate,
-                   "duration_s": secs, "text_bytes": size, "users": ctx.users.min(members)}),
+                   "duration_s": secs, "text_bytes": size, "users": ctx.users.min(members),
+                   "senders_aligned": aligned}),
         );
         r["figures"] = json!(chat_figures(&phase, per_message));
         r["latency_ms"] = latency_json(&phase.latency);
