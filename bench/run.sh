@@ -6,8 +6,8 @@
 #
 #   SCENARIO=all|idle|fanout|fanout-aligned|fanout-max|rooms|ingest|http|static|login-storm
 #   BENCH_QUICK=1   small N and short T, for development
-#   BENCH_PERF=fanout  perf record on chatd during that scenario (fanout or idle; 1 means
-#                   fanout); BENCH_PERF_ARGS / BENCH_PERF_REPORT pass flags to perf
+#   BENCH_PERF=fanout  perf record on chatd during that scenario (idle, fanout or ingest; 1
+#                   means fanout); BENCH_PERF_ARGS / BENCH_PERF_REPORT pass flags to perf
 #   BENCH_REPEAT=3  run each chatd scenario this many times (a fresh chatd each time),
 #                   to quote medians on a noisy machine
 #   BENCH_PERFSTAT=1  count chatd's instructions (user, kernel) over each of its runs with
@@ -331,7 +331,9 @@ fi
 if want ingest; then
     for _ in $(seq 1 "$REPEAT"); do
         start_chatd
+        perf_start ingest
         say "ingest: chatd (pid $CHATD_PID)"; bench ingest "${CHATD_ARGS[@]}" "${INGEST[@]}"
+        perf_stop ingest
         stop_chatd ingest
     done
 fi

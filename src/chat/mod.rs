@@ -121,8 +121,9 @@ pub struct Delivery {
     pub frame: Frame,
     /// Depends on this turn's writes: sent only if they commit.
     pub durable: bool,
-    /// Sent instead when a durable delivery's writes fail (the sender's error reply).
-    pub fallback: Option<Frame>,
+    /// When a durable delivery's writes fail, the sender gets an internal_error reply
+    /// with this `ref` instead (built only then).
+    pub fallback: Option<Value>,
 }
 
 /// An effect for the event loop to carry out.
@@ -376,7 +377,7 @@ impl Chat {
                 to: Recipients::One(conn),
                 frame: protocol::reply_ok(&reference, data),
                 durable: true,
-                fallback: Some(protocol::reply_error(&reference, &ChatError::internal())),
+                fallback: Some(reference),
             })),
             Ok(Reply::Sent) => {}
             Err(error) => {
@@ -537,8 +538,7 @@ impl Chat {
                     }
                 }
                 .map_err(internal)?;
-                let messages: Vec<Value> = items.iter().map(Item::to_json).collect();
-                Ok(Reply::Now(json!({"messages": messages, "more": more})))
+                Ok(Reply::Now(json!({"messages": items, "more": more})))
             }
             Request::Auth { token } => {
                 let info = backend.verify_token(&token, now_ms)?;
@@ -577,16 +577,16 @@ impl Chat {
             ts: now_ms,
         };
         let id = backend.store_message(&message).map_err(internal)?;
-        let data = if post.report_delivered {
-            json!({"id": id, "ts": now_ms, "delivered": post.recipients.len()})
-        } else {
-            json!({"id": id, "ts": now_ms})
+        let data = protocol::Posted {
+            id,
+            ts: now_ms,
+            delivered: post.report_delivered.then_some(post.recipients.len()),
         };
         out.push(Output::Deliver(Delivery {
             to: Recipients::One(conn),
             frame: protocol::reply_ok(reference, data),
             durable: true,
-            fallback: Some(protocol::reply_error(reference, &ChatError::internal())),
+            fallback: Some(reference.clone()),
         }));
         if !post.recipients.is_empty() {
             let item = Item {

@@ -4,7 +4,10 @@
 //! A frame is built once and shared (`Arc<[u8]>`) by every recipient: server frames are
 //! unmasked, so the bytes are the same for all of them.
 
+use std::borrow::Cow;
 use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 
 use serde_json::{Map, Value, json};
 
@@ -141,19 +144,58 @@ pub struct ParseLimits {
     pub history_max: usize,
 }
 
+/// The fields a request may carry, borrowed from the text where possible.
+#[derive(Debug, Default, Deserialize)]
+struct Fields<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(rename = "ref")]
+    reference: Option<Value>,
+    #[serde(borrow)]
+    room: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    to: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    user: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    with: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    token: Option<Cow<'a, str>>,
+    before: Option<i64>,
+    after: Option<i64>,
+    limit: Option<u64>,
+}
+
 /// Parses one text message. Returns the `ref` to answer with (null when absent or
 /// invalid) and the request or the reason it is refused.
+///
+/// Well-formed requests take one typed pass over the text. Anything serde refuses
+/// (not an object, a field of the wrong type) is parsed again as a JSON value to name
+/// the field in the error and still answer with the request's `ref`.
 pub fn parse_request(text: &str, limits: ParseLimits) -> (Value, Result<Request, ChatError>) {
-    let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(text) else {
-        return (
-            Value::Null,
-            Err(ChatError::bad_request("a request is a JSON object")),
-        );
+    let (reference, fields) = match serde_json::from_str::<Fields<'_>>(text) {
+        Ok(mut fields) => (fields.reference.take(), Ok(fields)),
+        Err(_) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(obj)) => (obj.get("ref").cloned(), fields_of(&obj)),
+            _ => {
+                return (
+                    Value::Null,
+                    Err(ChatError::bad_request("a request is a JSON object")),
+                );
+            }
+        },
     };
-    let reference = match obj.get("ref") {
+    let reference = match reference {
         None | Some(Value::Null) => Value::Null,
-        Some(r @ Value::String(s)) if s.chars().count() <= MAX_REF_CHARS => r.clone(),
-        Some(r @ Value::Number(n)) if n.to_string().len() <= MAX_REF_CHARS => r.clone(),
+        Some(r @ Value::String(_))
+            if r.as_str()
+                .is_some_and(|s| s.chars().count() <= MAX_REF_CHARS) =>
+        {
+            r
+        }
+        Some(r @ Value::Number(_)) if r.to_string().len() <= MAX_REF_CHARS => r,
         Some(_) => {
             return (
                 Value::Null,
@@ -163,17 +205,71 @@ pub fn parse_request(text: &str, limits: ParseLimits) -> (Value, Result<Request,
             );
         }
     };
-    (reference, parse_fields(&obj, limits))
+    (reference, fields.and_then(|f| build(f, limits)))
 }
 
-fn parse_fields(obj: &Map<String, Value>, limits: ParseLimits) -> Result<Request, ChatError> {
-    let kind = match obj.get("type") {
-        Some(Value::String(t)) => t.as_str(),
-        Some(_) => return Err(ChatError::bad_request("type must be a string")),
-        None => return Err(ChatError::bad_request("missing field `type`")),
+/// The slow path: the fields of an object, with an error naming the first one of the
+/// wrong type.
+fn fields_of(obj: &Map<String, Value>) -> Result<Fields<'static>, ChatError> {
+    let string = |field: &str| -> Result<Option<Cow<'static, str>>, ChatError> {
+        match obj.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(Cow::Owned(s.clone()))),
+            Some(_) => Err(ChatError::bad_request(format!("{field} must be a string"))),
+        }
     };
-    let text = || -> Result<String, ChatError> {
-        let text = string(obj, "text")?;
+    let id = |field: &str| -> Result<Option<i64>, ChatError> {
+        match obj.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| ChatError::bad_request(format!("{field} must be an integer id"))),
+        }
+    };
+    let limit = match obj.get("limit") {
+        None | Some(Value::Null) => None,
+        // Any other value: out of range for build() below.
+        Some(v) => Some(v.as_u64().unwrap_or(0)),
+    };
+    Ok(Fields {
+        kind: string("type")?,
+        reference: None,
+        room: string("room")?,
+        text: string("text")?,
+        to: string("to")?,
+        user: string("user")?,
+        with: string("with")?,
+        token: string("token")?,
+        before: id("before")?,
+        after: id("after")?,
+        limit,
+    })
+}
+
+fn required(value: Option<Cow<'_, str>>, field: &str) -> Result<String, ChatError> {
+    value
+        .map(Cow::into_owned)
+        .ok_or_else(|| ChatError::bad_request(format!("missing field `{field}`")))
+}
+
+/// The meaning of the fields: which request, and is every value acceptable.
+fn build(f: Fields<'_>, limits: ParseLimits) -> Result<Request, ChatError> {
+    let kind = f
+        .kind
+        .ok_or_else(|| ChatError::bad_request("missing field `type`"))?;
+    let room = |room: Option<Cow<'_, str>>| -> Result<String, ChatError> {
+        let name = required(room, "room")?;
+        if !valid_room(&name) {
+            return Err(ChatError::new(
+                ErrorCode::InvalidRoom,
+                "room names are 1-64 characters of A-Z, a-z, 0-9, '_', '-'",
+            ));
+        }
+        Ok(name)
+    };
+    let text = |text: Option<Cow<'_, str>>| -> Result<String, ChatError> {
+        let text = required(text, "text")?;
         let chars = text.chars().count();
         if chars == 0 {
             return Err(ChatError::bad_request("text must not be empty"));
@@ -186,29 +282,70 @@ fn parse_fields(obj: &Map<String, Value>, limits: ParseLimits) -> Result<Request
         }
         Ok(text)
     };
-    let request = match kind {
-        "join" => Request::Join { room: room(obj)? },
-        "leave" => Request::Leave { room: room(obj)? },
+    let request = match &*kind {
+        "join" => Request::Join {
+            room: room(f.room)?,
+        },
+        "leave" => Request::Leave {
+            room: room(f.room)?,
+        },
         "send" => Request::Send {
-            room: room(obj)?,
-            text: text()?,
+            room: room(f.room)?,
+            text: text(f.text)?,
         },
         "direct" => Request::Direct {
-            to: string(obj, "to")?,
-            text: text()?,
+            to: required(f.to, "to")?,
+            text: text(f.text)?,
         },
         "subscribe" => Request::Subscribe {
-            user: string(obj, "user")?,
+            user: required(f.user, "user")?,
         },
         "unsubscribe" => Request::Unsubscribe {
-            user: string(obj, "user")?,
+            user: required(f.user, "user")?,
         },
-        "publish" => Request::Publish { text: text()? },
+        "publish" => Request::Publish {
+            text: text(f.text)?,
+        },
         "rooms" => Request::Rooms,
         "users" => Request::Users,
-        "history" => history(obj, limits)?,
+        "history" => {
+            let target = match (f.room.is_some(), f.with.is_some()) {
+                (true, false) => HistoryTarget::Room(room(f.room)?),
+                (false, true) => HistoryTarget::With(required(f.with, "with")?),
+                _ => {
+                    return Err(ChatError::bad_request(
+                        "history needs exactly one of `room` or `with`",
+                    ));
+                }
+            };
+            let page = match (f.before, f.after) {
+                (None, None) => Page::Latest,
+                (Some(before), None) => Page::Before(before),
+                (None, Some(after)) => Page::After(after),
+                (Some(_), Some(_)) => {
+                    return Err(ChatError::bad_request(
+                        "history takes `before` or `after`, not both",
+                    ));
+                }
+            };
+            let limit = match f.limit {
+                None => 50.min(limits.history_max),
+                Some(n) if (1..=limits.history_max as u64).contains(&n) => n as usize,
+                Some(_) => {
+                    return Err(ChatError::bad_request(format!(
+                        "limit must be an integer from 1 to {}",
+                        limits.history_max
+                    )));
+                }
+            };
+            Request::History {
+                target,
+                page,
+                limit,
+            }
+        }
         "auth" => Request::Auth {
-            token: string(obj, "token")?,
+            token: required(f.token, "token")?,
         },
         "ping" => Request::Ping,
         other => {
@@ -221,91 +358,72 @@ fn parse_fields(obj: &Map<String, Value>, limits: ParseLimits) -> Result<Request
     Ok(request)
 }
 
-fn string(obj: &Map<String, Value>, field: &str) -> Result<String, ChatError> {
-    match obj.get(field) {
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(_) => Err(ChatError::bad_request(format!("{field} must be a string"))),
-        None => Err(ChatError::bad_request(format!("missing field `{field}`"))),
+/// A complete text frame holding the JSON of `value`.
+fn frame(value: &impl Serialize) -> Frame {
+    match serde_json::to_vec(value) {
+        Ok(json) => text_frame(&json).into(),
+        // Serialising plain structs and JSON values cannot fail; stay well-formed anyway.
+        Err(_) => text_frame(b"{}").into(),
     }
 }
 
-fn room(obj: &Map<String, Value>) -> Result<String, ChatError> {
-    let name = string(obj, "room")?;
-    if !valid_room(&name) {
-        return Err(ChatError::new(
-            ErrorCode::InvalidRoom,
-            "room names are 1-64 characters of A-Z, a-z, 0-9, '_', '-'",
-        ));
-    }
-    Ok(name)
+#[derive(Serialize)]
+struct ReplyOk<'a, T> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(rename = "ref")]
+    reference: &'a Value,
+    ok: bool,
+    data: T,
 }
 
-fn id(obj: &Map<String, Value>, field: &str) -> Result<Option<i64>, ChatError> {
-    match obj.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_i64()
-            .map(Some)
-            .ok_or_else(|| ChatError::bad_request(format!("{field} must be an integer id"))),
-    }
+#[derive(Serialize)]
+struct ReplyError<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(rename = "ref")]
+    reference: &'a Value,
+    ok: bool,
+    error: ErrorBody<'a>,
 }
 
-fn history(obj: &Map<String, Value>, limits: ParseLimits) -> Result<Request, ChatError> {
-    let target = match (obj.contains_key("room"), obj.contains_key("with")) {
-        (true, false) => HistoryTarget::Room(room(obj)?),
-        (false, true) => HistoryTarget::With(string(obj, "with")?),
-        _ => {
-            return Err(ChatError::bad_request(
-                "history needs exactly one of `room` or `with`",
-            ));
-        }
-    };
-    let page = match (id(obj, "before")?, id(obj, "after")?) {
-        (None, None) => Page::Latest,
-        (Some(before), None) => Page::Before(before),
-        (None, Some(after)) => Page::After(after),
-        (Some(_), Some(_)) => {
-            return Err(ChatError::bad_request(
-                "history takes `before` or `after`, not both",
-            ));
-        }
-    };
-    let limit = match obj.get("limit") {
-        None | Some(Value::Null) => 50.min(limits.history_max),
-        Some(v) => match v.as_u64() {
-            Some(n) if (1..=limits.history_max as u64).contains(&n) => n as usize,
-            _ => {
-                return Err(ChatError::bad_request(format!(
-                    "limit must be an integer from 1 to {}",
-                    limits.history_max
-                )));
-            }
-        },
-    };
-    Ok(Request::History {
-        target,
-        page,
-        limit,
-    })
-}
-
-fn frame(value: &Value) -> Frame {
-    text_frame(value.to_string().as_bytes()).into()
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'static str,
+    message: &'a str,
 }
 
 /// `{"type":"reply","ref":...,"ok":true,"data":{...}}`
-pub fn reply_ok(reference: &Value, data: Value) -> Frame {
-    frame(&json!({"type": "reply", "ref": reference, "ok": true, "data": data}))
+pub fn reply_ok(reference: &Value, data: impl Serialize) -> Frame {
+    frame(&ReplyOk {
+        kind: "reply",
+        reference,
+        ok: true,
+        data,
+    })
 }
 
 /// `{"type":"reply","ref":...,"ok":false,"error":{"code":...,"message":...}}`
 pub fn reply_error(reference: &Value, error: &ChatError) -> Frame {
-    frame(&json!({
-        "type": "reply",
-        "ref": reference,
-        "ok": false,
-        "error": {"code": error.code.as_str(), "message": error.message},
-    }))
+    frame(&ReplyError {
+        kind: "reply",
+        reference,
+        ok: false,
+        error: ErrorBody {
+            code: error.code.as_str(),
+            message: &error.message,
+        },
+    })
+}
+
+/// The data of the reply to `send`, `direct` and `publish`.
+#[derive(Serialize)]
+pub struct Posted {
+    pub id: i64,
+    pub ts: i64,
+    /// Only `publish` reports how many connections it reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<usize>,
 }
 
 /// A stored or live chat item, in the shape of its event.
@@ -325,38 +443,59 @@ pub enum ItemKind {
     Notification,
 }
 
-impl Item {
-    /// The event object (`message`, `direct` or `notification`).
-    pub fn to_json(&self) -> Value {
+/// The event object: `message`, `direct` or `notification`, fields in protocol order.
+impl Serialize for Item {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut event = serializer.serialize_struct("Item", 6)?;
         match &self.kind {
-            ItemKind::Room(room) => json!({
-                "type": "message", "id": self.id, "room": room, "from": self.from,
-                "text": self.text, "ts": self.ts,
-            }),
-            ItemKind::Direct { to } => json!({
-                "type": "direct", "id": self.id, "from": self.from, "to": to,
-                "text": self.text, "ts": self.ts,
-            }),
-            ItemKind::Notification => json!({
-                "type": "notification", "id": self.id, "from": self.from,
-                "text": self.text, "ts": self.ts,
-            }),
+            ItemKind::Room(room) => {
+                event.serialize_field("type", "message")?;
+                event.serialize_field("id", &self.id)?;
+                event.serialize_field("room", room)?;
+                event.serialize_field("from", &self.from)?;
+            }
+            ItemKind::Direct { to } => {
+                event.serialize_field("type", "direct")?;
+                event.serialize_field("id", &self.id)?;
+                event.serialize_field("from", &self.from)?;
+                event.serialize_field("to", to)?;
+            }
+            ItemKind::Notification => {
+                event.serialize_field("type", "notification")?;
+                event.serialize_field("id", &self.id)?;
+                event.serialize_field("from", &self.from)?;
+            }
         }
+        event.serialize_field("text", &self.text)?;
+        event.serialize_field("ts", &self.ts)?;
+        event.end()
     }
+}
 
+impl Item {
     pub fn frame(&self) -> Frame {
-        frame(&self.to_json())
+        frame(self)
     }
+}
+
+#[derive(Serialize)]
+struct Presence<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    room: &'a str,
+    user: &'a str,
+    event: &'static str,
 }
 
 /// `{"type":"presence","room":...,"user":...,"event":"join"|"leave"}`
 pub fn presence(room: &str, user: &str, joined: bool) -> Frame {
-    frame(&json!({
-        "type": "presence",
-        "room": room,
-        "user": user,
-        "event": if joined { "join" } else { "leave" },
-    }))
+    frame(&Presence {
+        kind: "presence",
+        room,
+        user,
+        event: if joined { "join" } else { "leave" },
+    })
 }
 
 /// The first frame of every connection.

@@ -12,7 +12,7 @@ use governor::{Quota, RateLimiter};
 use super::conn::{Phase, WsConn};
 use super::{ConnRef, Server};
 use crate::api::WsSession;
-use crate::chat::protocol::Frame;
+use crate::chat::protocol::{ChatError, Frame, reply_error};
 use crate::chat::{ConnId, Output};
 use crate::config::DuplicateSessions;
 use crate::time::Now;
@@ -241,7 +241,7 @@ impl Server {
                     Output::Deliver(delivery) => {
                         let frame = if delivery.durable && !committed {
                             match delivery.fallback {
-                                Some(fallback) => fallback,
+                                Some(reference) => reply_error(&reference, &ChatError::internal()),
                                 None => continue,
                             }
                         } else {
