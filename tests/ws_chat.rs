@@ -385,3 +385,75 @@ fn room_membership_is_per_connection() {
     assert_eq!(a1.next_of_type("message")["id"], sent["id"]);
     a2.assert_silent(Duration::from_millis(200));
 }
+
+#[test]
+fn a_new_device_finds_its_subscriptions_and_conversations() {
+    let mut server = TestServer::start("ws_rate = 100/s burst 100");
+    let (mut a, _) = ws::user(&server, "alice");
+    let (mut carol, _) = ws::user(&server, "carol");
+    let (mut dave, _) = ws::user(&server, "dave");
+    server.register("bob", "password-123");
+    assert_eq!(a.ok(json!({"type":"subscriptions"})), json!({"users":[]}));
+    for name in ["dave", "Carol", "bob"] {
+        a.ok(json!({"type":"subscribe","user":name}));
+    }
+    a.ok(json!({"type":"unsubscribe","user":"dave"}));
+    assert_eq!(
+        a.ok(json!({"type":"subscriptions"})),
+        json!({"users":["bob","carol"]})
+    );
+    let to_bob = a.ok(json!({"type":"direct","to":"bob","text":"hi bob"}));
+    let to_self = a.ok(json!({"type":"direct","to":"alice","text":"note to self"}));
+    drop(a);
+    // Alice is offline; two people she never wrote to write to her.
+    let from_carol = carol.ok(json!({"type":"direct","to":"alice","text":"hello"}));
+    let from_dave = dave.ok(json!({"type":"direct","to":"alice","text":"hey"}));
+    assert_eq!(
+        carol.ok(json!({"type":"subscriptions"})),
+        json!({"users":[]})
+    );
+    drop((carol, dave));
+
+    // A new device, after a restart: all of it comes from the database.
+    server.restart();
+    let token = server.login("alice", "password-123");
+    let (mut a, _) = ws::connect(&server, &token);
+    assert_eq!(
+        a.ok(json!({"type":"subscriptions"})),
+        json!({"users":["bob","carol"]})
+    );
+    let entry =
+        |with: &str, sent: &Value| json!({"with":with,"last_id":sent["id"],"ts":sent["ts"]});
+    assert_eq!(
+        a.ok(json!({"type":"conversations"})),
+        json!({"conversations":[
+            entry("dave", &from_dave),
+            entry("carol", &from_carol),
+            entry("alice", &to_self),
+            entry("bob", &to_bob),
+        ]})
+    );
+    assert_eq!(
+        a.ok(json!({"type":"conversations","limit":2})),
+        json!({"conversations":[entry("dave", &from_dave), entry("carol", &from_carol)]})
+    );
+    // A reply moves the conversation to the top.
+    let reply = a.ok(json!({"type":"direct","to":"bob","text":"again"}));
+    assert_eq!(
+        a.ok(json!({"type":"conversations","limit":1})),
+        json!({"conversations":[entry("bob", &reply)]})
+    );
+    for limit in [json!(0), json!(101), json!("5"), json!(-1)] {
+        assert_eq!(
+            a.error(json!({"type":"conversations","limit":limit})),
+            "bad_request",
+            "{limit}"
+        );
+    }
+    assert_eq!(
+        a.ok(json!({"type":"conversations","limit":100}))["conversations"]
+            .as_array()
+            .map(Vec::len),
+        Some(4)
+    );
+}

@@ -19,7 +19,9 @@ use indexmap::IndexSet;
 use serde_json::{Value, json};
 
 use crate::ws::Close;
-use protocol::{ChatError, ErrorCode, Frame, HistoryTarget, Item, ItemKind, Page, Request};
+use protocol::{
+    ChatError, Conversation, ErrorCode, Frame, HistoryTarget, Item, ItemKind, Page, Request,
+};
 
 pub type UserId = i64;
 
@@ -94,6 +96,15 @@ pub trait Backend {
         page: Page,
         limit: usize,
     ) -> Result<(Vec<Item>, bool), BackendError>;
+    /// The usernames `user` is subscribed to, sorted.
+    fn subscriptions_of(&mut self, user: UserId) -> Result<Vec<String>, BackendError>;
+    /// Up to `limit` of the direct conversations `user` takes part in, the one with the
+    /// newest message first.
+    fn conversations(
+        &mut self,
+        user: UserId,
+        limit: usize,
+    ) -> Result<Vec<Conversation>, BackendError>;
     /// Checks a token (signature, expiry at `now_ms`, account, password version).
     fn verify_token(&mut self, token: &str, now_ms: i64) -> Result<TokenInfo, ChatError>;
 }
@@ -539,6 +550,14 @@ impl Chat {
                 }
                 .map_err(internal)?;
                 Ok(Reply::Now(json!({"messages": items, "more": more})))
+            }
+            Request::Subscriptions => {
+                let users = backend.subscriptions_of(user).map_err(internal)?;
+                Ok(Reply::Now(json!({"users": users})))
+            }
+            Request::Conversations { limit } => {
+                let conversations = backend.conversations(user, limit).map_err(internal)?;
+                Ok(Reply::Now(json!({"conversations": conversations})))
             }
             Request::Auth { token } => {
                 let info = backend.verify_token(&token, now_ms)?;

@@ -2,14 +2,22 @@
 
 use super::*;
 
-/// (id, sender, text, room, recipient)
-type StoredRow = (i64, UserId, String, Option<String>, Option<UserId>);
+/// A stored message.
+#[derive(Debug, Clone)]
+struct Row {
+    id: i64,
+    from: UserId,
+    text: String,
+    room: Option<String>,
+    to: Option<UserId>,
+    ts: i64,
+}
 
 /// Stores everything in vectors; ids come from one counter.
 #[derive(Default)]
 struct MemoryBackend {
     users: Vec<UserRef>,
-    messages: Vec<StoredRow>,
+    messages: Vec<Row>,
     subscriptions: Vec<(UserId, UserId, bool)>,
     next_id: i64,
     fail_writes: bool,
@@ -61,8 +69,14 @@ impl Backend for MemoryBackend {
             NewKind::Direct { to } => (None, Some(to)),
             NewKind::Notification => (None, None),
         };
-        self.messages
-            .push((id, m.from, m.text.to_string(), room, to));
+        self.messages.push(Row {
+            id,
+            from: m.from,
+            text: m.text.to_string(),
+            room,
+            to,
+            ts: m.ts,
+        });
         Ok(id)
     }
 
@@ -80,22 +94,22 @@ impl Backend for MemoryBackend {
         let matching: Vec<Item> = self
             .messages
             .iter()
-            .filter(|(_, from, _, room, to)| match scope {
-                HistoryScope::Room(r) => room.as_deref() == Some(*r),
+            .filter(|m| match scope {
+                HistoryScope::Room(r) => m.room.as_deref() == Some(*r),
                 HistoryScope::Direct { a, b } => {
-                    to.is_some_and(|to| (*from == *a && to == *b) || (*from == *b && to == *a))
+                    m.to.is_some_and(|to| (m.from == *a && to == *b) || (m.from == *b && to == *a))
                 }
             })
-            .map(|(id, from, text, room, to)| Item {
-                id: *id,
-                kind: match (room, to) {
+            .map(|m| Item {
+                id: m.id,
+                kind: match (&m.room, m.to) {
                     (Some(r), _) => ItemKind::Room(r.clone()),
-                    (None, Some(to)) => ItemKind::Direct { to: self.name(*to) },
+                    (None, Some(to)) => ItemKind::Direct { to: self.name(to) },
                     _ => ItemKind::Notification,
                 },
-                from: self.name(*from),
-                text: text.clone(),
-                ts: 0,
+                from: self.name(m.from),
+                text: m.text.clone(),
+                ts: m.ts,
             })
             .collect();
         let (mut page_items, more): (Vec<Item>, bool) = match page {
@@ -116,6 +130,49 @@ impl Backend for MemoryBackend {
         };
         page_items.sort_by_key(|i| i.id);
         Ok((page_items, more))
+    }
+
+    fn subscriptions_of(&mut self, user: UserId) -> Result<Vec<String>, BackendError> {
+        let mut targets: Vec<UserId> = Vec::new();
+        for &(s, t, on) in &self.subscriptions {
+            if s == user {
+                targets.retain(|x| *x != t);
+                if on {
+                    targets.push(t);
+                }
+            }
+        }
+        let mut names: Vec<String> = targets.into_iter().map(|t| self.name(t)).collect();
+        names.sort_unstable();
+        Ok(names)
+    }
+
+    fn conversations(
+        &mut self,
+        user: UserId,
+        limit: usize,
+    ) -> Result<Vec<Conversation>, BackendError> {
+        let mut latest: HashMap<UserId, &Row> = HashMap::new();
+        for m in &self.messages {
+            let Some(to) = m.to else { continue };
+            let other = match (m.from == user, to == user) {
+                (true, _) => to,
+                (false, true) => m.from,
+                _ => continue,
+            };
+            latest.insert(other, m);
+        }
+        let mut rows: Vec<(&UserId, &&Row)> = latest.iter().collect();
+        rows.sort_by_key(|(_, m)| std::cmp::Reverse(m.id));
+        Ok(rows
+            .into_iter()
+            .take(limit)
+            .map(|(other, m)| Conversation {
+                with: self.name(*other),
+                last_id: m.id,
+                ts: m.ts,
+            })
+            .collect())
     }
 
     fn verify_token(&mut self, token: &str, _now_ms: i64) -> Result<TokenInfo, ChatError> {
@@ -406,7 +463,7 @@ fn direct_messages_reach_both_sides_and_history() {
     let r = w.reply(3, json!({"type":"history","with":"alice"}));
     assert_eq!(
         r["data"],
-        json!({"messages":[{"type":"direct","id":event["id"],"from":"alice","to":"bob","text":"psst","ts":0}],"more":false})
+        json!({"messages":[{"type":"direct","id":event["id"],"from":"alice","to":"bob","text":"psst","ts":NOW}],"more":false})
     );
 
     let r = w.reply(1, json!({"type":"direct","to":"nobody","text":"x"}));
@@ -589,4 +646,73 @@ fn bad_requests_keep_the_connection_usable() {
     assert_eq!(r[0]["error"]["code"], "bad_request");
     let r = w.reply(1, json!({"type":"ping"}));
     assert_eq!(r["ok"], true);
+}
+
+#[test]
+fn subscriptions_lists_the_callers_subscriptions_sorted() {
+    let mut w = World::new(&["alice", "bob", "carol", "dave"]);
+    w.connect(1, 1);
+    w.connect(2, 2);
+    w.clear();
+    let r = w.reply(1, json!({"type":"subscriptions","ref":"s"}));
+    assert_eq!(
+        r,
+        json!({"type":"reply","ref":"s","ok":true,"data":{"users":[]}})
+    );
+    for name in ["dave", "bob", "carol"] {
+        w.reply(1, json!({"type":"subscribe","user":name}));
+    }
+    w.reply(1, json!({"type":"unsubscribe","user":"dave"}));
+    w.reply(2, json!({"type":"subscribe","user":"dave"}));
+    let r = w.reply(1, json!({"type":"subscriptions"}));
+    assert_eq!(r["data"], json!({"users":["bob","carol"]}));
+    let r = w.reply(2, json!({"type":"subscriptions"}));
+    assert_eq!(r["data"], json!({"users":["dave"]}), "only the caller's");
+}
+
+#[test]
+fn conversations_newest_first_with_a_limit() {
+    let mut w = World::new(&["alice", "bob", "carol", "dave"]);
+    w.connect(1, 1);
+    w.connect(3, 3);
+    w.clear();
+    // bob and dave are offline: alice still finds what carol and she sent.
+    w.send(1, json!({"type":"direct","to":"bob","text":"1"}));
+    w.send(3, json!({"type":"direct","to":"alice","text":"2"}));
+    w.send(1, json!({"type":"direct","to":"alice","text":"3"}));
+    w.send(3, json!({"type":"direct","to":"dave","text":"4"}));
+    w.send(1, json!({"type":"send","room":"lobby","text":"5"}));
+    w.send(1, json!({"type":"direct","to":"bob","text":"6"}));
+    let ids: Vec<i64> = w
+        .take(1)
+        .iter()
+        .filter(|f| f["type"] == "direct")
+        .map(|f| f["id"].as_i64().unwrap())
+        .collect();
+    let [_, from_carol, to_self, last_to_bob] = ids[..] else {
+        panic!("{ids:?}")
+    };
+    w.clear();
+    let r = w.reply(1, json!({"type":"conversations","ref":1}));
+    assert_eq!(
+        r,
+        json!({"type":"reply","ref":1,"ok":true,"data":{"conversations":[
+            {"with":"bob","last_id":last_to_bob,"ts":NOW},
+            {"with":"alice","last_id":to_self,"ts":NOW},
+            {"with":"carol","last_id":from_carol,"ts":NOW}]}})
+    );
+    let r = w.reply(1, json!({"type":"conversations","limit":1}));
+    assert_eq!(r["data"]["conversations"].as_array().unwrap().len(), 1);
+    let r = w.reply(3, json!({"type":"conversations"}));
+    let with: Vec<&str> = r["data"]["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["with"].as_str().unwrap())
+        .collect();
+    assert_eq!(with, ["dave", "alice"]);
+    for limit in [json!(0), json!(101), json!("5")] {
+        let r = w.reply(1, json!({"type":"conversations","limit":limit}));
+        assert_eq!(r["error"]["code"], "bad_request", "{limit}");
+    }
 }

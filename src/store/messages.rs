@@ -8,7 +8,7 @@
 use rusqlite::{Row, params};
 
 use super::{Result, Store};
-use crate::chat::protocol::{Item, ItemKind, Page};
+use crate::chat::protocol::{Conversation, Item, ItemKind, Page};
 use crate::chat::{HistoryScope, NewKind, NewMessage, UserId};
 
 const KIND_ROOM: i64 = 0;
@@ -96,6 +96,13 @@ impl Store {
                 "INSERT INTO messages (id, kind, room, sender_id, recipient_id, user_lo, user_hi, text, ts)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
+            // Ids increase within a batch and across batches, so the newest message of a
+            // conversation always wins; the WHERE only guards that.
+            let mut touch_conversation = tx.prepare_cached(
+                "INSERT INTO conversations (user_id, other_id, last_id, ts) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (user_id, other_id) DO UPDATE SET last_id = excluded.last_id, ts = excluded.ts
+                 WHERE excluded.last_id > conversations.last_id",
+            )?;
             let mut subscribe = tx.prepare_cached(
                 "INSERT OR IGNORE INTO subscriptions (subscriber_id, target_id) VALUES (?1, ?2)",
             )?;
@@ -125,6 +132,12 @@ impl Store {
                             text,
                             ts
                         ])?;
+                        if let Some(recipient) = *recipient {
+                            touch_conversation.execute(params![sender, recipient, id, ts])?;
+                            if recipient != *sender {
+                                touch_conversation.execute(params![recipient, sender, id, ts])?;
+                            }
+                        }
                     }
                     PendingWrite::Subscription {
                         subscriber,
@@ -154,6 +167,39 @@ impl Store {
             .prepare_cached("SELECT subscriber_id, target_id FROM subscriptions")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// The usernames `subscriber` is subscribed to, in byte order (as the chat sorts
+    /// user lists). Writes queued in this turn are committed first.
+    pub fn subscriptions_of(&mut self, subscriber: UserId) -> Result<Vec<String>> {
+        self.commit_pending()?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT u.username FROM subscriptions s JOIN users u ON u.id = s.target_id
+             WHERE s.subscriber_id = ?1 ORDER BY u.username COLLATE BINARY",
+        )?;
+        let rows = stmt.query_map([subscriber], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+    }
+
+    /// Up to `limit` direct conversations of `user`, the most recent first (one index
+    /// range of `conversations_by_recent`). Writes queued in this turn are committed
+    /// first.
+    pub fn conversations(&mut self, user: UserId, limit: usize) -> Result<Vec<Conversation>> {
+        self.commit_pending()?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT u.username, c.last_id, c.ts FROM conversations c
+             JOIN users u ON u.id = c.other_id
+             WHERE c.user_id = ?1 ORDER BY c.last_id DESC LIMIT ?2",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![user, limit], |r| {
+            Ok(Conversation {
+                with: r.get(0)?,
+                last_id: r.get(1)?,
+                ts: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<Conversation>>>()?)
     }
 
     /// A page of history, oldest first, and whether more exist beyond it. Writes queued
@@ -352,6 +398,81 @@ mod tests {
             .history(&HistoryScope::Room("r"), Page::Latest, 10)
             .unwrap();
         assert!(items.is_empty());
+    }
+
+    fn direct(s: &mut Store, from: i64, to: i64, ts: i64) -> i64 {
+        s.queue_message(&NewMessage {
+            from,
+            kind: NewKind::Direct { to },
+            text: "dm",
+            ts,
+        })
+    }
+
+    #[test]
+    fn conversations_newest_first_for_both_sides() {
+        let (mut s, a, b) = store_with_users();
+        let c = s.create_user("carol", "h", 0).unwrap().id;
+        let ab = direct(&mut s, a, b, 10);
+        let ca = direct(&mut s, c, a, 20);
+        room_message(&mut s, a, "r", "not a conversation");
+        let aa = direct(&mut s, a, a, 30);
+        s.commit_pending().unwrap();
+        let ba = direct(&mut s, b, a, 40);
+        s.commit_pending().unwrap();
+        let conv = |with: &str, last_id, ts| Conversation {
+            with: with.into(),
+            last_id,
+            ts,
+        };
+        assert_eq!(
+            s.conversations(a, 10).unwrap(),
+            [
+                conv("bob", ba, 40),
+                conv("alice", aa, 30),
+                conv("carol", ca, 20)
+            ],
+            "a later message moves a conversation up; one's own is one's own name"
+        );
+        assert_eq!(s.conversations(a, 2).unwrap().len(), 2);
+        assert_eq!(s.conversations(b, 10).unwrap(), [conv("alice", ba, 40)]);
+        assert_eq!(s.conversations(c, 10).unwrap(), [conv("alice", ca, 20)]);
+        assert!(ab < ba);
+    }
+
+    #[test]
+    fn conversations_use_their_index() {
+        let (s, a, _) = store_with_users();
+        let plan: Vec<String> = s
+            .conn
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT u.username, c.last_id, c.ts FROM conversations c
+                 JOIN users u ON u.id = c.other_id
+                 WHERE c.user_id = ?1 ORDER BY c.last_id DESC LIMIT ?2",
+            )
+            .unwrap()
+            .query_map(params![a, 5], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("conversations_by_recent"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
+    }
+
+    #[test]
+    fn subscriptions_of_one_user_sorted() {
+        let (mut s, a, b) = store_with_users();
+        let c = s.create_user("Carol", "h", 0).unwrap().id;
+        let d = s.create_user("dave", "h", 0).unwrap().id;
+        s.queue_subscription(a, d, true);
+        s.queue_subscription(a, c, true);
+        s.queue_subscription(a, b, true);
+        s.queue_subscription(b, a, true);
+        s.queue_subscription(a, b, false);
+        assert_eq!(s.subscriptions_of(a).unwrap(), ["Carol", "dave"]);
+        assert_eq!(s.subscriptions_of(b).unwrap(), ["alice"]);
+        assert!(s.subscriptions_of(c).unwrap().is_empty());
     }
 
     #[test]
