@@ -457,3 +457,65 @@ fn a_new_device_finds_its_subscriptions_and_conversations() {
         Some(4)
     );
 }
+
+#[test]
+fn pipelined_sends_share_commits_and_reads_among_them_see_them() {
+    let server = TestServer::start("ws_rate = 1000/s burst 1000");
+    let (mut a, _) = ws::user(&server, "alice");
+    server.register("bob", "password-123");
+    let before = server.metric("chatd_db_commits_total");
+    // 100 sends in one write, with reads among them: the server handles them in one
+    // (or very few) turns, each turn one transaction.
+    const N: usize = 100;
+    for i in 0..N {
+        let request = match i {
+            50 => json!({"type":"history","room":"lobby","limit":100,"ref":"h"}),
+            51 => json!({"type":"subscribe","user":"bob","ref":"s"}),
+            52 => json!({"type":"subscriptions","ref":"l"}),
+            53 => json!({"type":"direct","to":"bob","text":"dm","ref":"d"}),
+            54 => json!({"type":"conversations","ref":"c"}),
+            _ => json!({"type":"send","room":"lobby","text":format!("m{i}"),"ref":i}),
+        };
+        a.socket
+            .write(tungstenite::Message::text(request.to_string()))
+            .expect("buffer frame");
+    }
+    a.socket.flush().expect("one write");
+    let mut replies = Vec::new();
+    while replies.len() < N {
+        let frame = a.recv();
+        if frame["type"] == "reply" {
+            assert_eq!(frame["ok"], true, "{frame}");
+            replies.push(frame);
+        }
+    }
+    let refs: Vec<String> = replies.iter().map(|r| r["ref"].to_string()).collect();
+    let expected: Vec<String> = (0..N)
+        .map(|i| match i {
+            50 => "\"h\"".into(),
+            51 => "\"s\"".into(),
+            52 => "\"l\"".into(),
+            53 => "\"d\"".into(),
+            54 => "\"c\"".into(),
+            _ => i.to_string(),
+        })
+        .collect();
+    assert_eq!(refs, expected, "replies in request order");
+    let seen = texts(&replies[50]["data"]["messages"]);
+    for i in 0..50 {
+        assert!(
+            seen.contains(&format!("m{i}")),
+            "history saw m{i}: {seen:?}"
+        );
+    }
+    assert_eq!(replies[52]["data"], json!({"users":["bob"]}));
+    assert_eq!(
+        replies[54]["data"]["conversations"][0]["last_id"],
+        replies[53]["data"]["id"]
+    );
+    let commits = server.metric("chatd_db_commits_total") - before;
+    assert!(
+        (1..=N as u64 / 10).contains(&commits),
+        "{N} writes in {commits} commits"
+    );
+}

@@ -12,8 +12,8 @@ use governor::{Quota, RateLimiter};
 use super::conn::{Phase, WsConn};
 use super::{ConnRef, Server};
 use crate::api::WsSession;
-use crate::chat::protocol::{ChatError, Frame, reply_error};
-use crate::chat::{ConnId, Output};
+use crate::chat::protocol::Frame;
+use crate::chat::{Action, ConnId, Output};
 use crate::config::DuplicateSessions;
 use crate::time::Now;
 use crate::ws::frame::{close_frame, ping_frame, pong_frame};
@@ -221,38 +221,43 @@ impl Server {
         }
     }
 
-    /// Commits the turn's writes, then releases the chat outputs: durable frames only
-    /// if the commit succeeded (their fallback, the sender's error reply, otherwise).
+    /// Commits the turn's writes (once: one transaction per turn), then releases the
+    /// chat outputs in order: durable frames only if the commit succeeded (their
+    /// fallback, the sender's error reply, otherwise), reads against what is now
+    /// committed.
     pub(super) fn commit_and_dispatch(&mut self, now: Now) {
         if self.chat_outputs.is_empty() && !self.app.store.has_pending() {
             return;
         }
         let committed = match self.app.store.commit_pending() {
-            Ok(_) => true,
+            Ok(0) => true,
+            Ok(_) => {
+                self.app.metrics.db_commits += 1;
+                true
+            }
             Err(e) => {
                 log::error!("storing chat messages failed: {e}");
+                self.app.metrics.db_commit_failures += 1;
                 false
             }
         };
-        let committed = committed && !self.app.store.take_commit_failure();
+        // Closing a connection below makes it leave the chat, which adds presence
+        // outputs (never durable ones): go on until none are left.
         while !self.chat_outputs.is_empty() {
             for output in std::mem::take(&mut self.chat_outputs) {
-                match output {
-                    Output::Deliver(delivery) => {
-                        let frame = if delivery.durable && !committed {
-                            match delivery.fallback {
-                                Some(reference) => reply_error(&reference, &ChatError::internal()),
-                                None => continue,
-                            }
-                        } else {
-                            delivery.frame
-                        };
-                        for &id in delivery.to.as_slice() {
+                let action = {
+                    let (chat, mut backend) = self.app.backend();
+                    chat.settle(output, committed, &mut backend)
+                };
+                match action {
+                    None => {}
+                    Some(Action::Send { to, frame }) => {
+                        for &id in to.as_slice() {
                             self.queue_frame(id, &frame);
                         }
                     }
-                    Output::Close { conn, close } => self.close_ws(conn_ref(conn), close),
-                    Output::TokenRenewed { conn, expires_at } => {
+                    Some(Action::Close { conn, close }) => self.close_ws(conn_ref(conn), close),
+                    Some(Action::TokenRenewed { conn, expires_at }) => {
                         let conn_ref = conn_ref(conn);
                         if let Some(ws) = self.get(conn_ref).and_then(|c| c.ws.as_mut()) {
                             ws.token_expires = instant_at(expires_at, now);

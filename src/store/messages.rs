@@ -3,7 +3,8 @@
 //! Message ids come from one in-memory counter, started above the largest stored id,
 //! so an id is known when the message is queued and the sequence only increases, across
 //! restarts too. Queued writes are committed together by [`Store::commit_pending`] at
-//! the end of a turn; nothing that depends on them is sent before that returns.
+//! the end of a turn, once per turn; nothing that depends on them is sent before that
+//! returns. Reads see committed data only: the chat makes them after the commit.
 
 use rusqlite::{Row, params};
 
@@ -69,12 +70,6 @@ impl Store {
         !self.pending.is_empty()
     }
 
-    /// Whether a commit failed since the last call (a commit made early, before a
-    /// history read, also counts): what depended on it must not be acknowledged.
-    pub fn take_commit_failure(&mut self) -> bool {
-        std::mem::take(&mut self.commit_failed)
-    }
-
     /// Writes everything queued in one transaction. On failure nothing queued is
     /// stored and the queue is emptied: the caller must not acknowledge any of it.
     pub fn commit_pending(&mut self) -> Result<usize> {
@@ -82,11 +77,7 @@ impl Store {
             return Ok(0);
         }
         let pending = std::mem::take(&mut self.pending);
-        let result = self.write_batch(&pending);
-        if result.is_err() {
-            self.commit_failed = true;
-        }
-        result.map(|()| pending.len())
+        self.write_batch(&pending).map(|()| pending.len())
     }
 
     fn write_batch(&mut self, pending: &[PendingWrite]) -> Result<()> {
@@ -170,9 +161,8 @@ impl Store {
     }
 
     /// The usernames `subscriber` is subscribed to, in byte order (as the chat sorts
-    /// user lists). Writes queued in this turn are committed first.
-    pub fn subscriptions_of(&mut self, subscriber: UserId) -> Result<Vec<String>> {
-        self.commit_pending()?;
+    /// user lists).
+    pub fn subscriptions_of(&self, subscriber: UserId) -> Result<Vec<String>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT u.username FROM subscriptions s JOIN users u ON u.id = s.target_id
              WHERE s.subscriber_id = ?1 ORDER BY u.username COLLATE BINARY",
@@ -182,10 +172,8 @@ impl Store {
     }
 
     /// Up to `limit` direct conversations of `user`, the most recent first (one index
-    /// range of `conversations_by_recent`). Writes queued in this turn are committed
-    /// first.
-    pub fn conversations(&mut self, user: UserId, limit: usize) -> Result<Vec<Conversation>> {
-        self.commit_pending()?;
+    /// range of `conversations_by_recent`).
+    pub fn conversations(&self, user: UserId, limit: usize) -> Result<Vec<Conversation>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT u.username, c.last_id, c.ts FROM conversations c
              JOIN users u ON u.id = c.other_id
@@ -202,15 +190,13 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<Vec<Conversation>>>()?)
     }
 
-    /// A page of history, oldest first, and whether more exist beyond it. Writes queued
-    /// in this turn are committed first so the page is never behind what was accepted.
+    /// A page of history, oldest first, and whether more exist beyond it.
     pub fn history(
-        &mut self,
+        &self,
         scope: &HistoryScope<'_>,
         page: Page,
         limit: usize,
     ) -> Result<(Vec<Item>, bool)> {
-        self.commit_pending()?;
         let mut args: Vec<rusqlite::types::Value> = Vec::with_capacity(4);
         let filter = match scope {
             HistoryScope::Room(room) => {
@@ -347,12 +333,38 @@ mod tests {
     }
 
     #[test]
+    fn reads_see_committed_writes_only_and_never_commit() {
+        let (mut s, a, b) = store_with_users();
+        room_message(&mut s, a, "r", "queued");
+        direct(&mut s, a, b, 1);
+        s.queue_subscription(a, b, true);
+        let (items, _) = s
+            .history(&HistoryScope::Room("r"), Page::Latest, 10)
+            .unwrap();
+        assert!(items.is_empty());
+        assert!(s.conversations(a, 10).unwrap().is_empty());
+        assert!(s.subscriptions_of(a).unwrap().is_empty());
+        assert!(
+            s.has_pending(),
+            "one commit per turn, made by the event loop"
+        );
+        assert_eq!(s.commit_pending().unwrap(), 3);
+        let (items, _) = s
+            .history(&HistoryScope::Room("r"), Page::Latest, 10)
+            .unwrap();
+        assert_eq!(texts(&items), ["queued"]);
+        assert_eq!(s.conversations(a, 10).unwrap().len(), 1);
+        assert_eq!(s.subscriptions_of(a).unwrap(), ["bob"]);
+    }
+
+    #[test]
     fn paging_before_and_after() {
         let (mut s, a, _) = store_with_users();
         let ids: Vec<i64> = (0..7)
             .map(|i| room_message(&mut s, a, "r", &format!("m{i}")))
             .collect();
         room_message(&mut s, a, "other", "x");
+        s.commit_pending().unwrap();
         let (items, more) = s
             .history(&HistoryScope::Room("r"), Page::Latest, 3)
             .unwrap();
@@ -392,8 +404,7 @@ mod tests {
         });
         assert!(s.commit_pending().is_err());
         assert!(!s.has_pending());
-        assert!(s.take_commit_failure());
-        assert!(!s.take_commit_failure());
+        assert_eq!(s.commit_pending().unwrap(), 0, "the failed batch is gone");
         let (items, _) = s
             .history(&HistoryScope::Room("r"), Page::Latest, 10)
             .unwrap();
@@ -470,6 +481,7 @@ mod tests {
         s.queue_subscription(a, b, true);
         s.queue_subscription(b, a, true);
         s.queue_subscription(a, b, false);
+        s.commit_pending().unwrap();
         assert_eq!(s.subscriptions_of(a).unwrap(), ["Carol", "dave"]);
         assert_eq!(s.subscriptions_of(b).unwrap(), ["alice"]);
         assert!(s.subscriptions_of(c).unwrap().is_empty());
