@@ -252,13 +252,6 @@ struct Room {
     users: HashMap<UserId, u32>,
 }
 
-/// Counters the metrics endpoint shows.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ChatStats {
-    pub requests: u64,
-    pub deliveries: u64,
-}
-
 /// The chat state of the whole server.
 #[derive(Debug)]
 pub struct Chat {
@@ -268,7 +261,6 @@ pub struct Chat {
     rooms: HashMap<Arc<str>, Room>,
     /// target -> users subscribed to them (all accounts, loaded at start).
     subscribers: HashMap<UserId, HashSet<UserId>>,
-    pub stats: ChatStats,
 }
 
 impl Chat {
@@ -287,7 +279,6 @@ impl Chat {
             online: HashMap::new(),
             rooms: HashMap::new(),
             subscribers,
-            stats: ChatStats::default(),
         }
     }
 
@@ -434,7 +425,6 @@ impl Chat {
         let Some(user) = self.sessions.get(&conn).map(|s| s.user) else {
             return;
         };
-        self.stats.requests += 1;
         let (reference, request) = protocol::parse_request(text, self.parse_limits());
         let result = request.and_then(|request| {
             self.dispatch(conn, user, request, &reference, backend, now_ms, out)
@@ -733,7 +723,6 @@ impl Chat {
                 text: post.text,
                 ts: now_ms,
             };
-            self.stats.deliveries += post.recipients.len() as u64;
             out.push(Output::Deliver(Delivery {
                 to: Recipients::Many(post.recipients),
                 frame: item.frame(),
@@ -745,7 +734,6 @@ impl Chat {
     }
 
     fn deliver(&mut self, out: &mut Vec<Output>, to: Recipients, frame: Frame) {
-        self.stats.deliveries += to.as_slice().len() as u64;
         out.push(Output::Deliver(Delivery {
             to,
             frame,
