@@ -127,6 +127,81 @@ fn a_flooding_client_is_rate_limited_then_closed_with_1008() {
 }
 
 #[test]
+fn a_steady_flood_is_closed_with_1008_and_the_allowed_rate_never_is() {
+    let server = TestServer::start("ws_rate = 10/s burst 10");
+    let (mut flood, _) = ws::user(&server, "flood");
+    let (mut calm, _) = ws::user(&server, "calm");
+    let start = Instant::now();
+    // The calm client asks at 8/s, below ws_rate, for the whole test: never refused.
+    let calm = std::thread::spawn(move || {
+        let mut answered = 0;
+        while start.elapsed() < Duration::from_secs(4) {
+            assert_eq!(calm.ok(json!({"type":"ping"})), json!({}));
+            answered += 1;
+            std::thread::sleep(Duration::from_millis(125));
+        }
+        answered
+    });
+    // The flood is 50/s, five times ws_rate, evenly spread (a late send is not caught
+    // up): between two allowed requests come only four refused ones, never a burst's
+    // worth in a row, yet it must be closed.
+    let gap = Duration::from_millis(20);
+    let mut next_send = start;
+    let (mut allowed, mut limited) = (0, 0);
+    let close = 'flood: loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "a steady flood at five times ws_rate was never closed \
+             ({allowed} allowed, {limited} rate_limited)"
+        );
+        let now = Instant::now();
+        if now >= next_send {
+            flood.send_json(&json!({"type":"ping"}));
+            next_send = now + gap;
+        }
+        let wait = next_send.saturating_duration_since(Instant::now());
+        flood
+            .socket
+            .get_mut()
+            .sock
+            .set_read_timeout(Some(wait.max(Duration::from_millis(1))))
+            .unwrap();
+        loop {
+            match flood.socket.read() {
+                Ok(Message::Text(t)) => {
+                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                    if v["type"] == "reply" {
+                        if v["ok"] == true {
+                            allowed += 1;
+                        } else {
+                            assert_eq!(v["error"]["code"], "rate_limited");
+                            limited += 1;
+                        }
+                    }
+                }
+                Ok(Message::Close(frame)) => break 'flood frame.map(|f| u16::from(f.code)),
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break;
+                }
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    };
+    assert_eq!(close, Some(1008));
+    assert!(limited > 10, "refused more than a burst in all: {limited}");
+    let answered = calm
+        .join()
+        .expect("the calm client was never refused or closed");
+    assert!(answered >= 20, "{answered}");
+}
+
+#[test]
 fn a_client_that_never_reads_is_cut_at_max_outbound_bytes() {
     let server = TestServer::start("max_outbound_bytes = 65536\nws_rate = 1000/s burst 1000");
     let (mut sender, _) = ws::user(&server, "sender");
