@@ -57,6 +57,37 @@ fn auth_renews_the_token_and_expiry_closes_with_4002() {
 }
 
 #[test]
+fn auth_with_an_expired_token_or_one_expiring_sooner() {
+    let server = TestServer::start_with_env("", &[("SECRET_KEY", common::TEST_SECRET)]);
+    let id = server.register("alice", "password-123")["id"]
+        .as_i64()
+        .unwrap();
+    let token = server.login("alice", "password-123"); // valid for an hour
+    let (mut a, _) = ws::connect(&server, &token);
+    let now = common::unix_now();
+    let sign = |iat: i64, exp: i64| {
+        common::sign_hs256(
+            &common::claims_for(id, "alice", iat, exp, 0),
+            common::TEST_SECRET.as_bytes(),
+        )
+    };
+    assert_eq!(
+        a.error(json!({"type":"auth","token":sign(now - 7200, now - 3600)})),
+        "token_expired"
+    );
+    assert_eq!(a.ok(json!({"type":"ping"})), json!({}), "still open");
+    // A renewal may shorten the session: the close comes at the new expiry, not at
+    // the next deadline armed before it (a keepalive ping 25 s later).
+    let data = a.ok(json!({"type":"auth","token":sign(now, now + 2)}));
+    assert_eq!(data["expires_at"], (now + 2) * 1000);
+    assert_eq!(
+        a.ended(Duration::from_secs(6)),
+        Ended::Close(4002, "token expired".into())
+    );
+    assert!(common::unix_now() >= now + 2, "not before the token's exp");
+}
+
+#[test]
 fn auth_with_another_users_token_is_refused() {
     let server = TestServer::start("");
     let (mut a, _) = ws::user(&server, "alice");

@@ -277,8 +277,10 @@ impl Server {
                         let conn_ref = conn_ref(conn);
                         if let Some(ws) = self.get(conn_ref).and_then(|c| c.ws.as_mut()) {
                             ws.token_expires = instant_at(expires_at, now);
-                            // A later deadline than armed is picked up when the armed
-                            // entry fires; nothing to do here.
+                            // The new token may expire before the deadline armed now
+                            // (arm adds the earlier one); a later deadline is picked up
+                            // when the armed entry fires.
+                            self.arm(conn_ref);
                         }
                     }
                 }
