@@ -3,7 +3,8 @@
 //! Decoded text messages go through the connection's rate limit to the chat core; its
 //! outputs wait in `chat_outputs` until the turn's writes are committed, then each
 //! shared frame is queued on its recipients' output queues. A recipient whose queue
-//! would pass `max_outbound_bytes` is closed with 1013 instead of growing.
+//! would pass `max_outbound_bytes` is closed with 1013 instead of growing; pongs count
+//! against the same cap, so a client that pings without reading is cut off too.
 
 use std::time::{Duration, Instant};
 
@@ -12,8 +13,8 @@ use governor::{Quota, RateLimiter};
 use super::conn::{Phase, WsConn};
 use super::{ConnRef, Server};
 use crate::api::WsSession;
-use crate::chat::protocol::{ChatError, Frame, reply_error};
-use crate::chat::{ConnId, Output};
+use crate::chat::protocol::Frame;
+use crate::chat::{Action, ConnId, Output};
 use crate::config::DuplicateSessions;
 use crate::time::Now;
 use crate::ws::frame::{close_frame, ping_frame, pong_frame};
@@ -28,6 +29,19 @@ fn conn_ref(id: ConnId) -> ConnRef {
     ConnRef {
         key: (id.0 & u64::from(u32::MAX)) as usize,
         generation: (id.0 >> 32) as u32,
+    }
+}
+
+/// The flood count after one more request: a refused request adds one, an allowed one
+/// takes one off (never below zero). At `ws_burst` the connection is closed with 1008,
+/// so it is never refused more than a burst of requests beyond those it was allowed: a
+/// client that keeps sending at more than twice its rate is closed however its requests
+/// are spread, one that slows down when refused is not.
+fn flood_count(count: u32, allowed: bool) -> u32 {
+    if allowed {
+        count.saturating_sub(1)
+    } else {
+        count.saturating_add(1)
     }
 }
 
@@ -101,7 +115,9 @@ impl Server {
         }
         let mut pos = 0;
         let mut close: Option<Close> = None;
-        let mut wrote = false;
+        // Pongs go through the outbound cap after the loop; what they hold is bounded by
+        // the input read this turn.
+        let mut pongs: Vec<u8> = Vec::new();
         while !ws.closing && ws.close_sent_at.is_none() {
             let (event, used) = match ws.decoder.decode(&conn.inbuf[pos..]) {
                 Ok(decoded) => decoded,
@@ -118,12 +134,12 @@ impl Server {
             match event {
                 WsEvent::Text(text) => {
                     app.metrics.ws_messages_in += 1;
-                    if ws.limiter.check().is_ok() {
-                        ws.refusals = 0;
+                    let allowed = ws.limiter.check().is_ok();
+                    ws.refusals = flood_count(ws.refusals, allowed);
+                    if allowed {
                         let (chat, mut backend) = app.backend();
                         chat.handle(ws.id, &text, &mut backend, now.unix_ms, chat_outputs);
                     } else {
-                        ws.refusals += 1;
                         app.metrics.ws_rate_limited += 1;
                         if ws.refusals >= burst {
                             log::info!("{}: closing WebSocket for flooding", conn.peer);
@@ -133,10 +149,7 @@ impl Server {
                         app.chat.reject_rate_limited(ws.id, &text, chat_outputs);
                     }
                 }
-                WsEvent::Ping(payload) => {
-                    conn.out.push_owned(pong_frame(&payload));
-                    wrote = true;
-                }
+                WsEvent::Ping(payload) => pongs.extend_from_slice(&pong_frame(&payload)),
                 WsEvent::Pong => {}
                 WsEvent::Close { code, .. } => {
                     // Echo the client's code, as RFC 6455 suggests.
@@ -156,7 +169,10 @@ impl Server {
             conn.inbuf.drain(..pos);
         }
         conn.release_idle_input();
-        if wrote {
+        if !pongs.is_empty() && self.make_room(conn_ref, pongs.len()) {
+            if let Some(conn) = self.get(conn_ref) {
+                conn.out.push_owned(pongs);
+            }
             self.queue_flush(conn_ref);
         }
     }
@@ -221,43 +237,50 @@ impl Server {
         }
     }
 
-    /// Commits the turn's writes, then releases the chat outputs: durable frames only
-    /// if the commit succeeded (their fallback, the sender's error reply, otherwise).
+    /// Commits the turn's writes (once: one transaction per turn), then releases the
+    /// chat outputs in order: durable frames only if the commit succeeded (their
+    /// fallback, the sender's error reply, otherwise), reads against what is now
+    /// committed.
     pub(super) fn commit_and_dispatch(&mut self, now: Now) {
         if self.chat_outputs.is_empty() && !self.app.store.has_pending() {
             return;
         }
         let committed = match self.app.store.commit_pending() {
-            Ok(_) => true,
+            Ok(0) => true,
+            Ok(_) => {
+                self.app.metrics.db_commits += 1;
+                true
+            }
             Err(e) => {
                 log::error!("storing chat messages failed: {e}");
+                self.app.metrics.db_commit_failures += 1;
                 false
             }
         };
-        let committed = committed && !self.app.store.take_commit_failure();
+        // Closing a connection below makes it leave the chat, which adds presence
+        // outputs (never durable ones): go on until none are left.
         while !self.chat_outputs.is_empty() {
             for output in std::mem::take(&mut self.chat_outputs) {
-                match output {
-                    Output::Deliver(delivery) => {
-                        let frame = if delivery.durable && !committed {
-                            match delivery.fallback {
-                                Some(reference) => reply_error(&reference, &ChatError::internal()),
-                                None => continue,
-                            }
-                        } else {
-                            delivery.frame
-                        };
-                        for &id in delivery.to.as_slice() {
+                let action = {
+                    let (chat, mut backend) = self.app.backend();
+                    chat.settle(output, committed, &mut backend)
+                };
+                match action {
+                    None => {}
+                    Some(Action::Send { to, frame }) => {
+                        for &id in to.as_slice() {
                             self.queue_frame(id, &frame);
                         }
                     }
-                    Output::Close { conn, close } => self.close_ws(conn_ref(conn), close),
-                    Output::TokenRenewed { conn, expires_at } => {
+                    Some(Action::Close { conn, close }) => self.close_ws(conn_ref(conn), close),
+                    Some(Action::TokenRenewed { conn, expires_at }) => {
                         let conn_ref = conn_ref(conn);
                         if let Some(ws) = self.get(conn_ref).and_then(|c| c.ws.as_mut()) {
                             ws.token_expires = instant_at(expires_at, now);
-                            // A later deadline than armed is picked up when the armed
-                            // entry fires; nothing to do here.
+                            // The new token may expire before the deadline armed now
+                            // (arm adds the earlier one); a later deadline is picked up
+                            // when the armed entry fires.
+                            self.arm(conn_ref);
                         }
                     }
                 }
@@ -267,37 +290,85 @@ impl Server {
 
     /// Queues a shared frame for one connection, or closes it as a slow consumer.
     fn queue_frame(&mut self, id: ConnId, frame: &Frame) {
-        let cap = self.app.config.max_outbound_bytes;
         let conn_ref = conn_ref(id);
-        let Some(conn) = self.get(conn_ref) else {
-            return;
-        };
-        if conn.ws.as_ref().is_none_or(|ws| ws.close_sent_at.is_some()) {
+        if !self.make_room(conn_ref, frame.len()) {
             return;
         }
-        if conn.out.len() + frame.len() > cap {
-            // Over the cap only counts if the socket cannot take what is queued.
-            self.flush_now(conn_ref, Now::read());
-            let Some(conn) = self.get(conn_ref) else {
-                return;
-            };
-            if conn.out.len() + frame.len() <= cap {
-                conn.out.push_shared(frame.clone());
-                self.app.metrics.ws_messages_out += 1;
-                self.queue_flush(conn_ref);
-                return;
-            }
-            log::info!(
-                "{}: closing slow WebSocket consumer ({} bytes queued)",
-                conn.peer,
-                conn.out.len()
-            );
-            self.app.metrics.ws_slow_consumers += 1;
-            self.close_ws(conn_ref, Close::SlowConsumer);
-            return;
+        if let Some(conn) = self.get(conn_ref) {
+            conn.out.push_shared(frame.clone());
         }
-        conn.out.push_shared(frame.clone());
         self.app.metrics.ws_messages_out += 1;
         self.queue_flush(conn_ref);
+    }
+
+    /// Whether `extra` more bytes may be queued for an open WebSocket: they fit under
+    /// `max_outbound_bytes`, or do once the socket has taken what it can. Otherwise the
+    /// connection is closed as a slow consumer (1013).
+    fn make_room(&mut self, conn_ref: ConnRef, extra: usize) -> bool {
+        let cap = self.app.config.max_outbound_bytes;
+        let Some(conn) = self.get(conn_ref) else {
+            return false;
+        };
+        if conn.ws.as_ref().is_none_or(|ws| ws.close_sent_at.is_some()) {
+            return false;
+        }
+        if conn.out.len() + extra <= cap {
+            return true;
+        }
+        // Over the cap only counts if the socket cannot take what is queued.
+        self.flush_now(conn_ref, Now::read());
+        let Some(conn) = self.get(conn_ref) else {
+            return false;
+        };
+        if conn.out.len() + extra <= cap {
+            return true;
+        }
+        log::info!(
+            "{}: closing slow WebSocket consumer ({} bytes queued)",
+            conn.peer,
+            conn.out.len()
+        );
+        self.app.metrics.ws_slow_consumers += 1;
+        self.close_ws(conn_ref, Close::SlowConsumer);
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Requests refused by a token bucket of `rate` per tick and `burst`, sent `per_tick`
+    /// to a tick for `ticks`: the highest flood count reached.
+    fn highest_flood_count(rate: u32, burst: u32, per_tick: u32, ticks: u32) -> u32 {
+        let (mut tokens, mut count, mut highest) = (burst, 0, 0);
+        for _ in 0..ticks {
+            tokens = (tokens + rate).min(burst);
+            for _ in 0..per_tick {
+                let allowed = tokens > 0;
+                tokens -= u32::from(allowed);
+                count = flood_count(count, allowed);
+                highest = highest.max(count);
+            }
+        }
+        highest
+    }
+
+    #[test]
+    fn a_steady_flood_reaches_the_burst_and_the_allowed_rate_never_counts() {
+        // Five times the rate, spread evenly: never a burst of refusals in a row, yet
+        // the count passes any burst.
+        assert!(highest_flood_count(1, 20, 5, 100) >= 20);
+        assert!(
+            highest_flood_count(2, 20, 5, 100) >= 20,
+            "2.5 times the rate"
+        );
+        assert_eq!(highest_flood_count(1, 20, 1, 1000), 0, "the allowed rate");
+        assert!(
+            highest_flood_count(1, 20, 2, 1000) <= 1,
+            "twice the rate stays low"
+        );
+        assert_eq!(flood_count(0, true), 0);
+        assert_eq!(flood_count(u32::MAX, false), u32::MAX);
     }
 }
