@@ -93,8 +93,8 @@ pub struct WsConn {
     pub decoder: Decoder,
     /// `ws_rate`: chat requests allowed from this connection.
     pub limiter: DefaultDirectRateLimiter,
-    /// Requests refused by the limiter in a row; at the burst size the client is
-    /// considered flooding and closed with 1008.
+    /// The flood count: each refused request adds one, each allowed one takes one off;
+    /// at the burst size the client is considered flooding and closed with 1008.
     pub refusals: u32,
     /// Last time any byte arrived: the idle deadline counts from here.
     pub last_heard: Instant,
