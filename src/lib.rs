@@ -66,8 +66,15 @@ pub fn run(config: Config) -> Result<(), String> {
             }
         ),
     }
-    let store = store::Store::open(&config.db_path)
-        .map_err(|e| format!("cannot open database {}: {e}", config.db_path.display()))?;
+    let db_error =
+        |e: store::StoreError| format!("cannot open database {}: {e}", config.db_path.display());
+    let store =
+        store::Store::open_with(&config.db_path, config.db_synchronous).map_err(db_error)?;
+    log::info!(
+        "database {} opened (WAL, synchronous = {})",
+        config.db_path.display(),
+        store.synchronous().map_err(db_error)?
+    );
     let app = app::App::new(config, store, &secret)?;
     let server =
         server::Server::bind(app, tls_config).map_err(|e| format!("cannot listen: {e}"))?;

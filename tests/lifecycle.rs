@@ -222,3 +222,21 @@ fn ipv6_loopback_works() {
     // ::1 is loopback: /metrics is readable by default.
     assert_eq!(c.get("/metrics").status, 200);
 }
+
+#[test]
+fn db_synchronous_is_applied_and_logged_at_start() {
+    let mut server = TestServer::start("");
+    assert!(
+        server.log().contains("(WAL, synchronous = FULL)"),
+        "default not logged as FULL:\n{}",
+        server.log()
+    );
+    server.restart_with("db_synchronous = normal");
+    let log = server.log();
+    let second_start = &log[log.rfind("synchronous = ").expect("logged")..];
+    assert!(
+        second_start.starts_with("synchronous = NORMAL)"),
+        "db_synchronous = normal not in effect:\n{log}"
+    );
+    assert_eq!(log.matches("synchronous = FULL").count(), 1, "{log}");
+}
