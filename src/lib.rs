@@ -50,10 +50,14 @@ pub fn run(config: Config) -> Result<(), String> {
             config.key_file.display()
         );
     }
+    warn_if_exposed(&config.key_file, "private key")?;
     let (tls_config, fingerprint) =
         tls::load_server_config(&config.cert_file, &config.key_file).map_err(|e| e.to_string())?;
     let (secret, source) = tls::load_secret(std::env::var("SECRET_KEY").ok(), &config.secret_file)
         .map_err(|e| e.to_string())?;
+    if source != tls::SecretSource::Environment {
+        warn_if_exposed(&config.secret_file, "JWT secret")?;
+    }
     match source {
         tls::SecretSource::Environment => log::info!("JWT secret from SECRET_KEY"),
         tls::SecretSource::ExistingFile | tls::SecretSource::CreatedFile => log::warn!(
@@ -86,6 +90,18 @@ pub fn run(config: Config) -> Result<(), String> {
     drop(stdout);
     log::info!("listening on https://{addr} (certificate SHA-256 {fingerprint})");
     server.run().map_err(|e| format!("event loop failed: {e}"))
+}
+
+/// Warns when a file holding key material may be read by other local users.
+fn warn_if_exposed(path: &std::path::Path, what: &str) -> Result<(), String> {
+    if let Some(mode) = tls::exposed_mode(path).map_err(|e| e.to_string())? {
+        log::warn!(
+            "the {what} file {} is readable by other users (mode {mode:04o}); \
+             `chmod 600` it",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Raises the soft open-files limit to the hard limit: every connection is a descriptor.

@@ -155,3 +155,34 @@ fn a_port_in_use_stops_startup_with_exit_1() {
     assert_eq!(status.code(), Some(1), "stderr: {stderr}");
     assert!(stderr.contains("cannot listen"), "{stderr}");
 }
+
+#[test]
+fn a_certificate_without_its_key_or_a_key_without_its_certificate_stops_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    let paths = format!(
+        "cert_file = {}\nkey_file = {}",
+        cert.display(),
+        key.display()
+    );
+    for (present, absent) in [(&cert, &key), (&key, &cert)] {
+        std::fs::write(present, "operator's own file\n").unwrap();
+        let (status, stderr) = run_expecting_exit(&conf(&paths), &[]);
+        assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+        for path in [&cert, &key] {
+            assert!(
+                stderr.contains(&path.display().to_string()),
+                "{} not named: {stderr}",
+                path.display()
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(present).unwrap(),
+            "operator's own file\n",
+            "the existing file was overwritten"
+        );
+        assert!(!absent.exists(), "{} was created", absent.display());
+        std::fs::remove_file(present).unwrap();
+    }
+}

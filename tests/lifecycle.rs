@@ -240,3 +240,52 @@ fn db_synchronous_is_applied_and_logged_at_start() {
     );
     assert_eq!(log.matches("synchronous = FULL").count(), 1, "{log}");
 }
+
+#[test]
+fn the_generated_key_is_0600_whatever_the_umask() {
+    // A umask that takes the owner's read bit: a mode given only at creation would leave
+    // the key write-only (0200).
+    let server = TestServer::start_customized("", |cmd| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: umask(2) is async-signal-safe and touches only the child's own state.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::umask(0o400);
+                Ok(())
+            });
+        }
+    });
+    assert_eq!(mode(&server.key_path()), 0o600);
+    assert_eq!(mode(&server.dir().join("certs/jwt.secret")), 0o600);
+    assert_eq!(mode(&server.cert_path()), 0o644);
+    assert_eq!(server.connect().get("/healthz").status, 200);
+}
+
+#[test]
+fn key_and_secret_files_readable_by_others_are_warned_about() {
+    let mut server = TestServer::start("");
+    assert!(
+        !server.log().contains("readable by other users"),
+        "{}",
+        server.log()
+    );
+    let secret = server.dir().join("certs/jwt.secret");
+    server.stop();
+    std::fs::set_permissions(server.key_path(), PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&secret, PermissionsExt::from_mode(0o640)).unwrap();
+    server.restart();
+    let log = server.log();
+    for (what, path, mode) in [
+        ("private key", server.key_path(), "0644"),
+        ("JWT secret", secret.clone(), "0640"),
+    ] {
+        let warning = format!(
+            "the {what} file {} is readable by other users (mode {mode})",
+            path.display()
+        );
+        assert!(log.contains(&warning), "no {warning:?} in:\n{log}");
+    }
+    // The files are reported, not changed behind the operator's back.
+    assert_eq!(mode(&server.key_path()), 0o644);
+    assert_eq!(server.connect().get("/healthz").status, 200);
+}
