@@ -629,3 +629,44 @@ fn metrics_are_prometheus_text_and_can_be_turned_off() {
     let off = TestServer::start("metrics = off");
     assert_error(&off.connect().get("/metrics"), 404, "not_found");
 }
+
+#[test]
+fn a_request_arriving_with_the_fin_is_answered_and_the_connection_closed_at_once() {
+    let server = TestServer::start(
+        "idle_timeout_secs = 60\nlogin_rate_per_ip = 100/s burst 100\npassword_hashes_per_sec = 100",
+    );
+    let mut busy = server.connect();
+    let mut c = server.connect();
+    // Five logins in one write keep the loop hashing for a while, so that the next
+    // request and the FIN behind it are both waiting when it looks at `c` again: one
+    // readable edge for both.
+    let login = json!({"username": "nobody", "password": "whatever-pw"}).to_string();
+    let mut batch = Vec::new();
+    for _ in 0..5 {
+        batch.extend(busy.build_request(
+            "POST",
+            "/login",
+            &[("Content-Type", "application/json")],
+            login.as_bytes(),
+        ));
+    }
+    busy.send(&batch);
+    std::thread::sleep(Duration::from_millis(20));
+    let request = c.build_request("GET", "/healthz", &[], b"");
+    c.send(&request);
+    c.tls
+        .sock
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    let sent = std::time::Instant::now();
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        c.is_closed_within(Duration::from_secs(5)),
+        "a half-closed client was kept open (until the idle timeout)"
+    );
+    assert!(sent.elapsed() < Duration::from_secs(5));
+    for _ in 0..5 {
+        assert_error(&busy.read_response(), 401, "invalid_credentials");
+    }
+}

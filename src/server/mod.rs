@@ -2,8 +2,9 @@
 //!
 //! One thread, one `mio::Poll`, edge-triggered. A turn of the loop:
 //! 1. wait for readiness, no longer than the earliest deadline;
-//! 2. accept until `WouldBlock`; read every readable connection until `WouldBlock` (or
-//!    its read budget) and hand complete requests and frames to the protocol code;
+//! 2. accept until `WouldBlock`; read every readable connection until it is drained
+//!    (or its read budget is spent) and hand complete requests and frames to the
+//!    protocol code;
 //! 3. commit the turn's database writes in one transaction, then release the chat
 //!    frames that depended on them (group commit);
 //! 4. flush every connection that has output, until `WouldBlock`;
@@ -191,10 +192,13 @@ impl Server {
                     LISTENER => self.accept_all(now),
                     SIGNALS => self.handle_signals(now),
                     Token(key) => {
-                        let Some(conn) = self.conns.get(key) else {
+                        let Some(conn) = self.conns.get_mut(key) else {
                             continue;
                         };
                         let conn_ref = conn.conn_ref(key);
+                        if event.is_read_closed() || event.is_error() {
+                            conn.peer_closed = true;
+                        }
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.on_readable(conn_ref, now);
                         }
