@@ -289,3 +289,31 @@ fn key_and_secret_files_readable_by_others_are_warned_about() {
     assert_eq!(mode(&server.key_path()), 0o644);
     assert_eq!(server.connect().get("/healthz").status, 200);
 }
+
+/// `host = ::` takes IPv4 clients too. (Where the system default is already dual-stack,
+/// net.ipv6.bindv6only = 0, this passes by itself; with bindv6only = 1 only chatd's own
+/// setting makes it pass.)
+#[test]
+fn host_unspecified_ipv6_listens_on_ipv4_and_ipv6() {
+    if std::net::TcpListener::bind("[::]:0").is_err() {
+        eprintln!("NOTE: IPv6 is disabled on this machine; dual-stack test skipped");
+        return;
+    }
+    let server = TestServer::start("host = ::");
+    let addr = server.addr();
+    assert_eq!(addr.ip().to_string(), "::", "{addr}");
+    let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()));
+    let mut c = Client::connect(v4, server.client_config(), "localhost")
+        .unwrap_or_else(|e| panic!("{v4}: {e}\n{}", server.log()));
+    assert_eq!(c.get("/healthz").status, 200);
+    // An IPv4 client arrives as ::ffff:127.0.0.1, still loopback for /metrics.
+    assert_eq!(c.get("/metrics").status, 200);
+    if has_ipv6_loopback() {
+        let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()));
+        let mut c = Client::connect(v6, server.client_config(), "localhost")
+            .unwrap_or_else(|e| panic!("{v6}: {e}\n{}", server.log()));
+        assert_eq!(c.get("/healthz").status, 200);
+    } else {
+        eprintln!("NOTE: no ::1 on this machine; only IPv4 was tried on `host = ::`");
+    }
+}

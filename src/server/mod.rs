@@ -75,6 +75,13 @@ const LISTEN_BACKLOG: i32 = 4096;
 fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if let SocketAddr::V6(v6) = addr
+        && v6.ip().is_unspecified()
+    {
+        // `::` means every address, IPv4 too (clients then appear as ::ffff:a.b.c.d),
+        // whatever the system's net.ipv6.bindv6only default is.
+        socket.set_only_v6(false)?;
+    }
     socket.set_reuse_address(true)?;
     socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
