@@ -6,8 +6,10 @@
 //! an error that names the key, where it came from and what is allowed: a typo in a
 //! limit must never silently fall back to a default.
 
+use std::ffi::OsString;
 use std::fmt;
 use std::net::IpAddr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -599,6 +601,35 @@ fn parse_origins(value: &str) -> Option<Vec<String>> {
     Some(origins)
 }
 
+/// The environment as [`Config::load`] takes it, from `std::env::vars_os()`. A `CHATD_*`
+/// variable whose name or value is not UTF-8 is an error naming it (it is meant for
+/// chatd and cannot be read); any other variable that is not UTF-8 is none of chatd's
+/// business and is left out.
+pub fn utf8_environment(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut env = Vec::new();
+    for (name, value) in vars {
+        let ours = name.as_bytes().starts_with(b"CHATD_");
+        match (name.into_string(), value.into_string()) {
+            (Ok(name), Ok(value)) => env.push((name, value)),
+            _ if !ours => {}
+            (Ok(name), Err(_)) => {
+                return Err(ConfigError(format!(
+                    "environment variable {name}: the value is not valid UTF-8"
+                )));
+            }
+            (Err(name), _) => {
+                return Err(ConfigError(format!(
+                    "environment variable {}: the name is not valid UTF-8",
+                    name.to_string_lossy()
+                )));
+            }
+        }
+    }
+    Ok(env)
+}
+
 /// `<count>/<s|min|h> burst <n>`; the burst must be at least 1.
 pub fn parse_rate(value: &str) -> Option<Rate> {
     let mut words = value.split_whitespace();
@@ -759,6 +790,31 @@ mod tests {
         );
         let e = parse("", &[("CHATD_PORT", "x")]).unwrap_err().0;
         assert!(e.contains("environment variable CHATD_PORT"), "{e}");
+    }
+
+    #[test]
+    fn environment_that_is_not_utf8() {
+        use std::os::unix::ffi::OsStringExt;
+        let os = |b: &[u8]| OsString::from_vec(b.to_vec());
+        let env = utf8_environment([
+            (os(b"CHATD_PORT"), os(b"9443")),
+            (os(b"OTHER"), os(b"\xff")),
+            (os(b"\xffNAME"), os(b"x")),
+            (os(b"SECRET_KEY"), os(b"\xfe")),
+        ])
+        .unwrap();
+        assert_eq!(env, vec![("CHATD_PORT".to_string(), "9443".to_string())]);
+        let e = utf8_environment([(os(b"CHATD_PORT"), os(b"94\xff"))])
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains("CHATD_PORT") && e.contains("not valid UTF-8"),
+            "{e}"
+        );
+        let e = utf8_environment([(os(b"CHATD_P\xffRT"), os(b"1"))])
+            .unwrap_err()
+            .0;
+        assert!(e.contains("CHATD_P\u{FFFD}RT") && e.contains("name"), "{e}");
     }
 
     #[test]

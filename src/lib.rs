@@ -53,8 +53,17 @@ pub fn run(config: Config) -> Result<(), String> {
     warn_if_exposed(&config.key_file, "private key")?;
     let (tls_config, fingerprint) =
         tls::load_server_config(&config.cert_file, &config.key_file).map_err(|e| e.to_string())?;
-    let (secret, source) = tls::load_secret(std::env::var("SECRET_KEY").ok(), &config.secret_file)
-        .map_err(|e| e.to_string())?;
+    // var_os: var() would treat a SECRET_KEY that is not UTF-8 as unset and silently
+    // fall back to the secret file.
+    let env_secret = std::env::var_os("SECRET_KEY")
+        .map(|value| {
+            value
+                .into_string()
+                .map_err(|_| "SECRET_KEY is not valid UTF-8 (it is used as UTF-8 bytes)")
+        })
+        .transpose()?;
+    let (secret, source) =
+        tls::load_secret(env_secret, &config.secret_file).map_err(|e| e.to_string())?;
     if source != tls::SecretSource::Environment {
         warn_if_exposed(&config.secret_file, "JWT secret")?;
     }

@@ -1,9 +1,13 @@
 //! Startup refusals: unknown keys, unknown `CHATD_*` variables, bad values (file or
-//! environment), a missing config file, bad arguments and a short `SECRET_KEY` stop
-//! chatd with exit code 2 (configuration) or 1 (other startup failures), and the
-//! message names the key and the line or variable.
+//! environment, UTF-8 or not), a missing config file, bad arguments, a short or
+//! non-UTF-8 `SECRET_KEY` and a certificate without its key stop chatd with exit code 2
+//! (configuration) or 1 (other startup failures), and the message names the key and the
+//! line, variable or file.
 
 mod common;
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 
 use common::*;
 
@@ -185,4 +189,47 @@ fn a_certificate_without_its_key_or_a_key_without_its_certificate_stops_startup(
         assert!(!absent.exists(), "{} was created", absent.display());
         std::fs::remove_file(present).unwrap();
     }
+}
+
+/// Runs chatd on a valid configuration with extra environment variables given as raw
+/// bytes (not necessarily UTF-8).
+fn run_with_raw_env(vars: &[(&[u8], &[u8])]) -> (std::process::ExitStatus, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let conf_path = dir.path().join("server.conf");
+    std::fs::write(&conf_path, conf("")).unwrap();
+    let mut cmd = chatd_command(&conf_path, &[]);
+    for (name, value) in vars {
+        cmd.env(OsStr::from_bytes(name), OsStr::from_bytes(value));
+    }
+    run_command_expecting_exit(cmd)
+}
+
+#[test]
+fn chatd_variables_that_are_not_utf8_stop_startup_naming_the_variable() {
+    let (status, stderr) = run_with_raw_env(&[(b"CHATD_PORT", b"84\xff3")]);
+    assert_config_error(status, &stderr, &["CHATD_PORT", "not valid UTF-8"]);
+    let (status, stderr) = run_with_raw_env(&[(b"CHATD_\xffPORT", b"8443")]);
+    assert_config_error(status, &stderr, &["CHATD_\u{FFFD}PORT", "not valid UTF-8"]);
+    // SECRET_KEY is not silently ignored (which would mean the secret file instead).
+    let (status, stderr) = run_with_raw_env(&[(b"SECRET_KEY", &[0xff; 40])]);
+    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("SECRET_KEY is not valid UTF-8"), "{stderr}");
+    // A path argument need not be UTF-8: a missing one is an ordinary error.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join(OsStr::from_bytes(b"n\xffpe.conf"));
+    let (status, stderr) = run_command_expecting_exit(chatd_command(&missing, &[]));
+    assert_config_error(status, &stderr, &["cannot read configuration file"]);
+}
+
+#[test]
+fn other_variables_that_are_not_utf8_are_ignored() {
+    let server = TestServer::start_customized("", |cmd| {
+        cmd.env(
+            OsStr::from_bytes(b"LANG_X"),
+            OsStr::from_bytes(b"de_DE.\xff"),
+        );
+        cmd.env(OsStr::from_bytes(b"\xfe\xff"), OsStr::from_bytes(b"x"));
+        cmd.env(OsStr::from_bytes(b"RUST_LOG"), OsStr::from_bytes(b"\xff"));
+    });
+    assert_eq!(server.connect().get("/healthz").status, 200);
 }
