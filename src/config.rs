@@ -93,6 +93,9 @@ pub struct Config {
     pub public_dir: PathBuf,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// New connections per client address, checked at accept: each one that gets
+    /// through costs a TLS handshake on the only thread.
+    pub conn_rate_per_ip: Rate,
     /// TLS handshake plus a complete request must arrive within this time (slowloris).
     pub header_timeout: Duration,
     /// A keep-alive connection with no request in progress closes after this time.
@@ -166,6 +169,7 @@ pub const KEYS: &[&str] = &[
     "public_dir",
     "max_connections",
     "max_connections_per_ip",
+    "conn_rate_per_ip",
     "header_timeout_secs",
     "idle_timeout_secs",
     "max_header_bytes",
@@ -205,6 +209,11 @@ impl Default for Config {
             public_dir: PathBuf::from("public"),
             max_connections: 10_000,
             max_connections_per_ip: 64,
+            conn_rate_per_ip: Rate {
+                count: 20,
+                per: Duration::from_secs(1),
+                burst: 100,
+            },
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_header_bytes: 8192,
@@ -365,6 +374,10 @@ impl Config {
             "max_connections_per_ip" => {
                 self.max_connections_per_ip =
                     parse_count(value, 1, 1_000_000).ok_or_else(|| bad("an integer 1-1000000"))?;
+            }
+            "conn_rate_per_ip" => {
+                self.conn_rate_per_ip = parse_rate(value)
+                    .ok_or_else(|| bad("`<count>/<s|min|h> burst <n>`, e.g. `20/s burst 100`"))?;
             }
             "header_timeout_secs" => {
                 self.header_timeout =
@@ -667,6 +680,7 @@ mod tests {
         assert_eq!(c.host, IpAddr::from([127, 0, 0, 1]));
         assert_eq!(c.max_connections, 10_000);
         assert_eq!(c.max_connections_per_ip, 64);
+        assert_eq!(c.conn_rate_per_ip, parse_rate("20/s burst 100").unwrap());
         assert_eq!(c.header_timeout, Duration::from_secs(10));
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
         assert_eq!(c.max_header_bytes, 8192);

@@ -12,6 +12,7 @@ pub struct Metrics {
     pub connections_accepted: u64,
     pub refused_max_connections: u64,
     pub refused_per_ip: u64,
+    pub refused_conn_rate: u64,
     pub tls_errors: u64,
     pub plaintext_rejected: u64,
     pub header_timeouts: u64,
@@ -77,10 +78,11 @@ impl Metrics {
         metric(
             "chatd_connections_refused_total",
             "counter",
-            "Connections closed at accept because of a connection limit.",
+            "Connections closed at accept, before TLS, because of a connection limit.",
             &[
                 ("reason=\"max_connections\"", self.refused_max_connections),
                 ("reason=\"max_connections_per_ip\"", self.refused_per_ip),
+                ("reason=\"conn_rate_per_ip\"", self.refused_conn_rate),
             ],
         );
         metric(

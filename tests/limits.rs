@@ -1,6 +1,7 @@
-//! Limits end to end: connection limits at accept (before TLS), per-IP HTTP and login
-//! rates, the server-wide password-hash budget, the header timeout (slowloris, slow
-//! handshake, slow body) and the idle timeout, each with its `/metrics` counter.
+//! Limits end to end: connection limits and the connection rate at accept (before TLS),
+//! per-IP HTTP and login rates, the server-wide password-hash budget, the header timeout
+//! (slowloris, slow handshake, slow body) and the idle timeout, each with its `/metrics`
+//! counter.
 
 mod common;
 
@@ -372,4 +373,44 @@ fn a_busy_keep_alive_connection_is_not_idle() {
         assert!(!r.closes());
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+#[test]
+fn connections_opened_too_fast_are_closed_before_tls() {
+    let server = TestServer::start("conn_rate_per_ip = 5/s burst 5");
+    // Ten connections at once: the server accepts them within microseconds of each
+    // other, far less than the 200 ms that refills one in the budget.
+    let socks: Vec<std::net::TcpStream> = (0..10).map(|_| server.tcp()).collect();
+    for (i, mut sock) in socks.into_iter().enumerate() {
+        if i < 5 {
+            let mut c = Client::handshake(sock, server.client_config(), "localhost")
+                .unwrap_or_else(|e| panic!("connection {}: {e}", i + 1));
+            assert_eq!(c.get("/healthz").status, 200);
+        } else {
+            // Closed at accept: nothing was sent, not even a TLS alert.
+            let data = read_until_eof(&mut sock, Duration::from_secs(5))
+                .unwrap_or_else(|| panic!("connection {} was kept open", i + 1));
+            assert!(data.is_empty(), "refused connection sent {data:?}");
+        }
+    }
+    // After a pause the budget has refilled.
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut c = server.connect();
+    assert_eq!(c.get("/healthz").status, 200);
+    let text = c.get("/metrics").text();
+    assert_eq!(
+        metric_value(
+            &text,
+            "chatd_connections_refused_total{reason=\"conn_rate_per_ip\"}"
+        ),
+        5
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            "chatd_connections_refused_total{reason=\"max_connections_per_ip\"}"
+        ),
+        0
+    );
+    assert_eq!(metric_value(&text, "chatd_connections_accepted_total"), 6);
 }

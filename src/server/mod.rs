@@ -297,6 +297,7 @@ impl Server {
                 match refusal {
                     Refusal::TooManyConnections => self.app.metrics.refused_max_connections += 1,
                     Refusal::TooManyFromAddress => self.app.metrics.refused_per_ip += 1,
+                    Refusal::TooFastFromAddress => self.app.metrics.refused_conn_rate += 1,
                 }
                 log::debug!("refused connection from {peer}: {refusal:?}");
                 drop(socket);

@@ -698,10 +698,18 @@ impl Client {
         config: Arc<ClientConfig>,
         server_name: &str,
     ) -> io::Result<Client> {
+        Client::handshake(tcp_connect(addr)?, config, server_name)
+    }
+
+    /// Completes a TLS handshake over an open TCP connection (see [`tcp_connect`]).
+    pub fn handshake(
+        sock: TcpStream,
+        config: Arc<ClientConfig>,
+        server_name: &str,
+    ) -> io::Result<Client> {
         let name = ServerName::try_from(server_name.to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let conn = ClientConnection::new(config, name).map_err(io::Error::other)?;
-        let sock = tcp_connect(addr)?;
         let mut tls = StreamOwned::new(conn, sock);
         let deadline = Instant::now() + IO_TIMEOUT;
         while tls.conn.is_handshaking() {
