@@ -42,6 +42,8 @@ pub struct Gauges {
     pub open_websockets: usize,
     pub online_users: usize,
     pub rooms: usize,
+    /// A counter, kept by `auth::Passwords` because it computes every hash.
+    pub password_hashes: u64,
 }
 
 impl Metrics {
@@ -132,6 +134,12 @@ impl Metrics {
             ],
         );
         metric(
+            "chatd_password_hashes_total",
+            "counter",
+            "argon2id computations: hashes and verifications, the dummy one for unknown users included.",
+            &[("", gauges.password_hashes)],
+        );
+        metric(
             "chatd_registrations_total",
             "counter",
             "Accounts created.",
@@ -202,12 +210,16 @@ mod tests {
         m.logins_failed = 2;
         let text = m.render(Gauges {
             open_connections: 3,
+            password_hashes: 7,
             ..Gauges::default()
         });
         assert!(text.contains("# TYPE chatd_open_connections gauge\nchatd_open_connections 3\n"));
         assert!(text.contains("chatd_http_responses_total{class=\"4xx\"} 2\n"));
         assert!(text.contains("chatd_http_responses_total{class=\"2xx\"} 1\n"));
         assert!(text.contains("chatd_logins_total{result=\"failed\"} 2\n"));
+        assert!(text.contains(
+            "# TYPE chatd_password_hashes_total counter\nchatd_password_hashes_total 7\n"
+        ));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();
             value.parse::<u64>().unwrap();
