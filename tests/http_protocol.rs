@@ -670,3 +670,66 @@ fn a_request_arriving_with_the_fin_is_answered_and_the_connection_closed_at_once
         assert_error(&busy.read_response(), 401, "invalid_credentials");
     }
 }
+
+/// The access-log lines in a server log: `(level, message)`.
+fn access_lines(log: &str) -> Vec<(String, String)> {
+    log.lines()
+        .filter_map(|line| {
+            let (head, message) = line.split_once("chatd::access] ")?;
+            let level = head.split_whitespace().nth(1)?.to_string();
+            Some((level, message.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_access_log_has_one_info_line_per_request_and_never_a_query_string() {
+    let mut server = TestServer::start("access_log = true");
+    let mut c = server.connect();
+    let r = c.get("/healthz?token=QUERY-SECRET-1");
+    assert_eq!(r.status, 200);
+    let healthz_bytes = r.body.len();
+    assert_eq!(c.get("/nope?x=QUERY-SECRET-2").status, 404);
+    // The line is written before the response is sent: no waiting needed.
+    let log = server.log();
+    let lines = access_lines(&log);
+    assert_eq!(lines.len(), 2, "{log}");
+    for ((level, message), (path, status, bytes)) in lines.iter().zip([
+        ("/healthz", "200", Some(healthz_bytes)),
+        ("/nope", "404", None),
+    ]) {
+        assert_eq!(level, "INFO", "{message}");
+        // peer "METHOD PATH" STATUS BYTESB MICROSECONDSus
+        let words: Vec<&str> = message.split_whitespace().collect();
+        assert_eq!(words.len(), 6, "{message}");
+        assert_eq!(words[0], "127.0.0.1", "{message}");
+        assert_eq!((words[1], words[2]), ("\"GET", &*format!("{path}\"")));
+        assert_eq!(words[3], status, "{message}");
+        let body: usize = words[4]
+            .strip_suffix('B')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("bytes in {message}"));
+        if let Some(expected) = bytes {
+            assert_eq!(body, expected, "{message}");
+        }
+        words[5]
+            .strip_suffix("us")
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("microseconds in {message}"));
+    }
+    assert!(
+        !log.contains("QUERY-SECRET"),
+        "a query string was logged:\n{log}"
+    );
+
+    server.restart_with("access_log = false");
+    let before = access_lines(&server.log()).len();
+    let mut c = server.connect();
+    assert_eq!(c.get("/healthz").status, 200);
+    assert_eq!(c.get("/nope").status, 404);
+    assert_eq!(
+        access_lines(&server.log()).len(),
+        before,
+        "access_log = false still logs requests"
+    );
+}
