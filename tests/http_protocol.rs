@@ -733,3 +733,42 @@ fn the_access_log_has_one_info_line_per_request_and_never_a_query_string() {
         "access_log = false still logs requests"
     );
 }
+
+#[test]
+fn metrics_count_logins_and_responses_by_status_class() {
+    let server =
+        TestServer::start("login_rate_per_ip = 100/s burst 100\npassword_hashes_per_sec = 100");
+    let mut c = server.connect();
+    let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+    let read = |c: &mut Client| {
+        let text = c.get("/metrics").text();
+        let mut values: Vec<u64> = classes
+            .iter()
+            .map(|class| {
+                metric_value(
+                    &text,
+                    &format!("chatd_http_responses_total{{class=\"{class}\"}}"),
+                )
+            })
+            .collect();
+        values.push(metric_value(&text, "chatd_logins_total{result=\"ok\"}"));
+        values.push(metric_value(&text, "chatd_logins_total{result=\"failed\"}"));
+        values
+    };
+    let before = read(&mut c); // itself a 2xx, counted once it is sent
+    c.register("mona", "mona-password"); // 201
+    c.login("mona", "mona-password"); // 200, login ok
+    for (user, pw) in [("mona", "wrong-password"), ("nobody", "mona-password")] {
+        let r = c.post_json("/login", &json!({"username": user, "password": pw}));
+        assert_error(&r, 401, "invalid_credentials"); // login failed
+    }
+    assert_eq!(c.get("/nope").status, 404);
+    let r = c.get("/style.css"); // 200
+    let etag = r.header("etag").expect("etag").to_string();
+    let r = c.request("GET", "/style.css", &[("If-None-Match", &etag)], b"");
+    assert_eq!(r.status, 304);
+    let after = read(&mut c);
+    let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    // 1xx 2xx 3xx 4xx 5xx, logins ok, logins failed
+    assert_eq!(delta, [0, 4, 1, 3, 0, 1, 2]);
+}
