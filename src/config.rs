@@ -6,6 +6,7 @@
 //! an error that names the key, where it came from and what is allowed: a typo in a
 //! limit must never silently fall back to a default.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt;
 use std::net::IpAddr;
@@ -271,6 +272,25 @@ impl fmt::Display for Origin<'_> {
     }
 }
 
+/// Where each key that was set got its value, so that a check across several keys can
+/// say where to change them.
+#[derive(Debug, Default)]
+struct Origins(HashMap<&'static str, String>);
+
+impl Origins {
+    fn record(&mut self, key: &str, origin: &Origin<'_>) {
+        if let Some(known) = KEYS.iter().find(|k| **k == key) {
+            self.0.insert(known, origin.to_string());
+        }
+    }
+
+    /// "`key` = value (where it was set)", for one key of a cross-key message.
+    fn describe(&self, key: &str, value: impl fmt::Display) -> String {
+        let origin = self.0.get(key).map_or("the default", String::as_str);
+        format!("`{key}` = {value} ({origin})")
+    }
+}
+
 impl Config {
     /// Reads the file at `path` (if `required` is false, a missing file means "all
     /// defaults"), then applies `CHATD_*` variables from `env`, then validates.
@@ -302,6 +322,7 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
         let mut config = Config::default();
+        let mut origins = Origins::default();
         let mut seen: Vec<&str> = Vec::new();
         for (index, raw) in text.lines().enumerate() {
             let origin = Origin::File {
@@ -322,6 +343,7 @@ impl Config {
                 return Err(ConfigError(format!("{origin}: key `{key}` is set twice")));
             }
             config.set(key, value.trim(), &origin)?;
+            origins.record(key, &origin);
             seen.push(key);
         }
         let mut overrides: Vec<(String, String)> = env
@@ -333,9 +355,10 @@ impl Config {
             let key = name["CHATD_".len()..].to_ascii_lowercase();
             let origin = Origin::Env { var: name };
             config.set(&key, value.trim(), &origin)?;
+            origins.record(&key, &origin);
         }
         config.resolve_paths(base);
-        config.validate()?;
+        config.validate(&origins)?;
         Ok(config)
     }
 
@@ -509,27 +532,28 @@ impl Config {
         Ok(())
     }
 
-    /// Checks that need several keys at once.
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks that need several keys at once; the message says where each was set.
+    fn validate(&self, origins: &Origins) -> Result<(), ConfigError> {
         if self.max_connections_per_ip > self.max_connections {
             return Err(ConfigError(format!(
-                "key `max_connections_per_ip` ({}) is larger than `max_connections` ({})",
-                self.max_connections_per_ip, self.max_connections
+                "key {} is larger than {}",
+                origins.describe("max_connections_per_ip", self.max_connections_per_ip),
+                origins.describe("max_connections", self.max_connections)
             )));
         }
         if self.max_text_chars > self.max_message_bytes {
             return Err(ConfigError(format!(
-                "key `max_text_chars` ({}) is larger than `max_message_bytes` ({}): such a \
-                 text could never arrive",
-                self.max_text_chars, self.max_message_bytes
+                "key {} is larger than {}: such a text could never arrive",
+                origins.describe("max_text_chars", self.max_text_chars),
+                origins.describe("max_message_bytes", self.max_message_bytes)
             )));
         }
         if self.ws_idle_timeout <= self.ws_ping_interval {
             return Err(ConfigError(format!(
-                "key `ws_idle_timeout_secs` ({}) must be longer than `ws_ping_secs` ({}), or \
-                 idle clients are closed before they can answer a ping",
-                self.ws_idle_timeout.as_secs(),
-                self.ws_ping_interval.as_secs()
+                "key {} must be longer than {}, or idle clients are closed before they can \
+                 answer a ping",
+                origins.describe("ws_idle_timeout_secs", self.ws_idle_timeout.as_secs()),
+                origins.describe("ws_ping_secs", self.ws_ping_interval.as_secs())
             )));
         }
         let meets_floor = ARGON2_FLOOR
@@ -541,10 +565,9 @@ impl Config {
                 .map(|(m, t)| format!("m={m} t={t}"))
                 .collect();
             return Err(ConfigError(format!(
-                "keys `argon2_memory_kib` ({}) and `argon2_iterations` ({}) are below OWASP's \
-                 minimum for argon2id; reach one of: {}",
-                self.argon2_memory_kib,
-                self.argon2_iterations,
+                "keys {} and {} are below OWASP's minimum for argon2id; reach one of: {}",
+                origins.describe("argon2_memory_kib", self.argon2_memory_kib),
+                origins.describe("argon2_iterations", self.argon2_iterations),
                 rows.join(", ")
             )));
         }
@@ -887,5 +910,57 @@ mod tests {
             .unwrap_err()
             .0;
         assert!(e.contains("max_connections_per_ip"), "{e}");
+    }
+
+    #[test]
+    fn cross_key_errors_say_where_each_key_was_set() {
+        let e = parse("max_connections = 10\nmax_connections_per_ip = 11\n", &[])
+            .unwrap_err()
+            .0;
+        assert_eq!(
+            e,
+            "key `max_connections_per_ip` = 11 (test.conf line 2) is larger than \
+             `max_connections` = 10 (test.conf line 1)"
+        );
+        // The environment overrides the file, and says so; an unset key is a default.
+        let e = parse(
+            "# limits\nmax_connections_per_ip = 5\n",
+            &[("CHATD_MAX_CONNECTIONS_PER_IP", "20000")],
+        )
+        .unwrap_err()
+        .0;
+        assert!(
+            e.contains(
+                "`max_connections_per_ip` = 20000 (environment variable \
+                 CHATD_MAX_CONNECTIONS_PER_IP)"
+            ) && e.contains("`max_connections` = 10000 (the default)"),
+            "{e}"
+        );
+        let e = parse(
+            "\nargon2_memory_kib = 8192\n",
+            &[("CHATD_ARGON2_ITERATIONS", "1")],
+        )
+        .unwrap_err()
+        .0;
+        assert!(
+            e.contains("`argon2_memory_kib` = 8192 (test.conf line 2)")
+                && e.contains(
+                    "`argon2_iterations` = 1 (environment variable CHATD_ARGON2_ITERATIONS)"
+                )
+                && e.contains("OWASP"),
+            "{e}"
+        );
+        let e = parse("ws_ping_secs = 60\n", &[]).unwrap_err().0;
+        assert!(
+            e.contains("`ws_idle_timeout_secs` = 60 (the default)")
+                && e.contains("`ws_ping_secs` = 60 (test.conf line 1)"),
+            "{e}"
+        );
+        let e = parse("max_text_chars = 20000\n", &[]).unwrap_err().0;
+        assert!(
+            e.contains("`max_text_chars` = 20000 (test.conf line 1)")
+                && e.contains("`max_message_bytes` = 16384 (the default)"),
+            "{e}"
+        );
     }
 }

@@ -91,7 +91,16 @@ fn other_configuration_mistakes_exit_2() {
         &conf("max_connections = 10\nmax_connections_per_ip = 11"),
         &[],
     );
-    assert_config_error(status, &stderr, &["max_connections_per_ip"]);
+    assert_config_error(
+        status,
+        &stderr,
+        &[
+            "`max_connections_per_ip` = 11 (",
+            "server.conf line 5)",
+            "`max_connections` = 10 (",
+            "server.conf line 4)",
+        ],
+    );
 
     // A config file that does not exist.
     let dir = tempfile::tempdir().unwrap();
