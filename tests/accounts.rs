@@ -327,6 +327,8 @@ fn put_me_changes_the_display_name() {
         json!(""),
         json!("x".repeat(65)),
         json!("tab\there"),
+        json!("gina\u{200B}"),
+        json!("\u{202E}anig"),
         json!(42),
     ] {
         let mut c = server.connect();
