@@ -101,11 +101,11 @@ pub fn run(config: Config) -> Result<(), String> {
     server.run().map_err(|e| format!("event loop failed: {e}"))
 }
 
-/// Warns when a file holding key material may be read by other local users.
+/// Warns when a file holding key material is open to other local users.
 fn warn_if_exposed(path: &std::path::Path, what: &str) -> Result<(), String> {
     if let Some(mode) = tls::exposed_mode(path).map_err(|e| e.to_string())? {
         log::warn!(
-            "the {what} file {} is readable by other users (mode {mode:04o}); \
+            "the {what} file {} is accessible to group or others (mode {mode:04o}); \
              `chmod 600` it",
             path.display()
         );

@@ -2,8 +2,8 @@
 //!
 //! When neither the certificate nor the key exists, a self-signed ECDSA P-256 pair for
 //! localhost, 127.0.0.1 and ::1 is generated (the key file 0600); one without the other
-//! is refused, never overwritten. The rustls configuration is built
-//! here and rebuilt on SIGHUP; connections keep the configuration they started with.
+//! is refused, never overwritten. The rustls configuration is built here and rebuilt on
+//! SIGHUP; connections keep the configuration they started with.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -45,8 +45,7 @@ fn write_new_file(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
         .mode(mode)
         .open(path)
         .map_err(|e| TlsError(format!("cannot create {}: {e}", path.display())))?;
-    // The umask may have removed bits from `mode` (or a looser one could have added
-    // none, but say exactly what the file gets).
+    // The umask may have taken bits away from `mode`: set it exactly.
     file.set_permissions(std::fs::Permissions::from_mode(mode))
         .and_then(|()| file.write_all(data))
         .and_then(|()| file.sync_all())
@@ -102,8 +101,8 @@ pub fn ensure_certificate(cert_file: &Path, key_file: &Path) -> Result<bool, Tls
     Ok(true)
 }
 
-/// The mode of `path` if group or others may access it (`mode & 0o077 != 0`): a private
-/// key or secret in such a file is readable by other local users.
+/// The mode of `path` if group or others have any access to it (`mode & 0o077 != 0`):
+/// a private key or secret in such a file is open to other local users.
 pub fn exposed_mode(path: &Path) -> Result<Option<u32>, TlsError> {
     let mode = std::fs::metadata(path)
         .map_err(|e| TlsError(format!("cannot look at {}: {e}", path.display())))?

@@ -343,7 +343,7 @@ fn the_generated_key_is_0600_whatever_the_umask() {
 fn key_and_secret_files_readable_by_others_are_warned_about() {
     let mut server = TestServer::start("");
     assert!(
-        !server.log().contains("readable by other users"),
+        !server.log().contains("accessible to group or others"),
         "{}",
         server.log()
     );
@@ -358,7 +358,7 @@ fn key_and_secret_files_readable_by_others_are_warned_about() {
         ("JWT secret", secret.clone(), "0640"),
     ] {
         let warning = format!(
-            "the {what} file {} is readable by other users (mode {mode})",
+            "the {what} file {} is accessible to group or others (mode {mode})",
             path.display()
         );
         assert!(log.contains(&warning), "no {warning:?} in:\n{log}");

@@ -239,8 +239,9 @@ impl Conn {
     }
 
     /// Reads TLS records until the socket is drained (`WouldBlock`, or a short read
-    /// unless `peer_closed`), EOF or `budget` bytes, decrypting into `inbuf`. The very first byte must start a TLS handshake record
-    /// (`ConnError::NotTls` otherwise, before rustls sees it).
+    /// unless `peer_closed`), EOF or `budget` bytes, decrypting into `inbuf`. The very
+    /// first byte must start a TLS handshake record (`ConnError::NotTls` otherwise,
+    /// before rustls sees it).
     pub fn read_tls(&mut self, budget: usize, now: Instant) -> Result<ReadStatus, ConnError> {
         let mut total = 0;
         loop {
