@@ -85,7 +85,7 @@ mod tests {
         for unix_ms in [i64::MIN, i64::MAX] {
             let odd = Now { unix_ms, ..now };
             assert!(odd.instant_at(i64::MAX) >= now.instant);
-            assert_eq!(odd.instant_at(0).max(now.instant), odd.instant_at(0));
+            assert!(odd.instant_at(0) >= now.instant);
         }
     }
 }
