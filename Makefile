@@ -24,17 +24,18 @@ test: lint
 	$(CARGO) test -j$(JOBS) --workspace --all-targets
 	@$(MAKE) --no-print-directory web-test
 
-# The browser tests need node and Chromium; without them they are skipped (the JS unit
-# tests still run if node is there), unless CHATD_E2E_REQUIRED=1 makes that a failure.
+# The browser tests need node, npm (to install playwright-core) and Chromium; without
+# them they are skipped (the JS unit tests still run if node is there), unless
+# CHATD_E2E_REQUIRED=1 makes that a failure.
 web-test:
-	@if command -v node >/dev/null 2>&1 && [ -x "$(CHROMIUM)" ]; then \
+	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 && [ -x "$(CHROMIUM)" ]; then \
 		$(MAKE) --no-print-directory e2e; \
 	elif [ "$$CHATD_E2E_REQUIRED" = 1 ]; then \
-		echo "e2e browser tests FAILED: chromium or node not found (CHATD_E2E_REQUIRED=1)" >&2; \
+		echo "e2e browser tests FAILED: chromium, node or npm not found (CHATD_E2E_REQUIRED=1)" >&2; \
 		exit 1; \
 	else \
 		if command -v node >/dev/null 2>&1; then $(MAKE) --no-print-directory js-unit; fi; \
-		echo "e2e browser tests SKIPPED: chromium or node not found"; \
+		echo "e2e browser tests SKIPPED: chromium, node or npm not found"; \
 	fi
 
 # Unit tests of the page's pure logic (public/js), no browser needed.
@@ -61,14 +62,17 @@ fmt:
 bench:
 	SCENARIO=$(SCENARIO) BENCH_QUICK=$(BENCH_QUICK) JOBS=$(JOBS) CARGO=$(CARGO) bench/run.sh
 
-# Regenerate the self-signed certificate with openssl instead (ECDSA P-256).
+# Regenerate the self-signed certificate with openssl instead (ECDSA P-256). The old
+# files are removed and openssl runs under umask 077, so the key is 0600 from its first
+# byte (openssl would keep the mode of a file it overwrites).
 certs:
 	mkdir -p certs
-	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+	rm -f certs/key.pem certs/cert.pem
+	umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
 		-days 825 -subj "/CN=localhost" \
 		-addext "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1" \
 		-keyout certs/key.pem -out certs/cert.pem
-	chmod 600 certs/key.pem
+	chmod 644 certs/cert.pem
 	@echo "new certificate in certs/; send SIGHUP to a running chatd to load it"
 
 clean:

@@ -109,6 +109,7 @@ db_path = chatd.db
 public_dir = public
 max_connections = 16000
 max_connections_per_ip = 16000
+conn_rate_per_ip = 1000000/s burst 1000000
 http_rate_per_ip = 1000000/s burst 1000000
 login_rate_per_ip = 1000000/s burst 1000000
 password_hashes_per_sec = 1000

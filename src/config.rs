@@ -6,8 +6,11 @@
 //! an error that names the key, where it came from and what is allowed: a typo in a
 //! limit must never silently fall back to a default.
 
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fmt;
 use std::net::IpAddr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -91,6 +94,9 @@ pub struct Config {
     pub public_dir: PathBuf,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// New connections per client address, checked at accept: each one that gets
+    /// through costs a TLS handshake on the only thread.
+    pub conn_rate_per_ip: Rate,
     /// TLS handshake plus a complete request must arrive within this time (slowloris).
     pub header_timeout: Duration,
     /// A keep-alive connection with no request in progress closes after this time.
@@ -164,6 +170,7 @@ pub const KEYS: &[&str] = &[
     "public_dir",
     "max_connections",
     "max_connections_per_ip",
+    "conn_rate_per_ip",
     "header_timeout_secs",
     "idle_timeout_secs",
     "max_header_bytes",
@@ -203,6 +210,11 @@ impl Default for Config {
             public_dir: PathBuf::from("public"),
             max_connections: 10_000,
             max_connections_per_ip: 64,
+            conn_rate_per_ip: Rate {
+                count: 20,
+                per: Duration::from_secs(1),
+                burst: 100,
+            },
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_header_bytes: 8192,
@@ -260,6 +272,25 @@ impl fmt::Display for Origin<'_> {
     }
 }
 
+/// Where each key that was set got its value, so that a check across several keys can
+/// say where to change them.
+#[derive(Debug, Default)]
+struct Origins(HashMap<&'static str, String>);
+
+impl Origins {
+    fn record(&mut self, key: &str, origin: &Origin<'_>) {
+        if let Some(known) = KEYS.iter().find(|k| **k == key) {
+            self.0.insert(known, origin.to_string());
+        }
+    }
+
+    /// "`key` = value (where it was set)", for one key of a cross-key message.
+    fn describe(&self, key: &str, value: impl fmt::Display) -> String {
+        let origin = self.0.get(key).map_or("the default", String::as_str);
+        format!("`{key}` = {value} ({origin})")
+    }
+}
+
 impl Config {
     /// Reads the file at `path` (if `required` is false, a missing file means "all
     /// defaults"), then applies `CHATD_*` variables from `env`, then validates.
@@ -291,6 +322,7 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
         let mut config = Config::default();
+        let mut origins = Origins::default();
         let mut seen: Vec<&str> = Vec::new();
         for (index, raw) in text.lines().enumerate() {
             let origin = Origin::File {
@@ -311,6 +343,7 @@ impl Config {
                 return Err(ConfigError(format!("{origin}: key `{key}` is set twice")));
             }
             config.set(key, value.trim(), &origin)?;
+            origins.record(key, &origin);
             seen.push(key);
         }
         let mut overrides: Vec<(String, String)> = env
@@ -322,9 +355,10 @@ impl Config {
             let key = name["CHATD_".len()..].to_ascii_lowercase();
             let origin = Origin::Env { var: name };
             config.set(&key, value.trim(), &origin)?;
+            origins.record(&key, &origin);
         }
         config.resolve_paths(base);
-        config.validate()?;
+        config.validate(&origins)?;
         Ok(config)
     }
 
@@ -363,6 +397,10 @@ impl Config {
             "max_connections_per_ip" => {
                 self.max_connections_per_ip =
                     parse_count(value, 1, 1_000_000).ok_or_else(|| bad("an integer 1-1000000"))?;
+            }
+            "conn_rate_per_ip" => {
+                self.conn_rate_per_ip = parse_rate(value)
+                    .ok_or_else(|| bad("`<count>/<s|min|h> burst <n>`, e.g. `20/s burst 100`"))?;
             }
             "header_timeout_secs" => {
                 self.header_timeout =
@@ -494,27 +532,28 @@ impl Config {
         Ok(())
     }
 
-    /// Checks that need several keys at once.
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks that need several keys at once; the message says where each was set.
+    fn validate(&self, origins: &Origins) -> Result<(), ConfigError> {
         if self.max_connections_per_ip > self.max_connections {
             return Err(ConfigError(format!(
-                "key `max_connections_per_ip` ({}) is larger than `max_connections` ({})",
-                self.max_connections_per_ip, self.max_connections
+                "key {} is larger than {}",
+                origins.describe("max_connections_per_ip", self.max_connections_per_ip),
+                origins.describe("max_connections", self.max_connections)
             )));
         }
         if self.max_text_chars > self.max_message_bytes {
             return Err(ConfigError(format!(
-                "key `max_text_chars` ({}) is larger than `max_message_bytes` ({}): such a \
-                 text could never arrive",
-                self.max_text_chars, self.max_message_bytes
+                "key {} is larger than {}: such a text could never arrive",
+                origins.describe("max_text_chars", self.max_text_chars),
+                origins.describe("max_message_bytes", self.max_message_bytes)
             )));
         }
         if self.ws_idle_timeout <= self.ws_ping_interval {
             return Err(ConfigError(format!(
-                "key `ws_idle_timeout_secs` ({}) must be longer than `ws_ping_secs` ({}), or \
-                 idle clients are closed before they can answer a ping",
-                self.ws_idle_timeout.as_secs(),
-                self.ws_ping_interval.as_secs()
+                "key {} must be longer than {}, or idle clients are closed before they can \
+                 answer a ping",
+                origins.describe("ws_idle_timeout_secs", self.ws_idle_timeout.as_secs()),
+                origins.describe("ws_ping_secs", self.ws_ping_interval.as_secs())
             )));
         }
         let meets_floor = ARGON2_FLOOR
@@ -526,10 +565,9 @@ impl Config {
                 .map(|(m, t)| format!("m={m} t={t}"))
                 .collect();
             return Err(ConfigError(format!(
-                "keys `argon2_memory_kib` ({}) and `argon2_iterations` ({}) are below OWASP's \
-                 minimum for argon2id; reach one of: {}",
-                self.argon2_memory_kib,
-                self.argon2_iterations,
+                "keys {} and {} are below OWASP's minimum for argon2id; reach one of: {}",
+                origins.describe("argon2_memory_kib", self.argon2_memory_kib),
+                origins.describe("argon2_iterations", self.argon2_iterations),
                 rows.join(", ")
             )));
         }
@@ -599,6 +637,35 @@ fn parse_origins(value: &str) -> Option<Vec<String>> {
     Some(origins)
 }
 
+/// The environment as [`Config::load`] takes it, from `std::env::vars_os()`. A `CHATD_*`
+/// variable whose name or value is not UTF-8 is an error naming it (it is meant for
+/// chatd and cannot be read); any other variable that is not UTF-8 is none of chatd's
+/// business and is left out.
+pub fn utf8_environment(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut env = Vec::new();
+    for (name, value) in vars {
+        let ours = name.as_bytes().starts_with(b"CHATD_");
+        match (name.into_string(), value.into_string()) {
+            (Ok(name), Ok(value)) => env.push((name, value)),
+            _ if !ours => {}
+            (Ok(name), Err(_)) => {
+                return Err(ConfigError(format!(
+                    "environment variable {name}: the value is not valid UTF-8"
+                )));
+            }
+            (Err(name), _) => {
+                return Err(ConfigError(format!(
+                    "environment variable {}: the name is not valid UTF-8",
+                    name.to_string_lossy()
+                )));
+            }
+        }
+    }
+    Ok(env)
+}
+
 /// `<count>/<s|min|h> burst <n>`; the burst must be at least 1.
 pub fn parse_rate(value: &str) -> Option<Rate> {
     let mut words = value.split_whitespace();
@@ -636,6 +703,7 @@ mod tests {
         assert_eq!(c.host, IpAddr::from([127, 0, 0, 1]));
         assert_eq!(c.max_connections, 10_000);
         assert_eq!(c.max_connections_per_ip, 64);
+        assert_eq!(c.conn_rate_per_ip, parse_rate("20/s burst 100").unwrap());
         assert_eq!(c.header_timeout, Duration::from_secs(10));
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
         assert_eq!(c.max_header_bytes, 8192);
@@ -762,6 +830,31 @@ mod tests {
     }
 
     #[test]
+    fn environment_that_is_not_utf8() {
+        use std::os::unix::ffi::OsStringExt;
+        let os = |b: &[u8]| OsString::from_vec(b.to_vec());
+        let env = utf8_environment([
+            (os(b"CHATD_PORT"), os(b"9443")),
+            (os(b"OTHER"), os(b"\xff")),
+            (os(b"\xffNAME"), os(b"x")),
+            (os(b"SECRET_KEY"), os(b"\xfe")),
+        ])
+        .unwrap();
+        assert_eq!(env, vec![("CHATD_PORT".to_string(), "9443".to_string())]);
+        let e = utf8_environment([(os(b"CHATD_PORT"), os(b"94\xff"))])
+            .unwrap_err()
+            .0;
+        assert!(
+            e.contains("CHATD_PORT") && e.contains("not valid UTF-8"),
+            "{e}"
+        );
+        let e = utf8_environment([(os(b"CHATD_P\xffRT"), os(b"1"))])
+            .unwrap_err()
+            .0;
+        assert!(e.contains("CHATD_P\u{FFFD}RT") && e.contains("name"), "{e}");
+    }
+
+    #[test]
     fn websocket_keys() {
         let c = parse(
             "allowed_origins = https://a.example, http://localhost:3000\nduplicate_sessions = replace\nws_rate = 5/s burst 7\ndb_synchronous = normal\n",
@@ -817,5 +910,57 @@ mod tests {
             .unwrap_err()
             .0;
         assert!(e.contains("max_connections_per_ip"), "{e}");
+    }
+
+    #[test]
+    fn cross_key_errors_say_where_each_key_was_set() {
+        let e = parse("max_connections = 10\nmax_connections_per_ip = 11\n", &[])
+            .unwrap_err()
+            .0;
+        assert_eq!(
+            e,
+            "key `max_connections_per_ip` = 11 (test.conf line 2) is larger than \
+             `max_connections` = 10 (test.conf line 1)"
+        );
+        // The environment overrides the file, and says so; an unset key is a default.
+        let e = parse(
+            "# limits\nmax_connections_per_ip = 5\n",
+            &[("CHATD_MAX_CONNECTIONS_PER_IP", "20000")],
+        )
+        .unwrap_err()
+        .0;
+        assert!(
+            e.contains(
+                "`max_connections_per_ip` = 20000 (environment variable \
+                 CHATD_MAX_CONNECTIONS_PER_IP)"
+            ) && e.contains("`max_connections` = 10000 (the default)"),
+            "{e}"
+        );
+        let e = parse(
+            "\nargon2_memory_kib = 8192\n",
+            &[("CHATD_ARGON2_ITERATIONS", "1")],
+        )
+        .unwrap_err()
+        .0;
+        assert!(
+            e.contains("`argon2_memory_kib` = 8192 (test.conf line 2)")
+                && e.contains(
+                    "`argon2_iterations` = 1 (environment variable CHATD_ARGON2_ITERATIONS)"
+                )
+                && e.contains("OWASP"),
+            "{e}"
+        );
+        let e = parse("ws_ping_secs = 60\n", &[]).unwrap_err().0;
+        assert!(
+            e.contains("`ws_idle_timeout_secs` = 60 (the default)")
+                && e.contains("`ws_ping_secs` = 60 (test.conf line 1)"),
+            "{e}"
+        );
+        let e = parse("max_text_chars = 20000\n", &[]).unwrap_err().0;
+        assert!(
+            e.contains("`max_text_chars` = 20000 (test.conf line 1)")
+                && e.contains("`max_message_bytes` = 16384 (the default)"),
+            "{e}"
+        );
     }
 }

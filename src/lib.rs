@@ -50,10 +50,23 @@ pub fn run(config: Config) -> Result<(), String> {
             config.key_file.display()
         );
     }
+    warn_if_exposed(&config.key_file, "private key")?;
     let (tls_config, fingerprint) =
         tls::load_server_config(&config.cert_file, &config.key_file).map_err(|e| e.to_string())?;
-    let (secret, source) = tls::load_secret(std::env::var("SECRET_KEY").ok(), &config.secret_file)
-        .map_err(|e| e.to_string())?;
+    // var_os: var() would treat a SECRET_KEY that is not UTF-8 as unset and silently
+    // fall back to the secret file.
+    let env_secret = std::env::var_os("SECRET_KEY")
+        .map(|value| {
+            value
+                .into_string()
+                .map_err(|_| "SECRET_KEY is not valid UTF-8 (it is used as UTF-8 bytes)")
+        })
+        .transpose()?;
+    let (secret, source) =
+        tls::load_secret(env_secret, &config.secret_file).map_err(|e| e.to_string())?;
+    if source != tls::SecretSource::Environment {
+        warn_if_exposed(&config.secret_file, "JWT secret")?;
+    }
     match source {
         tls::SecretSource::Environment => log::info!("JWT secret from SECRET_KEY"),
         tls::SecretSource::ExistingFile | tls::SecretSource::CreatedFile => log::warn!(
@@ -66,8 +79,15 @@ pub fn run(config: Config) -> Result<(), String> {
             }
         ),
     }
-    let store = store::Store::open(&config.db_path)
-        .map_err(|e| format!("cannot open database {}: {e}", config.db_path.display()))?;
+    let db_error =
+        |e: store::StoreError| format!("cannot open database {}: {e}", config.db_path.display());
+    let store =
+        store::Store::open_with(&config.db_path, config.db_synchronous).map_err(db_error)?;
+    log::info!(
+        "database {} opened (WAL, synchronous = {})",
+        config.db_path.display(),
+        store.synchronous().map_err(db_error)?
+    );
     let app = app::App::new(config, store, &secret)?;
     let server =
         server::Server::bind(app, tls_config).map_err(|e| format!("cannot listen: {e}"))?;
@@ -79,6 +99,18 @@ pub fn run(config: Config) -> Result<(), String> {
     drop(stdout);
     log::info!("listening on https://{addr} (certificate SHA-256 {fingerprint})");
     server.run().map_err(|e| format!("event loop failed: {e}"))
+}
+
+/// Warns when a file holding key material is open to other local users.
+fn warn_if_exposed(path: &std::path::Path, what: &str) -> Result<(), String> {
+    if let Some(mode) = tls::exposed_mode(path).map_err(|e| e.to_string())? {
+        log::warn!(
+            "the {what} file {} is accessible to group or others (mode {mode:04o}); \
+             `chmod 600` it",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Raises the soft open-files limit to the hard limit: every connection is a descriptor.

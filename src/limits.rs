@@ -56,8 +56,12 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
 /// Refusal reasons at accept time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
+    /// `max_connections` are open.
     TooManyConnections,
+    /// `max_connections_per_ip` are open from this address.
     TooManyFromAddress,
+    /// This address opens connections faster than `conn_rate_per_ip`.
+    TooFastFromAddress,
 }
 
 /// All per-client and server-wide limits of the HTTP side.
@@ -65,6 +69,9 @@ pub struct Limits<C: Clock = DefaultClock> {
     clock: C,
     http: KeyedLimiter<C>,
     login: KeyedLimiter<C>,
+    /// New connections per address: opening and closing connections in a loop would
+    /// otherwise cost a full TLS handshake each time.
+    connection_rate: KeyedLimiter<C>,
     password_hashes: DirectLimiter<C>,
     connections: HashMap<IpAddr, usize>,
     open: usize,
@@ -97,6 +104,10 @@ impl<C: Clock + Clone> Limits<C> {
         Limits {
             http: RateLimiter::hashmap_with_clock(quota(config.http_rate_per_ip), clock.clone()),
             login: RateLimiter::hashmap_with_clock(quota(config.login_rate_per_ip), clock.clone()),
+            connection_rate: RateLimiter::hashmap_with_clock(
+                quota(config.conn_rate_per_ip),
+                clock.clone(),
+            ),
             password_hashes: RateLimiter::direct_with_clock(quota(hashes), clock.clone()),
             clock,
             connections: HashMap::new(),
@@ -108,16 +119,20 @@ impl<C: Clock + Clone> Limits<C> {
 }
 
 impl<C: Clock> Limits<C> {
-    /// Counts a new connection from `ip`, or says why it must be refused.
+    /// Counts a new connection from `ip`, or says why it must be refused. The rate is
+    /// checked last, so a connection refused for another reason costs no rate budget.
     pub fn open_connection(&mut self, ip: IpAddr) -> Result<(), Refusal> {
         if self.open >= self.max_connections {
             return Err(Refusal::TooManyConnections);
         }
-        let count = self.connections.entry(client_key(ip)).or_insert(0);
-        if *count >= self.max_per_ip {
+        let key = client_key(ip);
+        if self.connections.get(&key).copied().unwrap_or(0) >= self.max_per_ip {
             return Err(Refusal::TooManyFromAddress);
         }
-        *count += 1;
+        if self.connection_rate.check_key(&key).is_err() {
+            return Err(Refusal::TooFastFromAddress);
+        }
+        *self.connections.entry(key).or_insert(0) += 1;
         self.open += 1;
         Ok(())
     }
@@ -167,7 +182,7 @@ impl<C: Clock> Limits<C> {
 
     /// Drops limiter entries whose budget is full again, and returns their memory.
     pub fn prune(&self) {
-        for limiter in [&self.http, &self.login] {
+        for limiter in [&self.http, &self.login, &self.connection_rate] {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
@@ -182,7 +197,7 @@ impl<C: Clock> Limits<C> {
 
     /// Entries held by the keyed limiters (for tests and metrics).
     pub fn tracked_keys(&self) -> usize {
-        self.http.len() + self.login.len()
+        self.http.len() + self.login.len() + self.connection_rate.len()
     }
 }
 
@@ -224,6 +239,43 @@ mod tests {
         }
         assert_eq!(l.open_connections(), 0);
         assert!(l.connections.is_empty());
+    }
+
+    #[test]
+    fn connection_rate_per_address() {
+        let clock = FakeRelativeClock::default();
+        let mut l = Limits::with_clock(
+            &config("conn_rate_per_ip = 2/s burst 3\nmax_connections_per_ip = 3\n"),
+            clock.clone(),
+        );
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let a_same_64: IpAddr = "2001:db8::ffff:2".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        // Opened and closed at once: the open count never stops them, the rate does.
+        for ip in [a, a_same_64, a] {
+            assert_eq!(l.open_connection(ip), Ok(()));
+            l.close_connection(ip);
+        }
+        assert_eq!(
+            l.open_connection(a_same_64),
+            Err(Refusal::TooFastFromAddress)
+        );
+        assert_eq!(l.open_connection(b), Ok(()), "other addresses unaffected");
+        assert_eq!(
+            l.open_connections(),
+            1,
+            "a refused connection is not counted"
+        );
+        clock.advance(Duration::from_millis(500));
+        assert_eq!(l.open_connection(a), Ok(()));
+        assert_eq!(l.open_connection(a), Err(Refusal::TooFastFromAddress));
+        // A connection refused by the open count spends none of the rate.
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(l.open_connection(a), Ok(()));
+        assert_eq!(l.open_connection(a), Ok(()));
+        assert_eq!(l.open_connection(a), Err(Refusal::TooManyFromAddress));
+        l.close_connection(a);
+        assert_eq!(l.open_connection(a), Ok(()), "one left in the burst");
     }
 
     #[test]

@@ -11,10 +11,11 @@ Serves HTTPS and WSS on one port. PATH defaults to ./server.conf; every key can 
 overridden with an environment variable CHATD_<KEY> (e.g. CHATD_PORT=9443).";
 
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
+    // args_os: a path need not be UTF-8 (std::env::args() would panic on it).
+    let mut args = std::env::args_os().skip(1);
     let mut config_path: Option<PathBuf> = None;
     while let Some(arg) = args.next() {
-        match arg.as_str() {
+        match arg.to_string_lossy().as_ref() {
             "--config" | "-c" => match args.next() {
                 Some(path) => config_path = Some(PathBuf::from(path)),
                 None => return usage_error("--config needs a path"),
@@ -32,7 +33,9 @@ fn main() -> ExitCode {
     }
     let required = config_path.is_some();
     let path = config_path.unwrap_or_else(|| PathBuf::from("server.conf"));
-    let config = match Config::load(&path, required, std::env::vars()) {
+    // vars_os: std::env::vars() panics on the first variable that is not UTF-8.
+    let env = chatd::config::utf8_environment(std::env::vars_os());
+    let config = match env.and_then(|env| Config::load(&path, required, env)) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("chatd: configuration error: {e}");

@@ -12,6 +12,7 @@ pub struct Metrics {
     pub connections_accepted: u64,
     pub refused_max_connections: u64,
     pub refused_per_ip: u64,
+    pub refused_conn_rate: u64,
     pub tls_errors: u64,
     pub plaintext_rejected: u64,
     pub header_timeouts: u64,
@@ -44,6 +45,8 @@ pub struct Gauges {
     pub open_websockets: usize,
     pub online_users: usize,
     pub rooms: usize,
+    /// A counter, kept by `auth::Passwords` because it computes every hash.
+    pub password_hashes: u64,
 }
 
 impl Metrics {
@@ -80,10 +83,11 @@ impl Metrics {
         metric(
             "chatd_connections_refused_total",
             "counter",
-            "Connections closed at accept because of a connection limit.",
+            "Connections closed at accept, before TLS, because of a connection limit.",
             &[
                 ("reason=\"max_connections\"", self.refused_max_connections),
                 ("reason=\"max_connections_per_ip\"", self.refused_per_ip),
+                ("reason=\"conn_rate_per_ip\"", self.refused_conn_rate),
             ],
         );
         metric(
@@ -131,6 +135,12 @@ impl Metrics {
                 ("result=\"ok\"", self.logins_ok),
                 ("result=\"failed\"", self.logins_failed),
             ],
+        );
+        metric(
+            "chatd_password_hashes_total",
+            "counter",
+            "argon2id computations: hashes and verifications, the dummy one for unknown users included.",
+            &[("", gauges.password_hashes)],
         );
         metric(
             "chatd_registrations_total",
@@ -215,12 +225,16 @@ mod tests {
         m.logins_failed = 2;
         let text = m.render(Gauges {
             open_connections: 3,
+            password_hashes: 7,
             ..Gauges::default()
         });
         assert!(text.contains("# TYPE chatd_open_connections gauge\nchatd_open_connections 3\n"));
         assert!(text.contains("chatd_http_responses_total{class=\"4xx\"} 2\n"));
         assert!(text.contains("chatd_http_responses_total{class=\"2xx\"} 1\n"));
         assert!(text.contains("chatd_logins_total{result=\"failed\"} 2\n"));
+        assert!(text.contains(
+            "# TYPE chatd_password_hashes_total counter\nchatd_password_hashes_total 7\n"
+        ));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();
             value.parse::<u64>().unwrap();

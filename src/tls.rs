@@ -1,12 +1,13 @@
 //! Certificates, keys and the JWT secret: loading, first-start generation, fingerprints.
 //!
-//! A missing certificate or key is replaced by a self-signed ECDSA P-256 pair for
-//! localhost, 127.0.0.1 and ::1 (the key file 0600). The rustls configuration is built
-//! here and rebuilt on SIGHUP; connections keep the configuration they started with.
+//! When neither the certificate nor the key exists, a self-signed ECDSA P-256 pair for
+//! localhost, 127.0.0.1 and ::1 is generated (the key file 0600); one without the other
+//! is refused, never overwritten. The rustls configuration is built here and rebuilt on
+//! SIGHUP; connections keep the configuration they started with.
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -30,7 +31,9 @@ impl std::fmt::Display for TlsError {
 
 impl std::error::Error for TlsError {}
 
-/// Writes `data` to a new file with the given mode, creating the directory.
+/// Writes `data` to a file that must not exist yet, with exactly `mode` whatever the
+/// umask, creating the directory. Never truncating an existing file means key material
+/// is never overwritten, and a file that existed keeps no mode of its own.
 fn write_new_file(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
@@ -38,20 +41,45 @@ fn write_new_file(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
     }
     let mut file = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(mode)
         .open(path)
-        .map_err(|e| TlsError(format!("cannot write {}: {e}", path.display())))?;
-    file.write_all(data)
+        .map_err(|e| TlsError(format!("cannot create {}: {e}", path.display())))?;
+    // The umask may have taken bits away from `mode`: set it exactly.
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .and_then(|()| file.write_all(data))
         .and_then(|()| file.sync_all())
         .map_err(|e| TlsError(format!("cannot write {}: {e}", path.display())))
 }
 
-/// Generates a self-signed certificate unless both files exist. Returns whether it did.
+fn exists(path: &Path) -> Result<bool, TlsError> {
+    path.try_exists()
+        .map_err(|e| TlsError(format!("cannot look at {}: {e}", path.display())))
+}
+
+/// Generates a self-signed certificate when neither file exists. Returns whether it
+/// did. Exactly one of them present is an error: generating a pair would overwrite a
+/// file someone put there (a real key, or a certificate for it).
 pub fn ensure_certificate(cert_file: &Path, key_file: &Path) -> Result<bool, TlsError> {
-    if cert_file.exists() && key_file.exists() {
-        return Ok(false);
+    match (exists(cert_file)?, exists(key_file)?) {
+        (true, true) => return Ok(false),
+        (false, false) => {}
+        (cert_present, _) => {
+            let (present, missing) = if cert_present {
+                (("certificate", cert_file), ("key", key_file))
+            } else {
+                (("key", key_file), ("certificate", cert_file))
+            };
+            return Err(TlsError(format!(
+                "the {} file {} exists but the {} file {} does not; refusing to generate a \
+                 new pair over it: supply both files, or remove {} to have chatd generate both",
+                present.0,
+                present.1.display(),
+                missing.0,
+                missing.1.display(),
+                present.1.display()
+            )));
+        }
     }
     let names = vec![
         "localhost".to_string(),
@@ -65,8 +93,23 @@ pub fn ensure_certificate(cert_file: &Path, key_file: &Path) -> Result<bool, Tls
         certified.signing_key.serialize_pem().as_bytes(),
         0o600,
     )?;
-    write_new_file(cert_file, certified.cert.pem().as_bytes(), 0o644)?;
+    if let Err(e) = write_new_file(cert_file, certified.cert.pem().as_bytes(), 0o644) {
+        // A key without its certificate would stop every later start.
+        let _ = std::fs::remove_file(key_file);
+        return Err(e);
+    }
     Ok(true)
+}
+
+/// The mode of `path` if group or others have any access to it (`mode & 0o077 != 0`):
+/// a private key or secret in such a file is open to other local users.
+pub fn exposed_mode(path: &Path) -> Result<Option<u32>, TlsError> {
+    let mode = std::fs::metadata(path)
+        .map_err(|e| TlsError(format!("cannot look at {}: {e}", path.display())))?
+        .permissions()
+        .mode()
+        & 0o777;
+    Ok((mode & 0o077 != 0).then_some(mode))
 }
 
 /// The TLS configuration for the given files, and the certificate's SHA-256
@@ -194,7 +237,6 @@ pub fn load_secret(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn generates_loads_and_fingerprints() {
@@ -213,6 +255,48 @@ mod tests {
         assert_eq!(first, "TLS13_AES_128_GCM_SHA256");
         assert_eq!(fp.len(), 32 * 3 - 1);
         assert!(fp.split(':').all(|h| h.len() == 2));
+    }
+
+    #[test]
+    fn one_file_without_the_other_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        // A key on its own, readable by others: neither replaced nor re-moded.
+        std::fs::write(&key, "my real key\n").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = ensure_certificate(&cert, &key).unwrap_err().0;
+        assert!(
+            e.contains(&cert.display().to_string()) && e.contains(&key.display().to_string()),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), "my real key\n");
+        assert_eq!(exposed_mode(&key).unwrap(), Some(0o644));
+        assert!(!cert.exists());
+        // A certificate on its own.
+        std::fs::remove_file(&key).unwrap();
+        std::fs::write(&cert, "my real certificate\n").unwrap();
+        let e = ensure_certificate(&cert, &key).unwrap_err().0;
+        assert!(e.contains("the certificate file"), "{e}");
+        assert!(e.contains(&key.display().to_string()), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(&cert).unwrap(),
+            "my real certificate\n"
+        );
+        assert!(!key.exists());
+    }
+
+    #[test]
+    fn new_files_get_exactly_their_mode_and_never_replace_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        write_new_file(&path, b"one", 0o600).unwrap();
+        assert_eq!(exposed_mode(&path).unwrap(), None);
+        assert!(write_new_file(&path, b"two", 0o600).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"one");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(exposed_mode(&path).unwrap(), Some(0o640));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o604)).unwrap();
+        assert_eq!(exposed_mode(&path).unwrap(), Some(0o604));
     }
 
     #[test]

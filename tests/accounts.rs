@@ -159,6 +159,29 @@ fn wrong_password_and_unknown_user_get_the_same_401() {
 }
 
 #[test]
+fn an_unknown_user_costs_the_same_password_hash_as_a_wrong_password() {
+    // Counted, not timed: each login failure must run exactly one argon2id computation,
+    // so the two cannot be told apart by how long they take.
+    let server = TestServer::start(MANY_LOGINS);
+    let mut c = server.connect();
+    let hashes = |c: &mut Client| c.metric("chatd_password_hashes_total");
+    assert_eq!(hashes(&mut c), 0);
+    c.register("erin", "erin-password");
+    assert_eq!(hashes(&mut c), 1, "a registration hashes once");
+    for (user, pw) in [
+        ("erin", "wrong-password"),
+        ("nobody", "erin-password"),
+        ("x", "not-a-valid-username"),
+        ("erin", "erin-password"),
+    ] {
+        let before = hashes(&mut c);
+        let r = c.post_json("/login", &creds(user, pw));
+        assert!(r.status == 200 || r.status == 401, "{}", r.text());
+        assert_eq!(hashes(&mut c), before + 1, "login as {user:?} / {pw:?}");
+    }
+}
+
+#[test]
 fn me_refuses_missing_malformed_and_forged_tokens() {
     let server = TestServer::start_with_env("", &[("SECRET_KEY", TEST_SECRET)]);
     let user = server.register("erin", "erin-password");
@@ -304,6 +327,8 @@ fn put_me_changes_the_display_name() {
         json!(""),
         json!("x".repeat(65)),
         json!("tab\there"),
+        json!("gina\u{200B}"),
+        json!("\u{202E}anig"),
         json!(42),
     ] {
         let mut c = server.connect();

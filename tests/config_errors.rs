@@ -1,9 +1,13 @@
 //! Startup refusals: unknown keys, unknown `CHATD_*` variables, bad values (file or
-//! environment), a missing config file, bad arguments and a short `SECRET_KEY` stop
-//! chatd with exit code 2 (configuration) or 1 (other startup failures), and the
-//! message names the key and the line or variable.
+//! environment, UTF-8 or not), a missing config file, bad arguments, a short or
+//! non-UTF-8 `SECRET_KEY` and a certificate without its key stop chatd with exit code 2
+//! (configuration) or 1 (other startup failures), and the message names the key and the
+//! line, variable or file.
 
 mod common;
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 
 use common::*;
 
@@ -87,7 +91,16 @@ fn other_configuration_mistakes_exit_2() {
         &conf("max_connections = 10\nmax_connections_per_ip = 11"),
         &[],
     );
-    assert_config_error(status, &stderr, &["max_connections_per_ip"]);
+    assert_config_error(
+        status,
+        &stderr,
+        &[
+            "`max_connections_per_ip` = 11 (",
+            "server.conf line 5)",
+            "`max_connections` = 10 (",
+            "server.conf line 4)",
+        ],
+    );
 
     // A config file that does not exist.
     let dir = tempfile::tempdir().unwrap();
@@ -154,4 +167,78 @@ fn a_port_in_use_stops_startup_with_exit_1() {
     let (status, stderr) = run_expecting_exit(&conf(""), &[("CHATD_PORT", &port.to_string())]);
     assert_eq!(status.code(), Some(1), "stderr: {stderr}");
     assert!(stderr.contains("cannot listen"), "{stderr}");
+}
+
+#[test]
+fn a_certificate_without_its_key_or_a_key_without_its_certificate_stops_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    let paths = format!(
+        "cert_file = {}\nkey_file = {}",
+        cert.display(),
+        key.display()
+    );
+    for (present, absent) in [(&cert, &key), (&key, &cert)] {
+        std::fs::write(present, "operator's own file\n").unwrap();
+        let (status, stderr) = run_expecting_exit(&conf(&paths), &[]);
+        assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+        for path in [&cert, &key] {
+            assert!(
+                stderr.contains(&path.display().to_string()),
+                "{} not named: {stderr}",
+                path.display()
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(present).unwrap(),
+            "operator's own file\n",
+            "the existing file was overwritten"
+        );
+        assert!(!absent.exists(), "{} was created", absent.display());
+        std::fs::remove_file(present).unwrap();
+    }
+}
+
+/// Runs chatd on a valid configuration with extra environment variables given as raw
+/// bytes (not necessarily UTF-8).
+fn run_with_raw_env(vars: &[(&[u8], &[u8])]) -> (std::process::ExitStatus, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let conf_path = dir.path().join("server.conf");
+    std::fs::write(&conf_path, conf("")).unwrap();
+    let mut cmd = chatd_command(&conf_path, &[]);
+    for (name, value) in vars {
+        cmd.env(OsStr::from_bytes(name), OsStr::from_bytes(value));
+    }
+    run_command_expecting_exit(cmd)
+}
+
+#[test]
+fn chatd_variables_that_are_not_utf8_stop_startup_naming_the_variable() {
+    let (status, stderr) = run_with_raw_env(&[(b"CHATD_PORT", b"84\xff3")]);
+    assert_config_error(status, &stderr, &["CHATD_PORT", "not valid UTF-8"]);
+    let (status, stderr) = run_with_raw_env(&[(b"CHATD_\xffPORT", b"8443")]);
+    assert_config_error(status, &stderr, &["CHATD_\u{FFFD}PORT", "not valid UTF-8"]);
+    // SECRET_KEY is not silently ignored (which would mean the secret file instead).
+    let (status, stderr) = run_with_raw_env(&[(b"SECRET_KEY", &[0xff; 40])]);
+    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("SECRET_KEY is not valid UTF-8"), "{stderr}");
+    // A path argument need not be UTF-8: a missing one is an ordinary error.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join(OsStr::from_bytes(b"n\xffpe.conf"));
+    let (status, stderr) = run_command_expecting_exit(chatd_command(&missing, &[]));
+    assert_config_error(status, &stderr, &["cannot read configuration file"]);
+}
+
+#[test]
+fn other_variables_that_are_not_utf8_are_ignored() {
+    let server = TestServer::start_customized("", |cmd| {
+        cmd.env(
+            OsStr::from_bytes(b"LANG_X"),
+            OsStr::from_bytes(b"de_DE.\xff"),
+        );
+        cmd.env(OsStr::from_bytes(b"\xfe\xff"), OsStr::from_bytes(b"x"));
+        cmd.env(OsStr::from_bytes(b"RUST_LOG"), OsStr::from_bytes(b"\xff"));
+    });
+    assert_eq!(server.connect().get("/healthz").status, 200);
 }

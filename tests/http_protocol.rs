@@ -629,3 +629,146 @@ fn metrics_are_prometheus_text_and_can_be_turned_off() {
     let off = TestServer::start("metrics = off");
     assert_error(&off.connect().get("/metrics"), 404, "not_found");
 }
+
+#[test]
+fn a_request_arriving_with_the_fin_is_answered_and_the_connection_closed_at_once() {
+    let server = TestServer::start(
+        "idle_timeout_secs = 60\nlogin_rate_per_ip = 100/s burst 100\npassword_hashes_per_sec = 100",
+    );
+    let mut busy = server.connect();
+    let mut c = server.connect();
+    // Five logins in one write keep the loop hashing for a while, so that the next
+    // request and the FIN behind it are both waiting when it looks at `c` again: one
+    // readable edge for both.
+    let login = json!({"username": "nobody", "password": "whatever-pw"}).to_string();
+    let mut batch = Vec::new();
+    for _ in 0..5 {
+        batch.extend(busy.build_request(
+            "POST",
+            "/login",
+            &[("Content-Type", "application/json")],
+            login.as_bytes(),
+        ));
+    }
+    busy.send(&batch);
+    std::thread::sleep(Duration::from_millis(20));
+    let request = c.build_request("GET", "/healthz", &[], b"");
+    c.send(&request);
+    c.tls
+        .sock
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    let sent = std::time::Instant::now();
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        c.is_closed_within(Duration::from_secs(5)),
+        "a half-closed client was kept open (until the idle timeout)"
+    );
+    assert!(sent.elapsed() < Duration::from_secs(5));
+    for _ in 0..5 {
+        assert_error(&busy.read_response(), 401, "invalid_credentials");
+    }
+}
+
+/// The access-log lines in a server log: `(level, message)`.
+fn access_lines(log: &str) -> Vec<(String, String)> {
+    log.lines()
+        .filter_map(|line| {
+            let (head, message) = line.split_once("chatd::access] ")?;
+            let level = head.split_whitespace().nth(1)?.to_string();
+            Some((level, message.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_access_log_has_one_info_line_per_request_and_never_a_query_string() {
+    let mut server = TestServer::start("access_log = true");
+    let mut c = server.connect();
+    let r = c.get("/healthz?token=QUERY-SECRET-1");
+    assert_eq!(r.status, 200);
+    let healthz_bytes = r.body.len();
+    assert_eq!(c.get("/nope?x=QUERY-SECRET-2").status, 404);
+    // The line is written before the response is sent: no waiting needed.
+    let log = server.log();
+    let lines = access_lines(&log);
+    assert_eq!(lines.len(), 2, "{log}");
+    for ((level, message), (path, status, bytes)) in lines.iter().zip([
+        ("/healthz", "200", Some(healthz_bytes)),
+        ("/nope", "404", None),
+    ]) {
+        assert_eq!(level, "INFO", "{message}");
+        // peer "METHOD PATH" STATUS BYTESB MICROSECONDSus
+        let words: Vec<&str> = message.split_whitespace().collect();
+        assert_eq!(words.len(), 6, "{message}");
+        assert_eq!(words[0], "127.0.0.1", "{message}");
+        assert_eq!((words[1], words[2]), ("\"GET", &*format!("{path}\"")));
+        assert_eq!(words[3], status, "{message}");
+        let body: usize = words[4]
+            .strip_suffix('B')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("bytes in {message}"));
+        if let Some(expected) = bytes {
+            assert_eq!(body, expected, "{message}");
+        }
+        words[5]
+            .strip_suffix("us")
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("microseconds in {message}"));
+    }
+    assert!(
+        !log.contains("QUERY-SECRET"),
+        "a query string was logged:\n{log}"
+    );
+
+    server.restart_with("access_log = false");
+    let before = access_lines(&server.log()).len();
+    let mut c = server.connect();
+    assert_eq!(c.get("/healthz").status, 200);
+    assert_eq!(c.get("/nope").status, 404);
+    assert_eq!(
+        access_lines(&server.log()).len(),
+        before,
+        "access_log = false still logs requests"
+    );
+}
+
+#[test]
+fn metrics_count_logins_and_responses_by_status_class() {
+    let server =
+        TestServer::start("login_rate_per_ip = 100/s burst 100\npassword_hashes_per_sec = 100");
+    let mut c = server.connect();
+    let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+    let read = |c: &mut Client| {
+        let text = c.get("/metrics").text();
+        let mut values: Vec<u64> = classes
+            .iter()
+            .map(|class| {
+                metric_value(
+                    &text,
+                    &format!("chatd_http_responses_total{{class=\"{class}\"}}"),
+                )
+            })
+            .collect();
+        values.push(metric_value(&text, "chatd_logins_total{result=\"ok\"}"));
+        values.push(metric_value(&text, "chatd_logins_total{result=\"failed\"}"));
+        values
+    };
+    let before = read(&mut c); // itself a 2xx, counted once it is sent
+    c.register("mona", "mona-password"); // 201
+    c.login("mona", "mona-password"); // 200, login ok
+    for (user, pw) in [("mona", "wrong-password"), ("nobody", "mona-password")] {
+        let r = c.post_json("/login", &json!({"username": user, "password": pw}));
+        assert_error(&r, 401, "invalid_credentials"); // login failed
+    }
+    assert_eq!(c.get("/nope").status, 404);
+    let r = c.get("/style.css"); // 200
+    let etag = r.header("etag").expect("etag").to_string();
+    let r = c.request("GET", "/style.css", &[("If-None-Match", &etag)], b"");
+    assert_eq!(r.status, 304);
+    let after = read(&mut c);
+    let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    // 1xx 2xx 3xx 4xx 5xx, logins ok, logins failed
+    assert_eq!(delta, [0, 4, 1, 3, 0, 1, 2]);
+}

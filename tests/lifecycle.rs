@@ -1,6 +1,8 @@
-//! The process lifecycle: first start (certificate, key, JWT secret), SIGTERM/SIGINT
-//! (finish in-flight requests, exit 0, database intact), restart (users, certificate and
-//! tokens survive), SIGHUP certificate reload without dropping connections, and IPv6.
+//! The process lifecycle: first start (certificate, key, JWT secret, file modes, what is
+//! logged and what never is), SIGTERM/SIGINT (finish in-flight requests, exit 0,
+//! database intact), restart (users, certificate and tokens survive), SIGHUP certificate
+//! reload without dropping connections, IPv6 and dual-stack, and what is set up at start
+//! (db_synchronous, the open-files limit).
 
 mod common;
 
@@ -8,6 +10,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use common::*;
+use rustls::pki_types::PrivateKeyDer;
+use rustls::pki_types::pem::PemObject;
 use serde_json::json;
 
 fn mode(path: &std::path::Path) -> u32 {
@@ -18,11 +22,37 @@ fn mode(path: &std::path::Path) -> u32 {
         & 0o777
 }
 
+/// The DER of `id-ecPublicKey` (1.2.840.10045.2.1) with the curve `prime256v1`
+/// (1.2.840.10045.3.1.7): the AlgorithmIdentifier of an ECDSA P-256 key.
+const EC_P256_ALGORITHM: &[u8] = &[
+    0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48,
+    0xce, 0x3d, 0x03, 0x01, 0x07,
+];
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+const GENERATED: &str = "generated a self-signed certificate";
+const SECRET_WARNING: &str = "production must set SECRET_KEY";
+
 #[test]
 fn first_start_generates_certificate_key_and_jwt_secret() {
-    let server = TestServer::start("");
+    let mut server = TestServer::start("");
     assert!(server.cert_path().is_file());
     assert_eq!(mode(&server.key_path()), 0o600, "private key must be 0600");
+    assert!(server.log().contains(GENERATED), "{}", server.log());
+    assert!(server.log().contains(SECRET_WARNING), "{}", server.log());
+
+    // The key is ECDSA P-256 in PKCS#8, and so is the certificate's public key.
+    let key_pem = std::fs::read(server.key_path()).unwrap();
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).expect("key PEM");
+    assert!(matches!(key, PrivateKeyDer::Pkcs8(_)), "not PKCS#8");
+    // PKCS#8 starts with the version, then the key's AlgorithmIdentifier.
+    assert!(
+        contains(&key.secret_der()[..40], EC_P256_ALGORITHM),
+        "the key is not ECDSA P-256"
+    );
     let secret_path = server.dir().join("certs/jwt.secret");
     assert_eq!(mode(&secret_path), 0o600, "JWT secret must be 0600");
     assert!(server.jwt_secret().len() >= 32);
@@ -42,6 +72,54 @@ fn first_start_generates_certificate_key_and_jwt_secret() {
     assert!(server.db_path().is_file());
     let cwd_entries = std::fs::read_dir(server.dir().join("cwd")).unwrap().count();
     assert_eq!(cwd_entries, 0, "chatd wrote into its working directory");
+    assert!(
+        contains(&der, EC_P256_ALGORITHM),
+        "certificate key not P-256"
+    );
+
+    // A second start uses what the first made.
+    let secret = String::from_utf8(server.jwt_secret()).unwrap();
+    server.restart();
+    assert_eq!(server.fingerprint(), fingerprint(&der));
+    let log = server.log();
+    assert_eq!(log.matches(GENERATED).count(), 1, "generated again:\n{log}");
+    assert_eq!(log.matches(SECRET_WARNING).count(), 2, "{log}");
+    // The secret is never printed, on either stream.
+    assert!(!log.contains(&secret), "the JWT secret is in the log");
+    assert!(
+        !server.stdout().iter().any(|l| l.contains(&secret)),
+        "the JWT secret is on stdout"
+    );
+}
+
+#[test]
+fn a_secret_key_from_the_environment_is_used_quietly_and_never_printed() {
+    let mut server = TestServer::start_with_env("", &[("SECRET_KEY", TEST_SECRET)]);
+    let user = server.register("sigrid", "sigrid-password");
+    let token = server.login("sigrid", "sigrid-password");
+    // Signed with SECRET_KEY: a token made with it by hand is accepted too.
+    let now = unix_now();
+    let id = user["id"].as_i64().unwrap();
+    let forged = sign_hs256(
+        &claims_for(id, "sigrid", now, now + 60, 0),
+        TEST_SECRET.as_bytes(),
+    );
+    let mut c = server.connect();
+    assert_eq!(c.get_auth("/me", &forged).status, 200);
+    assert_eq!(c.get_auth("/me", &token).status, 200);
+    let log = server.log();
+    assert!(!log.contains(SECRET_WARNING), "{log}");
+    assert!(log.contains("JWT secret from SECRET_KEY"), "{log}");
+    assert!(!log.contains(TEST_SECRET), "SECRET_KEY is in the log");
+    let stdout = server.stdout();
+    assert!(
+        stdout.iter().any(|l| l.starts_with("listening on")),
+        "{stdout:?}"
+    );
+    assert!(
+        !stdout.iter().any(|l| l.contains(TEST_SECRET)),
+        "SECRET_KEY is on stdout"
+    );
 }
 
 /// Waits until the listener is gone (connections refused): the server has seen the
@@ -221,4 +299,158 @@ fn ipv6_loopback_works() {
     assert_eq!(c.get_auth("/me", &token).status, 200);
     // ::1 is loopback: /metrics is readable by default.
     assert_eq!(c.get("/metrics").status, 200);
+}
+
+#[test]
+fn db_synchronous_is_applied_and_logged_at_start() {
+    let mut server = TestServer::start("");
+    assert!(
+        server.log().contains("(WAL, synchronous = FULL)"),
+        "default not logged as FULL:\n{}",
+        server.log()
+    );
+    server.restart_with("db_synchronous = normal");
+    let log = server.log();
+    let second_start = &log[log.rfind("synchronous = ").expect("logged")..];
+    assert!(
+        second_start.starts_with("synchronous = NORMAL)"),
+        "db_synchronous = normal not in effect:\n{log}"
+    );
+    assert_eq!(log.matches("synchronous = FULL").count(), 1, "{log}");
+}
+
+#[test]
+fn the_generated_key_is_0600_whatever_the_umask() {
+    // A umask that takes the owner's read bit: a mode given only at creation would leave
+    // the key write-only (0200).
+    let server = TestServer::start_customized("", |cmd| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: umask(2) is async-signal-safe and touches only the child's own state.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::umask(0o400);
+                Ok(())
+            });
+        }
+    });
+    assert_eq!(mode(&server.key_path()), 0o600);
+    assert_eq!(mode(&server.dir().join("certs/jwt.secret")), 0o600);
+    assert_eq!(mode(&server.cert_path()), 0o644);
+    assert_eq!(server.connect().get("/healthz").status, 200);
+}
+
+#[test]
+fn key_and_secret_files_readable_by_others_are_warned_about() {
+    let mut server = TestServer::start("");
+    assert!(
+        !server.log().contains("accessible to group or others"),
+        "{}",
+        server.log()
+    );
+    let secret = server.dir().join("certs/jwt.secret");
+    server.stop();
+    std::fs::set_permissions(server.key_path(), PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&secret, PermissionsExt::from_mode(0o640)).unwrap();
+    server.restart();
+    let log = server.log();
+    for (what, path, mode) in [
+        ("private key", server.key_path(), "0644"),
+        ("JWT secret", secret.clone(), "0640"),
+    ] {
+        let warning = format!(
+            "the {what} file {} is accessible to group or others (mode {mode})",
+            path.display()
+        );
+        assert!(log.contains(&warning), "no {warning:?} in:\n{log}");
+    }
+    // The files are reported, not changed behind the operator's back.
+    assert_eq!(mode(&server.key_path()), 0o644);
+    assert_eq!(server.connect().get("/healthz").status, 200);
+}
+
+/// `host = ::` takes IPv4 clients too. (Where the system default is already dual-stack,
+/// net.ipv6.bindv6only = 0, this passes by itself; with bindv6only = 1 only chatd's own
+/// setting makes it pass.)
+#[test]
+fn host_unspecified_ipv6_listens_on_ipv4_and_ipv6() {
+    if std::net::TcpListener::bind("[::]:0").is_err() {
+        eprintln!("NOTE: IPv6 is disabled on this machine; dual-stack test skipped");
+        return;
+    }
+    let server = TestServer::start("host = ::");
+    let addr = server.addr();
+    assert_eq!(addr.ip().to_string(), "::", "{addr}");
+    let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()));
+    let mut c = Client::connect(v4, server.client_config(), "localhost")
+        .unwrap_or_else(|e| panic!("{v4}: {e}\n{}", server.log()));
+    assert_eq!(c.get("/healthz").status, 200);
+    // An IPv4 client arrives as ::ffff:127.0.0.1, still loopback for /metrics.
+    assert_eq!(c.get("/metrics").status, 200);
+    if has_ipv6_loopback() {
+        let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()));
+        let mut c = Client::connect(v6, server.client_config(), "localhost")
+            .unwrap_or_else(|e| panic!("{v6}: {e}\n{}", server.log()));
+        assert_eq!(c.get("/healthz").status, 200);
+    } else {
+        eprintln!("NOTE: no ::1 on this machine; only IPv4 was tried on `host = ::`");
+    }
+}
+
+#[test]
+fn the_open_files_limit_is_raised_to_the_hard_limit() {
+    // Started with a low soft limit, so that only chatd itself can have raised it.
+    const LOW: libc::rlim_t = 256;
+    let mut own = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut own) }, 0);
+    if own.rlim_max <= LOW {
+        eprintln!(
+            "NOTE: hard open-files limit is {}; test skipped",
+            own.rlim_max
+        );
+        return;
+    }
+    let server = TestServer::start_customized("", |cmd| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: getrlimit and setrlimit are plain system calls (async-signal-safe) on
+        // the child's own limits; nothing is allocated.
+        unsafe {
+            cmd.pre_exec(|| {
+                let mut limit = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                limit.rlim_cur = LOW;
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid()))
+        .expect("read /proc/PID/limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("no open files line in:\n{limits}"));
+    // Max open files   <soft>   <hard>   files
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields.len(), 6, "{line}");
+    assert_eq!(
+        fields[3], fields[4],
+        "soft limit not raised to the hard one: {line}"
+    );
+    let hard = if own.rlim_max == libc::RLIM_INFINITY {
+        "unlimited".to_string()
+    } else {
+        own.rlim_max.to_string()
+    };
+    assert_eq!(fields[4], hard, "{line}");
 }

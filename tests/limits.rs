@@ -1,6 +1,7 @@
-//! Limits end to end: connection limits at accept (before TLS), per-IP HTTP and login
-//! rates, the server-wide password-hash budget, the header timeout (slowloris, slow
-//! handshake, slow body) and the idle timeout, each with its `/metrics` counter.
+//! Limits end to end: connection limits and the connection rate at accept (before TLS),
+//! per-IP HTTP and login rates, the server-wide password-hash budget, the header timeout
+//! (slowloris, slow handshake, slow body) and the idle timeout, each with its `/metrics`
+//! counter.
 
 mod common;
 
@@ -230,14 +231,22 @@ fn a_password_change_fits_the_smallest_hash_budget() {
     c.login("olly", "olly-password-2");
 }
 
-/// Sends `bytes` one at a time every 500 ms, stopping when the server closes the
-/// connection; returns the time from `start` to the close, or None if all was sent.
-fn trickle(c: &mut Client, bytes: &[u8], start: Instant, limit: Duration) -> Option<Duration> {
+/// Sends `bytes` one at a time, `interval` apart, stopping when the server closes the
+/// connection; returns the time from `start` to the close (seen at once: we wait for it
+/// between bytes), or None if all was sent. Panics once the connection is still open
+/// after `limit`.
+fn trickle(
+    c: &mut Client,
+    bytes: &[u8],
+    interval: Duration,
+    start: Instant,
+    limit: Duration,
+) -> Option<Duration> {
     for &b in bytes {
         if c.try_send(&[b]).is_err() {
             return Some(start.elapsed());
         }
-        if c.is_closed_within(Duration::from_millis(500)) {
+        if c.is_closed_within(interval) {
             return Some(start.elapsed());
         }
         assert!(start.elapsed() < limit, "still open after {limit:?}");
@@ -246,11 +255,13 @@ fn trickle(c: &mut Client, bytes: &[u8], start: Instant, limit: Duration) -> Opt
 }
 
 #[test]
-fn slowloris_is_cut_off_while_other_clients_are_served() {
+fn slowloris_is_cut_off_at_the_header_timeout_while_other_clients_are_served() {
+    let header_timeout = Duration::from_secs(2);
     let server = TestServer::start("header_timeout_secs = 2");
     let start = Instant::now();
     let mut slow = server.connect();
-    let head = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: 1234567890\r\n\r\n";
+    // At one byte a second the head would be complete only after more than a minute.
+    let head = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: 1234567890123456\r\n\r\n";
 
     // A normal client is served while the slow one dribbles, not after it is gone.
     let other = std::thread::spawn({
@@ -263,11 +274,18 @@ fn slowloris_is_cut_off_while_other_clients_are_served() {
             (r.status, start.elapsed())
         }
     });
-    let closed_after = trickle(&mut slow, head, start, Duration::from_secs(6))
+    // The timeout runs from accept, just after `start`; a loaded machine may fire it a
+    // little late, hence the margin.
+    let limit = header_timeout + Duration::from_secs(2);
+    let closed_after = trickle(&mut slow, head, Duration::from_secs(1), start, limit)
         .expect("the slow client was never cut off");
     assert!(
-        closed_after >= Duration::from_millis(1500),
-        "cut off too early: {closed_after:?}"
+        closed_after >= header_timeout - Duration::from_millis(100),
+        "cut off before the header timeout: {closed_after:?}"
+    );
+    assert!(
+        closed_after <= limit,
+        "cut off at {closed_after:?}, long after the header timeout"
     );
     assert!(slow.pending().is_empty(), "no response for a slow request");
     let (status, served_after) = other.join().expect("other client");
@@ -277,10 +295,12 @@ fn slowloris_is_cut_off_while_other_clients_are_served() {
         "the normal client was served at {served_after:?}, only after the slow one was \
          cut off at {closed_after:?}"
     );
+    // It was the header timeout that cut it, by the server's own account.
     assert_eq!(
         server.metric("chatd_connection_errors_total{reason=\"header_timeout\"}"),
         1
     );
+    assert!(server.log().contains("request not complete in time"));
 }
 
 #[test]
@@ -330,8 +350,14 @@ fn a_body_that_trickles_in_is_cut_off() {
         b"POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
           Content-Length: 64\r\n\r\n",
     );
-    let closed_after = trickle(&mut c, &[b' '; 64], start, Duration::from_secs(6))
-        .expect("the slow body was never cut off");
+    let closed_after = trickle(
+        &mut c,
+        &[b' '; 64],
+        Duration::from_millis(500),
+        start,
+        Duration::from_secs(6),
+    )
+    .expect("the slow body was never cut off");
     assert!(
         closed_after >= Duration::from_millis(1500),
         "{closed_after:?}"
@@ -372,4 +398,44 @@ fn a_busy_keep_alive_connection_is_not_idle() {
         assert!(!r.closes());
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+#[test]
+fn connections_opened_too_fast_are_closed_before_tls() {
+    let server = TestServer::start("conn_rate_per_ip = 5/s burst 5");
+    // Ten connections at once: the server accepts them within microseconds of each
+    // other, far less than the 200 ms that refills one in the budget.
+    let socks: Vec<std::net::TcpStream> = (0..10).map(|_| server.tcp()).collect();
+    for (i, mut sock) in socks.into_iter().enumerate() {
+        if i < 5 {
+            let mut c = Client::handshake(sock, server.client_config(), "localhost")
+                .unwrap_or_else(|e| panic!("connection {}: {e}", i + 1));
+            assert_eq!(c.get("/healthz").status, 200);
+        } else {
+            // Closed at accept: nothing was sent, not even a TLS alert.
+            let data = read_until_eof(&mut sock, Duration::from_secs(5))
+                .unwrap_or_else(|| panic!("connection {} was kept open", i + 1));
+            assert!(data.is_empty(), "refused connection sent {data:?}");
+        }
+    }
+    // After a pause the budget has refilled.
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut c = server.connect();
+    assert_eq!(c.get("/healthz").status, 200);
+    let text = c.get("/metrics").text();
+    assert_eq!(
+        metric_value(
+            &text,
+            "chatd_connections_refused_total{reason=\"conn_rate_per_ip\"}"
+        ),
+        5
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            "chatd_connections_refused_total{reason=\"max_connections_per_ip\"}"
+        ),
+        0
+    );
+    assert_eq!(metric_value(&text, "chatd_connections_accepted_total"), 6);
 }

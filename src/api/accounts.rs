@@ -31,9 +31,36 @@ pub fn valid_password(password: &str) -> bool {
     (8..=1024).contains(&password.len())
 }
 
-/// Display names: 1-64 characters (Unicode scalar values), no control characters.
+/// Display names: 1-64 characters (Unicode scalar values), no control characters and
+/// no invisible or bidirectional formatting characters.
 pub fn valid_display_name(name: &str) -> bool {
-    (1..=64).contains(&name.chars().count()) && !name.chars().any(char::is_control)
+    (1..=64).contains(&name.chars().count())
+        && !name
+            .chars()
+            .any(|c| c.is_control() || is_invisible_or_bidi_format(c))
+}
+
+/// Characters that show nothing or reorder what is shown around them: with them one
+/// name can pass for another ("admin" with a zero-width space) or display text that is
+/// not what it is (a right-to-left override).
+fn is_invisible_or_bidi_format(c: char) -> bool {
+    matches!(
+        c,
+        // zero-width space, non-joiner, joiner; left-to-right and right-to-left marks
+        '\u{200B}'..='\u{200F}'
+            // bidirectional embeddings and overrides (LRE, RLE, PDF, LRO, RLO)
+            | '\u{202A}'..='\u{202E}'
+            // word joiner and invisible operators
+            | '\u{2060}'..='\u{2064}'
+            // bidirectional isolates (LRI, RLI, FSI, PDI)
+            | '\u{2066}'..='\u{2069}'
+            // zero-width no-break space (byte order mark)
+            | '\u{FEFF}'
+            // Arabic letter mark
+            | '\u{061C}'
+            // Mongolian vowel separator
+            | '\u{180E}'
+    )
 }
 
 /// The public view of an account.
@@ -270,7 +297,8 @@ pub fn put_me(app: &mut App, req: &Request<'_, '_>, client: Client) -> Result<Re
         && !valid_display_name(name)
     {
         return Err(ApiError::bad_request(
-            "display_name must be 1-64 characters without control characters",
+            "display_name must be 1-64 characters without control, invisible or \
+             bidirectional formatting characters",
         ));
     }
     if let Some(new_password) = &change.new_password {
@@ -339,5 +367,38 @@ mod tests {
         assert!(!valid_display_name(""));
         assert!(!valid_display_name("tab\there"));
         assert!(!valid_display_name("bell\u{7}"));
+    }
+
+    #[test]
+    fn display_names_refuse_invisible_and_bidirectional_formatting() {
+        let refused = [
+            '\u{200B}', '\u{200C}', '\u{200D}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202B}',
+            '\u{202C}', '\u{202D}', '\u{202E}', '\u{2060}', '\u{2061}', '\u{2062}', '\u{2063}',
+            '\u{2064}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}', '\u{FEFF}', '\u{061C}',
+            '\u{180E}',
+        ];
+        for c in refused {
+            assert!(
+                !valid_display_name(&format!("admin{c}")),
+                "U+{:04X}",
+                c as u32
+            );
+            assert!(
+                !valid_display_name(&c.to_string()),
+                "U+{:04X} alone",
+                c as u32
+            );
+        }
+        // Their neighbours, and scripts written right to left, are fine.
+        for ok in [
+            "\u{2010}dash",
+            "\u{2070}",
+            "\u{202F}narrow",
+            "\u{1810}",
+            "שלום",
+            "مرحبا",
+        ] {
+            assert!(valid_display_name(ok), "{ok:?}");
+        }
     }
 }

@@ -154,6 +154,7 @@ fn metrics(app: &App, client: Client) -> Result<Response, ApiError> {
         open_websockets: app.chat.connection_count(),
         online_users: app.chat.online_count(),
         rooms: app.chat.room_count(),
+        password_hashes: app.passwords.operations(),
     });
     let mut r = Response::new(200);
     r.content_type = Some("text/plain; version=0.0.4; charset=utf-8");

@@ -25,6 +25,9 @@ pub struct Passwords {
     work_area: Vec<Block>,
     /// Hashes computed since the last `release_if_unused`.
     recent_uses: u32,
+    /// argon2id computations since start (hashes and verifications, the dummy ones for
+    /// unknown users included; the dummy hash made at start is not counted).
+    operations: u64,
 }
 
 impl std::fmt::Debug for Passwords {
@@ -59,11 +62,13 @@ impl Passwords {
             dummy_hash: String::new(),
             work_area: Vec::new(),
             recent_uses: 0,
+            operations: 0,
         };
         passwords.dummy_hash = passwords.hash("chatd dummy password for timing")?;
         // Logins may never come: do not hold the work area from the start.
         passwords.work_area = Vec::new();
         passwords.recent_uses = 0;
+        passwords.operations = 0;
         Ok(passwords)
     }
 
@@ -80,6 +85,7 @@ impl Passwords {
             self.work_area = vec![Block::default(); blocks];
         }
         self.recent_uses = self.recent_uses.saturating_add(1);
+        self.operations += 1;
         Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
             .hash_password_into_with_memory(password, salt, out, &mut self.work_area[..])
             .map_err(error)
@@ -144,6 +150,12 @@ impl Passwords {
         false
     }
 
+    /// argon2id computations so far: what `/metrics` reports, and how the equal cost of
+    /// the two login failures is observed.
+    pub fn operations(&self) -> u64 {
+        self.operations
+    }
+
     /// Frees the work area if no hash was computed since the previous call.
     pub fn release_if_unused(&mut self) {
         if self.recent_uses == 0 && !self.work_area.is_empty() {
@@ -171,6 +183,24 @@ mod tests {
         assert!(p.verify("correct horse", &h));
         assert!(!p.verify("correct horsf", &h));
         assert!(!p.verify_unknown_user("correct horse"));
+    }
+
+    #[test]
+    fn every_computation_is_counted_the_dummy_one_included() {
+        let mut p = passwords();
+        assert_eq!(
+            p.operations(),
+            0,
+            "the dummy hash made at start is not counted"
+        );
+        let h = p.hash("correct horse").unwrap();
+        assert_eq!(p.operations(), 1);
+        assert!(!p.verify("wrong horse", &h));
+        assert_eq!(p.operations(), 2);
+        assert!(!p.verify_unknown_user("correct horse"));
+        assert_eq!(p.operations(), 3);
+        assert!(!p.verify("x", "not a hash"), "nothing to compute");
+        assert_eq!(p.operations(), 3);
     }
 
     #[test]

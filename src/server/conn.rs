@@ -1,8 +1,10 @@
 //! One client connection: its socket, rustls state, buffers, phase and deadlines.
 //!
 //! The methods here move bytes between the socket, rustls and the plaintext buffers;
-//! they never interpret the plaintext. Reads and writes go on until `WouldBlock` (or a
-//! budget, after which the event loop comes back without waiting for a new edge).
+//! they never interpret the plaintext. Writes go on until `WouldBlock`; reads until
+//! `WouldBlock` or a short read (the socket buffer is empty: any later byte raises a new
+//! edge), except once the peer has closed its side, when they go on to the EOF. A
+//! budget cuts both short; the event loop then comes back without waiting for an edge.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -172,6 +174,10 @@ pub struct Conn {
     pub input_paused: bool,
     /// Already in the turn's list of connections to flush.
     pub in_flush_list: bool,
+    /// A readiness event said the peer closed its side (or the socket failed). The FIN
+    /// raises no edge of its own after that event, so reads go on past a short read
+    /// until they see the EOF (or `WouldBlock`).
+    pub peer_closed: bool,
     /// `100 Continue` was sent for the request now arriving.
     pub continue_sent: bool,
     pub requests_served: u64,
@@ -203,6 +209,7 @@ impl Conn {
             close_when_flushed: false,
             input_paused: false,
             in_flush_list: false,
+            peer_closed: false,
             continue_sent: false,
             requests_served: 0,
             ws: None,
@@ -231,9 +238,10 @@ impl Conn {
         }
     }
 
-    /// Reads TLS records until the socket is drained, EOF or `budget` bytes, decrypting
-    /// into `inbuf`. The very first byte must start a TLS handshake record
-    /// (`ConnError::NotTls` otherwise, before rustls sees it).
+    /// Reads TLS records until the socket is drained (`WouldBlock`, or a short read
+    /// unless `peer_closed`), EOF or `budget` bytes, decrypting into `inbuf`. The very
+    /// first byte must start a TLS handshake record (`ConnError::NotTls` otherwise,
+    /// before rustls sees it).
     pub fn read_tls(&mut self, budget: usize, now: Instant) -> Result<ReadStatus, ConnError> {
         let mut total = 0;
         loop {
@@ -278,10 +286,11 @@ impl Conn {
             if peer_closed {
                 return Ok(ReadStatus::Eof);
             }
-            if short {
+            if short && !self.peer_closed {
                 // The kernel had less than asked for: the socket is empty now, and any
                 // byte arriving later raises a new edge. This saves the read that would
-                // only return WouldBlock.
+                // only return WouldBlock. A FIN that came with the data raises no edge
+                // of its own, hence the exception: read on until the EOF.
                 return Ok(ReadStatus::Drained);
             }
             if total >= budget {

@@ -2,8 +2,9 @@
 //!
 //! One thread, one `mio::Poll`, edge-triggered. A turn of the loop:
 //! 1. wait for readiness, no longer than the earliest deadline;
-//! 2. accept until `WouldBlock`; read every readable connection until `WouldBlock` (or
-//!    its read budget) and hand complete requests and frames to the protocol code;
+//! 2. accept until `WouldBlock`; read every readable connection until it is drained
+//!    (or its read budget is spent) and hand complete requests and frames to the
+//!    protocol code;
 //! 3. commit the turn's database writes in one transaction, then release the chat
 //!    frames that depended on them (group commit);
 //! 4. flush every connection that has output, until `WouldBlock`;
@@ -74,6 +75,13 @@ const LISTEN_BACKLOG: i32 = 4096;
 fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if let SocketAddr::V6(v6) = addr
+        && v6.ip().is_unspecified()
+    {
+        // `::` means every address, IPv4 too (clients then appear as ::ffff:a.b.c.d),
+        // whatever the system's net.ipv6.bindv6only default is.
+        socket.set_only_v6(false)?;
+    }
     socket.set_reuse_address(true)?;
     socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
@@ -191,10 +199,13 @@ impl Server {
                     LISTENER => self.accept_all(now),
                     SIGNALS => self.handle_signals(now),
                     Token(key) => {
-                        let Some(conn) = self.conns.get(key) else {
+                        let Some(conn) = self.conns.get_mut(key) else {
                             continue;
                         };
                         let conn_ref = conn.conn_ref(key);
+                        if event.is_read_closed() || event.is_error() {
+                            conn.peer_closed = true;
+                        }
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.on_readable(conn_ref, now);
                         }
@@ -288,6 +299,7 @@ impl Server {
                 match refusal {
                     Refusal::TooManyConnections => self.app.metrics.refused_max_connections += 1,
                     Refusal::TooManyFromAddress => self.app.metrics.refused_per_ip += 1,
+                    Refusal::TooFastFromAddress => self.app.metrics.refused_conn_rate += 1,
                 }
                 log::debug!("refused connection from {peer}: {refusal:?}");
                 drop(socket);

@@ -6,7 +6,7 @@
 //! would pass `max_outbound_bytes` is closed with 1013 instead of growing; pongs count
 //! against the same cap, so a client that pings without reading is cut off too.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use governor::{Quota, RateLimiter};
 
@@ -45,13 +45,10 @@ fn flood_count(count: u32, allowed: bool) -> u32 {
     }
 }
 
-/// The instant at which a Unix time (seconds) is reached, seen from `now`.
+/// The instant at which a Unix time (seconds) is reached, seen from `now` (checked:
+/// no `exp` in a token can overflow it).
 fn instant_at(unix_secs: i64, now: Now) -> Instant {
-    let ms = unix_secs
-        .saturating_mul(1000)
-        .saturating_sub(now.unix_ms)
-        .max(0);
-    now.instant + Duration::from_millis(ms as u64)
+    now.instant_at(unix_secs)
 }
 
 impl Server {

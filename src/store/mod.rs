@@ -118,11 +118,46 @@ impl Store {
         })
     }
 
+    /// The `synchronous` level SQLite reports for this connection (`OFF`, `NORMAL`,
+    /// `FULL` or `EXTRA`): what is in effect, not what was asked for.
+    pub fn synchronous(&self) -> Result<&'static str> {
+        let level: i64 = self
+            .conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+        Ok(match level {
+            0 => "OFF",
+            1 => "NORMAL",
+            2 => "FULL",
+            _ => "EXTRA",
+        })
+    }
+
     /// Commits what is pending, checkpoints the WAL and closes, for a clean shutdown.
     pub fn close(mut self) -> Result<()> {
         self.commit_pending()?;
         self.conn
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
         self.conn.close().map_err(|(_, e)| StoreError::Sqlite(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configured_synchronous_level_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chatd.db");
+        let full = Store::open_with(&path, DbSynchronous::Full).unwrap();
+        assert_eq!(full.synchronous().unwrap(), "FULL");
+        full.close().unwrap();
+        let normal = Store::open_with(&path, DbSynchronous::Normal).unwrap();
+        assert_eq!(normal.synchronous().unwrap(), "NORMAL");
+        let level: i64 = normal
+            .conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(level, 1, "NORMAL is 1 in SQLite's numbering");
     }
 }

@@ -78,7 +78,14 @@ pub struct TestServer {
     fingerprint: String,
     /// Lines the server printed on stdout after the `listening on` line (none expected).
     stdout: Option<Receiver<String>>,
+    /// Every stdout line read so far, over all starts.
+    stdout_lines: Vec<String>,
+    /// Applied to the command before every start (extra environment, `pre_exec`).
+    customize: Option<Customize>,
 }
+
+/// A change made to the chatd command before it is spawned.
+type Customize = Box<dyn Fn(&mut Command)>;
 
 impl TestServer {
     /// Starts chatd with these extra `server.conf` lines.
@@ -88,6 +95,24 @@ impl TestServer {
 
     /// Starts chatd with extra configuration lines and environment variables.
     pub fn start_with_env(conf_lines: &str, env: &[(&str, &str)]) -> TestServer {
+        TestServer::start_inner(conf_lines, env, None)
+    }
+
+    /// Starts chatd with extra configuration lines and a function that adjusts the
+    /// command before every start (restarts included): variables that are not UTF-8,
+    /// limits or a umask set in `pre_exec`.
+    pub fn start_customized(
+        conf_lines: &str,
+        customize: impl Fn(&mut Command) + 'static,
+    ) -> TestServer {
+        TestServer::start_inner(conf_lines, &[], Some(Box::new(customize)))
+    }
+
+    fn start_inner(
+        conf_lines: &str,
+        env: &[(&str, &str)],
+        customize: Option<Customize>,
+    ) -> TestServer {
         let dir = tempfile::Builder::new()
             .prefix("chatd-test-")
             .tempdir()
@@ -104,6 +129,8 @@ impl TestServer {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             fingerprint: String::new(),
             stdout: None,
+            stdout_lines: Vec::new(),
+            customize,
         };
         server.write_conf();
         server.spawn();
@@ -148,12 +175,18 @@ impl TestServer {
     }
 
     fn spawn(&mut self) {
+        if let Some(rx) = self.stdout.take() {
+            self.stdout_lines.extend(rx.try_iter());
+        }
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())
             .expect("open log file");
         let mut cmd = chatd_command(&self.conf_path(), &self.env);
+        if let Some(customize) = &self.customize {
+            customize(&mut cmd);
+        }
         cmd.stdout(Stdio::piped()).stderr(Stdio::from(log));
         let mut child = cmd.spawn().expect("spawn chatd");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -172,6 +205,7 @@ impl TestServer {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
+                    self.stdout_lines.push(line.clone());
                     if let Some(fp) = line.strip_prefix("certificate SHA-256 fingerprint ") {
                         self.fingerprint = fp.trim().to_string();
                     } else if let Some(addr) = line.strip_prefix("listening on https://") {
@@ -274,6 +308,14 @@ impl TestServer {
             Some(child) => matches!(child.try_wait(), Ok(None)),
             None => false,
         }
+    }
+
+    /// Every line the server printed on stdout so far (all starts).
+    pub fn stdout(&mut self) -> Vec<String> {
+        if let Some(rx) = &self.stdout {
+            self.stdout_lines.extend(rx.try_iter());
+        }
+        self.stdout_lines.clone()
     }
 
     /// Everything the server wrote on stderr so far.
@@ -656,10 +698,18 @@ impl Client {
         config: Arc<ClientConfig>,
         server_name: &str,
     ) -> io::Result<Client> {
+        Client::handshake(tcp_connect(addr)?, config, server_name)
+    }
+
+    /// Completes a TLS handshake over an open TCP connection (see [`tcp_connect`]).
+    pub fn handshake(
+        sock: TcpStream,
+        config: Arc<ClientConfig>,
+        server_name: &str,
+    ) -> io::Result<Client> {
         let name = ServerName::try_from(server_name.to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let conn = ClientConnection::new(config, name).map_err(io::Error::other)?;
-        let sock = tcp_connect(addr)?;
         let mut tls = StreamOwned::new(conn, sock);
         let deadline = Instant::now() + IO_TIMEOUT;
         while tls.conn.is_handshaking() {
