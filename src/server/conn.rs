@@ -143,6 +143,29 @@ impl Read for SocketReader<'_> {
     }
 }
 
+/// The socket as rustls writes to it. `send`/`sendmsg` rather than the `write`/`writev`
+/// a `TcpStream` uses: on Linux the socket calls skip the file layer (`vfs_writev`,
+/// `fdget_pos`), a measurable share of every small write when one broadcast becomes a
+/// write per recipient (BENCHMARKS.md).
+struct SocketWriter<'a>(&'a TcpStream);
+
+impl Write for SocketWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        socket2::SockRef::from(self.0).send_with_flags(buf, libc::MSG_NOSIGNAL)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match bufs {
+            [one] => self.write(one),
+            _ => socket2::SockRef::from(self.0).send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A client connection.
 #[derive(Debug)]
 pub struct Conn {
@@ -341,7 +364,7 @@ impl Conn {
                 return Ok(FlushStatus::Blocked);
             }
             while self.tls.wants_write() {
-                match self.tls.write_tls(&mut self.socket) {
+                match self.tls.write_tls(&mut SocketWriter(&self.socket)) {
                     Ok(0) => return Ok(FlushStatus::Blocked),
                     Ok(_) => self.last_active = now,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -602,6 +602,11 @@ impl Server {
             conn.input_paused = false;
             self.ready.push(conn_ref);
         }
+        // A WebSocket's deadlines count from what the peer sends, never from our
+        // writes: after a broadcast flush there is nothing to re-arm.
+        if conn.phase == Phase::WebSocket && conn.armed.is_some() {
+            return;
+        }
         self.arm(conn_ref);
     }
 

@@ -38,9 +38,16 @@ impl Chunk {
 }
 
 /// Plaintext waiting for TLS, in order.
+///
+/// The first chunk lives inline: most of the time a connection has one frame or one
+/// response queued, and a broadcast then costs no allocation per recipient. Only a
+/// second chunk allocates `rest`.
 #[derive(Debug, Default)]
 pub struct OutQueue {
-    chunks: VecDeque<Chunk>,
+    /// The chunk being sent; `None` only when the queue is empty.
+    head: Option<Chunk>,
+    /// Chunks after `head`, in order.
+    rest: VecDeque<Chunk>,
     len: usize,
 }
 
@@ -59,43 +66,49 @@ impl OutQueue {
             return;
         }
         // Small pieces join the previous owned chunk: fewer chunks, fewer TLS records.
+        let last = match self.rest.back_mut() {
+            Some(last) => Some(last),
+            None => self.head.as_mut(),
+        };
         if let Some(Chunk {
             bytes: Bytes::Owned(last),
             ..
-        }) = self.chunks.back_mut()
+        }) = last
             && last.len() + bytes.len() <= 16 * 1024
         {
             self.len += bytes.len();
             last.extend_from_slice(&bytes);
             return;
         }
-        self.len += bytes.len();
-        self.chunks.push_back(Chunk {
-            bytes: Bytes::Owned(bytes),
-            sent: 0,
-        });
+        self.push(Bytes::Owned(bytes));
     }
 
     pub fn push_shared(&mut self, bytes: Arc<[u8]>) {
         if bytes.is_empty() {
             return;
         }
-        self.len += bytes.len();
-        self.chunks.push_back(Chunk {
-            bytes: Bytes::Shared(bytes),
-            sent: 0,
-        });
+        self.push(Bytes::Shared(bytes));
+    }
+
+    fn push(&mut self, bytes: Bytes) {
+        self.len += bytes.as_slice().len();
+        let chunk = Chunk { bytes, sent: 0 };
+        if self.head.is_none() {
+            self.head = Some(chunk);
+        } else {
+            self.rest.push_back(chunk);
+        }
     }
 
     /// The next contiguous bytes to send, as a slice; may be shorter than `len()`.
     pub fn front(&self) -> &[u8] {
-        self.chunks.front().map_or(&[], Chunk::rest)
+        self.head.as_ref().map_or(&[], Chunk::rest)
     }
 
     /// Copies up to `max` queued bytes (across chunks) into `buf`, without consuming.
     pub fn gather(&self, buf: &mut Vec<u8>, max: usize) {
         buf.clear();
-        for chunk in &self.chunks {
+        for chunk in self.head.iter().chain(&self.rest) {
             let rest = chunk.rest();
             let take = rest.len().min(max - buf.len());
             buf.extend_from_slice(&rest[..take]);
@@ -107,43 +120,38 @@ impl OutQueue {
 
     /// Whether more than one chunk is queued (worth gathering into one TLS record).
     pub fn is_fragmented(&self) -> bool {
-        self.chunks.len() > 1
+        !self.rest.is_empty()
     }
 
     /// Drops `n` bytes from the front.
     pub fn consume(&mut self, mut n: usize) {
         self.len -= n.min(self.len);
         while n > 0 {
-            let Some(front) = self.chunks.front_mut() else {
+            let Some(head) = self.head.as_mut() else {
                 return;
             };
-            let rest = front.rest().len();
+            let rest = head.rest().len();
             if n < rest {
-                front.sent += n;
+                head.sent += n;
                 return;
             }
             n -= rest;
-            self.chunks.pop_front();
+            self.head = self.rest.pop_front();
         }
     }
 
     /// Drops everything not yet started. A chunk partly handed on is kept whole, so the
     /// peer never receives a cut frame; chunks always hold whole frames or responses.
     pub fn drop_unstarted(&mut self) {
-        let keep = self.chunks.front().is_some_and(|c| c.sent > 0);
-        let kept = if keep { self.chunks.pop_front() } else { None };
-        self.chunks = VecDeque::new();
-        self.len = 0;
-        if let Some(chunk) = kept {
-            self.len = chunk.rest().len();
-            self.chunks.push_back(chunk);
-        }
+        self.head = self.head.take().filter(|c| c.sent > 0);
+        self.rest = VecDeque::new();
+        self.len = self.head.as_ref().map_or(0, |c| c.rest().len());
     }
 
     /// Returns the memory of an empty queue (idle connections should hold none).
     pub fn shrink_if_empty(&mut self) {
-        if self.chunks.is_empty() && self.chunks.capacity() > 0 {
-            self.chunks = VecDeque::new();
+        if self.head.is_none() && self.rest.capacity() > 0 {
+            self.rest = VecDeque::new();
         }
     }
 }
@@ -174,6 +182,25 @@ mod tests {
         assert!(q.is_empty());
         q.shrink_if_empty();
         assert_eq!(q.front(), b"");
+    }
+
+    #[test]
+    fn one_queued_chunk_allocates_nothing() {
+        let mut q = OutQueue::default();
+        let frame: Arc<[u8]> = Arc::from(&b"frame"[..]);
+        q.push_shared(frame.clone());
+        assert_eq!(q.rest.capacity(), 0, "the first chunk is held inline");
+        q.push_shared(frame.clone());
+        assert_eq!(q.front(), b"frame");
+        assert!(q.is_fragmented());
+        q.consume(7);
+        assert_eq!(q.front(), b"ame");
+        assert!(!q.is_fragmented());
+        q.consume(3);
+        assert!(q.is_empty());
+        q.shrink_if_empty();
+        assert_eq!(q.rest.capacity(), 0);
+        assert_eq!(Arc::strong_count(&frame), 1, "sent chunks are released");
     }
 
     #[test]
