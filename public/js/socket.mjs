@@ -240,14 +240,17 @@ export class ChatSocket {
 
   onClose(ws, code, reason) {
     if (ws !== this.ws) return;
+    // Read before detach() forgets it: a drop after the welcome is not a failed handshake.
+    const wasOpen = this.welcomed;
     this.detach();
-    this.closed(code, reason);
+    this.closed(code, reason, wasOpen);
   }
 
-  /** The connection is gone (closed by the server, lost, or abandoned by us). */
-  closed(code, reason) {
-    const wasOpen = this.welcomed;
-    this.welcomed = false;
+  /**
+   * The connection is gone (closed by the server, lost, or abandoned by us). `wasOpen`:
+   * it had been welcomed (else the handshake failed, and browsers do not say why).
+   */
+  closed(code, reason, wasOpen) {
     const info = describeClose(code);
     this.lastClose = { code, reason: reason || '', text: info.text, wasOpen, at: this.now() };
     this.emit('close', this.lastClose);
@@ -362,13 +365,14 @@ export class ChatSocket {
 
   /** Gives up on an unresponsive connection and reconnects. */
   abandon() {
+    const wasOpen = this.welcomed;
     const ws = this.detach();
     try {
       ws.close(4000, 'no answer');
     } catch {
       // Nothing to close.
     }
-    this.closed(1006, 'no answer to ping');
+    this.closed(1006, 'no answer to ping', wasOpen);
   }
 
   // ---- token renewal ---------------------------------------------------------------

@@ -231,6 +231,22 @@ test('a handshake refused for a bad token ends the session', async () => {
   assert.equal(sockets.length, 1);
 });
 
+test('a drop after the welcome is not a failed handshake: no session check', async () => {
+  const { clock, sockets, socket, calls } = setup();
+  socket.start();
+  sockets[0].welcome();
+  sockets[0].drop(1006);
+  await clock.settle();
+  assert.equal(socket.lastClose.wasOpen, true);
+  assert.equal(calls.verify, 0, 'no GET /me for a connection that was open');
+  // The next attempt fails before its welcome: that one is checked.
+  await clock.advance(socket.retryAt - clock.t);
+  sockets[1].drop(1006);
+  await clock.settle();
+  assert.equal(socket.lastClose.wasOpen, false);
+  assert.equal(calls.verify, 1);
+});
+
 test('a handshake failing while the server is down keeps retrying', async () => {
   const { clock, sockets, socket, calls } = setup({ verify: 'retry' });
   socket.start();
