@@ -24,6 +24,13 @@ export const SUBPROTOCOL = 'chat.v1';
 const MIN_TOKEN_LIFE_MS = 5000;
 
 /**
+ * How long a connection must stay open before the backoff starts over. A server that
+ * welcomes and then closes at once (flooding 1008, slow 1013, a crash loop) is retried
+ * ever more slowly instead of twice a second forever.
+ */
+export const STABLE_MS = 10_000;
+
+/**
  * Connection states, as shown to the user:
  * connecting (handshake or waiting for the welcome), open (welcomed), waiting (backoff
  * before the next attempt), stopped (not trying: logged out, replaced, session over).
@@ -45,6 +52,7 @@ export class ChatSocket {
     random = Math.random,
     requestTimeoutMs = 10_000,
     backoff = { baseMs: 500, maxMs: 30_000 },
+    stableMs = STABLE_MS,
   }) {
     this.url = url;
     this.session = session;
@@ -55,6 +63,7 @@ export class ChatSocket {
     this.random = random;
     this.requestTimeoutMs = requestTimeoutMs;
     this.backoff = backoff;
+    this.stableMs = stableMs;
 
     this.listeners = new Map();
     /** Whether the socket should be connected (between start() and a stop). */
@@ -69,8 +78,9 @@ export class ChatSocket {
     this.wsToken = null;
     this.welcomed = false;
     this.state = 'stopped';
-    /** Failed attempts since the last welcome: the backoff exponent. */
+    /** Attempts since the last connection that stayed open STABLE_MS: the backoff exponent. */
     this.attempt = 0;
+    this.stableTimer = null;
     this.retryAt = null;
     this.retryTimer = null;
     this.renewTimer = null;
@@ -224,8 +234,12 @@ export class ChatSocket {
     }
     if (msg.type === 'welcome') {
       this.welcomed = true;
-      this.attempt = 0;
       this.retryAt = null;
+      this.clearTimer(this.stableTimer);
+      this.stableTimer = this.setTimer(() => {
+        this.stableTimer = null;
+        this.attempt = 0;
+      }, this.stableMs);
       this.connects += 1;
       this.limits = msg.limits || null;
       this.setState('open');
@@ -272,6 +286,8 @@ export class ChatSocket {
     this.ws = null;
     this.welcomed = false;
     this.stopKeepalive();
+    this.clearTimer(this.stableTimer);
+    this.stableTimer = null;
     if (ws) {
       ws.onmessage = null;
       ws.onclose = null;

@@ -191,10 +191,39 @@ test('reconnects with growing backoff and resets it after a welcome', async () =
   assert.deepEqual(delays, [250, 500, 1000, 2000]);
   await clock.advance(socket.retryAt - clock.t);
   sockets.at(-1).welcome();
-  assert.equal(socket.attempt, 0);
   assert.equal(socket.connects, 2);
+  // Once the connection has stayed open for a while.
+  await clock.advance(10_000);
+  assert.equal(socket.attempt, 0);
   sockets.at(-1).drop(1001);
   assert.equal(socket.retryAt - clock.t, 250, 'backoff starts over');
+});
+
+test('a server that welcomes and closes at once is retried ever more slowly', async () => {
+  for (const code of [1008, 1013]) {
+    const { clock, sockets, socket } = setup({ random: () => 0 });
+    socket.start();
+    const delays = [];
+    for (let i = 0; i < 6; i += 1) {
+      sockets.at(-1).welcome();
+      await clock.advance(100);
+      sockets.at(-1).drop(code);
+      delays.push(socket.retryAt - clock.t);
+      await clock.advance(socket.retryAt - clock.t);
+    }
+    assert.deepEqual(delays, [250, 500, 1000, 2000, 4000, 8000], `${code}`);
+    assert.equal(socket.connects, 6);
+  }
+  // Open for just under the stable time: still not reset.
+  const { clock, sockets, socket } = setup({ random: () => 0 });
+  socket.start();
+  sockets[0].welcome();
+  sockets[0].drop(1008);
+  await clock.advance(socket.retryAt - clock.t);
+  sockets[1].welcome();
+  await clock.advance(9_999);
+  sockets[1].drop(1008);
+  assert.equal(socket.retryAt - clock.t, 500);
 });
 
 test('the server restarting (1001) and flooding (1008) reconnect; 4001 stops; 4002/4003 end the session', async () => {
