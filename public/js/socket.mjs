@@ -86,6 +86,8 @@ export class ChatSocket {
     this.renewTimer = null;
     this.keepaliveTimer = null;
     this.refreshing = null;
+    /** The server refused the last `auth`; a second refusal reconnects. */
+    this.authRefused = false;
     this.pending = new Map();
     this.nextRef = 0;
     this.lastHeard = 0;
@@ -234,6 +236,7 @@ export class ChatSocket {
     }
     if (msg.type === 'welcome') {
       this.welcomed = true;
+      this.authRefused = false;
       this.retryAt = null;
       this.clearTimer(this.stableTimer);
       this.stableTimer = this.setTimer(() => {
@@ -417,6 +420,8 @@ export class ChatSocket {
   }
 
   async renew() {
+    // Also called outside its timer (a refused auth): never leave a second one running.
+    this.clearTimer(this.renewTimer);
     this.renewTimer = null;
     if (!this.renewing) return;
     const result = await this.refreshOnce();
@@ -431,16 +436,44 @@ export class ChatSocket {
     }
   }
 
-  /** Hands the current token to the open connection (the `auth` request). */
+  /**
+   * Hands the current token to the open connection (the `auth` request). If the server
+   * refuses it (unauthorized, token_expired), the token is renewed and offered once
+   * more; refused again, the connection is replaced by one opened with a fresh token,
+   * rather than left to be closed (4002) when the old token expires.
+   */
   sendAuth() {
     const token = this.session.token();
     const ws = this.ws;
     this.request('auth', { token })
       .then(() => {
-        if (this.ws === ws) this.wsToken = token;
+        if (this.ws !== ws) return;
+        this.wsToken = token;
+        this.authRefused = false;
       })
-      .catch(() => {
-        // Disconnected meanwhile: the next connection uses the new token anyway.
+      .catch((err) => {
+        // Disconnected or no answer: the next connection uses the new token anyway.
+        if (err.code !== 'unauthorized' && err.code !== 'token_expired') return;
+        if (this.ws !== ws || !this.renewing) return;
+        if (!this.authRefused) {
+          this.authRefused = true;
+          this.renew();
+        } else {
+          this.authRefused = false;
+          this.reconnectFresh();
+        }
       });
+  }
+
+  /** Replaces the open connection with a new one, at once, with the current token. */
+  reconnectFresh() {
+    const ws = this.detach();
+    try {
+      ws.close(1000, 'new token');
+    } catch {
+      // Already closing.
+    }
+    if (!this.running) return;
+    this.connect();
   }
 }

@@ -324,6 +324,57 @@ test('a renewal that fails for a moment is retried before expiry; a refused one 
   assert.equal(seen.halted.at(-1).action, 'login');
 });
 
+test('a refused auth renews the token and offers it again; refused twice, it reconnects with a fresh token', async () => {
+  for (const code of ['unauthorized', 'token_expired']) {
+    const { clock, sockets, socket, calls, seen } = setup({ lifetimeMs: 60_000 });
+    const refuse = (request) => sockets[0].receive({ type: 'reply', ref: request.ref, ok: false, error: { code, message: 'no' } });
+    socket.start();
+    sockets[0].welcome();
+    await clock.advance(44_000);
+    assert.equal(calls.refresh, 1);
+    const first = sockets[0].lastSent('auth');
+    assert.equal(first.token, 'T1');
+    refuse(first);
+    await clock.settle();
+    assert.equal(calls.refresh, 2, `${code}: renewed again at once`);
+    const second = sockets[0].lastSent('auth');
+    assert.equal(second.token, 'T2');
+    refuse(second);
+    await clock.settle();
+    assert.deepEqual(sockets[0].closedWith, { code: 1000, reason: 'new token' });
+    assert.equal(sockets.length, 2, 'a new connection right away');
+    assert.deepEqual(sockets[1].protocols, ['chat.v1', 'bearer.T2']);
+    sockets[1].welcome();
+    assert.equal(sockets[1].lastSent('auth'), undefined, 'connected with the fresh token: nothing to hand over');
+    assert.equal(socket.state, 'open');
+    assert.equal(seen.halted.length, 0);
+  }
+});
+
+test('an auth accepted on the second try keeps the connection', async () => {
+  const { clock, sockets, socket, calls } = setup({ lifetimeMs: 60_000 });
+  socket.start();
+  sockets[0].welcome();
+  await clock.advance(44_000);
+  const first = sockets[0].lastSent('auth');
+  sockets[0].receive({ type: 'reply', ref: first.ref, ok: false, error: { code: 'unauthorized', message: 'no' } });
+  await clock.settle();
+  sockets[0].reply(sockets[0].lastSent('auth'), { expires_at: clock.t + 60_000 });
+  await clock.settle();
+  assert.equal(calls.refresh, 2);
+  assert.equal(socket.wsToken, 'T2');
+  // The next renewal goes as usual, and a refusal then is again first answered by a renewal.
+  await clock.advance(44_000);
+  assert.equal(calls.refresh, 3);
+  const third = sockets[0].lastSent('auth');
+  assert.equal(third.token, 'T3');
+  sockets[0].receive({ type: 'reply', ref: third.ref, ok: false, error: { code: 'unauthorized', message: 'no' } });
+  await clock.settle();
+  assert.equal(calls.refresh, 4);
+  assert.equal(sockets.length, 1);
+  assert.equal(sockets[0].closedWith, null);
+});
+
 test('reconnecting with a nearly expired token refreshes it first', async () => {
   const { clock, sockets, socket, calls } = setup({ lifetimeMs: 60_000 });
   socket.start();
