@@ -100,6 +100,28 @@ export function describeClose(code) {
 }
 
 /**
+ * Why a WebSocket handshake failed, judged from a check of the token right after it
+ * (browsers do not tell a page why a handshake failed). `verdict` is that check: 'ok'
+ * (the server answers and the token holds: the upgrade itself was refused, which for a
+ * valid token means another session holds the user's one connection, under
+ * `duplicate_sessions = reject`), 'ended' (log in again) or 'retry' (the server could
+ * not be asked: it is down or unreachable). Returns null when nothing more is known.
+ */
+export function describeRefusedHandshake(verdict) {
+  switch (verdict) {
+    case 'ok':
+      return {
+        text: 'The chat is open in another tab, window or device, and this server allows only one at a time. This page connects once that one closes.',
+        action: 'wait',
+      };
+    case 'ended':
+      return { text: 'Your session has ended. Please log in again.', action: 'login' };
+    default:
+      return null;
+  }
+}
+
+/**
  * Plain words for an HTTP API error. `context` tells apart the same code in different
  * places ("profile": invalid_credentials means the current password is wrong).
  */

@@ -6,7 +6,7 @@
 // Nothing here touches the DOM; the WebSocket class, timers, clock and randomness are
 // injected so the behaviour can be tested in node with fakes.
 
-import { backoffDelay, describeClose, renewalDelay } from './logic.mjs';
+import { backoffDelay, describeClose, describeRefusedHandshake, renewalDelay } from './logic.mjs';
 
 /** A refused request (the reply's error), or a local failure: timeout, disconnected. */
 export class ChatError extends Error {
@@ -29,6 +29,12 @@ const MIN_TOKEN_LIFE_MS = 5000;
  * ever more slowly instead of twice a second forever.
  */
 export const STABLE_MS = 10_000;
+
+/**
+ * The backoff exponent used at least while another session holds the connection: with
+ * the default base of 0.5 s, a wait of 8-16 s that still grows from there.
+ */
+const REFUSED_ATTEMPT = 5;
 
 /**
  * Connection states, as shown to the user:
@@ -94,6 +100,8 @@ export class ChatSocket {
     /** Connections that reached the welcome, for the UI and the tests. */
     this.connects = 0;
     this.lastClose = null;
+    /** What ended the last open connection, while reconnecting: failed attempts keep saying it. */
+    this.outage = null;
     this.limits = null;
   }
 
@@ -237,6 +245,7 @@ export class ChatSocket {
     if (msg.type === 'welcome') {
       this.welcomed = true;
       this.authRefused = false;
+      this.outage = null;
       this.retryAt = null;
       this.clearTimer(this.stableTimer);
       this.stableTimer = this.setTimer(() => {
@@ -269,7 +278,22 @@ export class ChatSocket {
    */
   closed(code, reason, wasOpen) {
     const info = describeClose(code);
-    this.lastClose = { code, reason: reason || '', text: info.text, wasOpen, at: this.now() };
+    if (wasOpen) this.outage = info.text;
+    // A failed attempt says nothing new: keep explaining the outage, either what closed
+    // the last open connection (the server restarting, say) or why the server keeps
+    // refusing this one, rather than a generic "connection lost".
+    let text = info.text;
+    let refused = false;
+    if (!wasOpen && info.action === 'reconnect') {
+      const prev = this.lastClose;
+      if (prev && prev.refused) {
+        text = prev.text;
+        refused = true;
+      } else if (this.outage) {
+        text = this.outage;
+      }
+    }
+    this.lastClose = { code, reason: reason || '', text, wasOpen, refused, at: this.now() };
     this.emit('close', this.lastClose);
     if (!this.running) return;
     if (info.action === 'reconnect') {
@@ -332,11 +356,31 @@ export class ChatSocket {
 
   /**
    * A handshake failed: browsers do not say why. Ask the API whether the token still
-   * holds; if it does not (password changed elsewhere, account gone), stop trying.
+   * holds; if it does not (password changed elsewhere, account gone), stop trying. If it
+   * does, the server is up and refused the upgrade itself: another session holds the
+   * connection. Say so, and wait longer between attempts.
    */
   async verifySession() {
     const result = await this.session.verify();
-    if (result === 'ended' && this.renewing) this.endSession();
+    if (result === 'ended') {
+      if (this.renewing) this.endSession();
+      return;
+    }
+    if (!this.running || this.ws || !this.lastClose || this.lastClose.wasOpen) return;
+    if (result === 'ok') {
+      this.lastClose = { ...this.lastClose, text: describeRefusedHandshake('ok').text, refused: true };
+      // The wait already chosen (the attempt counter is one past it) may be too short.
+      if (this.state === 'waiting' && this.attempt <= REFUSED_ATTEMPT) {
+        this.attempt = REFUSED_ATTEMPT;
+        this.scheduleReconnect();
+      } else {
+        this.setState(this.state);
+      }
+    } else if (this.lastClose.refused) {
+      // The server is unreachable now: no longer another session's doing.
+      this.lastClose = { ...this.lastClose, text: this.outage || describeClose(this.lastClose.code).text, refused: false };
+      this.setState(this.state);
+    }
   }
 
   endSession() {

@@ -11,6 +11,7 @@ import {
   describeApiError,
   describeChatError,
   describeClose,
+  describeRefusedHandshake,
   hueIndex,
   mergeMessages,
   parseKey,
@@ -95,6 +96,14 @@ test('describeClose words every close code and picks the next step', () => {
   assert.match(describeClose(4001).text, /another tab/);
   assert.match(describeClose(4003).text, /password was changed/);
   assert.match(describeClose(4002).text, /expired/);
+});
+
+test('a refused handshake is explained by what the token check said', () => {
+  const other = describeRefusedHandshake('ok');
+  assert.equal(other.action, 'wait');
+  assert.equal(other.text, 'The chat is open in another tab, window or device, and this server allows only one at a time. This page connects once that one closes.');
+  assert.deepEqual(describeRefusedHandshake('ended'), { text: 'Your session has ended. Please log in again.', action: 'login' });
+  assert.equal(describeRefusedHandshake('retry'), null, 'the server is unreachable: nothing more is known');
 });
 
 test('describeApiError speaks plainly', () => {

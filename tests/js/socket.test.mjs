@@ -114,7 +114,7 @@ function setup({ lifetimeMs = 3_600_000, refresh = 'ok', verify = 'ok', random =
     },
     verify: async () => {
       calls.verify += 1;
-      return verify;
+      return typeof verify === 'function' ? verify() : verify;
     },
   };
   const socket = new ChatSocket({
@@ -166,7 +166,8 @@ test('connects with the token as a subprotocol and matches replies by ref', asyn
 });
 
 test('reconnects with growing backoff and resets it after a welcome', async () => {
-  const { clock, sockets, socket, seen } = setup({ random: () => 0 });
+  // The server is down: the session check after each failed handshake cannot be made.
+  const { clock, sockets, socket, seen } = setup({ random: () => 0, verify: 'retry' });
   socket.start();
   sockets[0].welcome();
   const pending = socket.request('ping');
@@ -286,6 +287,60 @@ test('a handshake failing while the server is down keeps retrying', async () => 
   assert.ok(sockets.length >= 3, `${sockets.length}`);
   assert.ok(calls.verify >= 2);
   assert.notEqual(socket.state, 'stopped');
+});
+
+test('failed attempts keep explaining the outage: the server restarting (1001)', async () => {
+  const { clock, sockets, socket, seen } = setup({ verify: 'retry' });
+  socket.start();
+  sockets[0].welcome();
+  sockets[0].drop(1001, 'going away');
+  assert.equal(socket.lastClose.text, 'The server is restarting.');
+  for (let i = 1; i <= 3; i += 1) {
+    await clock.advance(socket.retryAt - clock.t);
+    sockets[i].drop(1006);
+    await clock.settle();
+    assert.equal(socket.lastClose.code, 1006);
+    assert.equal(seen.status.at(-1).lastClose.text, 'The server is restarting.', `attempt ${i}`);
+  }
+  await clock.advance(socket.retryAt - clock.t);
+  sockets[4].welcome();
+  // A later drop is explained afresh.
+  sockets[4].drop(1006);
+  assert.equal(socket.lastClose.text, 'The connection to the server was lost.');
+});
+
+test('a handshake refused while the token holds: another session has the connection, so wait longer', async () => {
+  let verdict = 'ok';
+  const { clock, sockets, socket, calls, seen } = setup({ verify: () => verdict, random: () => 0 });
+  socket.start();
+  sockets[0].drop(1006);
+  await clock.settle();
+  assert.equal(calls.verify, 1);
+  assert.equal(socket.state, 'waiting');
+  assert.equal(socket.lastClose.refused, true);
+  assert.match(seen.status.at(-1).lastClose.text, /open in another tab, window or device/);
+  assert.equal(socket.retryAt - clock.t, 8000, 'not the 0.25 s of a first retry');
+  assert.equal(seen.halted.length, 0, 'keeps trying: the other session may close');
+  const delays = [];
+  for (let i = 1; i <= 3; i += 1) {
+    await clock.advance(socket.retryAt - clock.t);
+    sockets[i].drop(1006);
+    await clock.settle();
+    assert.equal(socket.lastClose.refused, true);
+    delays.push(socket.retryAt - clock.t);
+  }
+  assert.deepEqual(delays, [15_000, 15_000, 15_000], 'longer again, up to the cap (30 s, half of it fixed)');
+  // Now the server is down: that is not another session any more.
+  verdict = 'retry';
+  await clock.advance(socket.retryAt - clock.t);
+  sockets[4].drop(1006);
+  await clock.settle();
+  assert.equal(socket.lastClose.refused, false);
+  assert.equal(seen.status.at(-1).lastClose.text, 'The connection to the server was lost.');
+  // The other session closed: this one gets in.
+  await clock.advance(socket.retryAt - clock.t);
+  sockets[5].welcome();
+  assert.equal(socket.state, 'open');
 });
 
 test('renews the token before expiry and hands it to the open socket', async () => {
