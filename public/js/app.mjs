@@ -3,9 +3,10 @@
 // the server after every (re)connect, and turns user actions into requests.
 
 import { Api, isAuthError } from './api.mjs';
-import { describeApiError, describeChatError, dmKey, parseKey, roomKey, validRoomName, validUsername } from './logic.mjs';
+import { describeApiError, describeChatError, dmKey, roomKey, validRoomName, validUsername } from './logic.mjs';
 import { ChatSocket } from './socket.mjs';
 import { ChatState } from './state.mjs';
+import { historyTarget, resync } from './sync.mjs';
 import { setMessage } from './dom.mjs';
 import { Ui } from './ui.mjs';
 
@@ -17,8 +18,6 @@ const PREFS_PREFIX = 'chatd.prefs.';
 const POLL_MS = 15_000;
 /** Page size when opening a conversation or scrolling back. */
 const PAGE = 50;
-/** Catching up after a reconnect stops after this many pages and reloads the latest. */
-const MAX_CATCH_UP_PAGES = 20;
 
 export class App {
   constructor({ storage = window.sessionStorage, prefsStorage = window.localStorage } = {}) {
@@ -202,14 +201,9 @@ export class App {
     }
   }
 
-  historyTarget(key) {
-    const { kind, name } = parseKey(key);
-    return kind === 'room' ? { room: name } : { with: name };
-  }
-
   // ---- after a (re)connect -----------------------------------------------------------
 
-  async onWelcome(welcome) {
+  onWelcome(welcome) {
     const gen = ++this.syncGeneration;
     const state = this.state;
     state.me = { ...state.me, ...welcome.user };
@@ -231,65 +225,21 @@ export class App {
     }
     this.renderAll();
     const stale = () => gen !== this.syncGeneration || this.state !== state;
-    try {
-      // Rejoin this client's rooms (the server forgot them) and drop the ones it left.
-      for (const room of welcome.rooms || []) {
-        const c = state.conversations.get(roomKey(room));
-        if (!c || !c.joined) await this.call('leave', { room });
-      }
-      const rooms = state.joinedRooms().map((c) => c.name);
-      for (const room of rooms) {
-        try {
-          const reply = await this.call('join', { room });
-          if (stale()) return;
-          state.joined(room, reply.members);
-        } catch (err) {
-          if (err.code !== 'invalid_room') throw err;
-          state.remove(roomKey(room));
-        }
-      }
-      this.renderAll();
-      this.refreshLists();
-      // Fetch what was missed: the conversation in view first.
-      const keys = [...state.conversations.keys()].sort((a, b) => (b === state.current) - (a === state.current));
-      for (const key of keys) {
-        if (stale()) return;
-        await this.catchUp(key, state);
-      }
-    } catch (err) {
+    // Nothing is awaited before resync() marks where each conversation must catch up from.
+    resync(state, welcome, {
+      call: (type, fields) => this.call(type, fields),
+      loadLatest: (key) => this.loadLatest(key),
+      changed: (key) => this.renderConversationChange(key),
+      joined: () => {
+        this.renderAll();
+        this.refreshLists();
+      },
+      stale,
+      historyMax: this.limits.history_max,
+    }).catch((err) => {
       // Disconnected in the middle: the next welcome starts over.
       if (err.code !== 'disconnected' && err.code !== 'timeout') console.warn('resync failed', err);
-    }
-  }
-
-  /**
-   * Brings one conversation up to date: the latest page if it was never loaded, else
-   * every message after the newest one held (paged with `after`), counted as unread.
-   */
-  async catchUp(key, state) {
-    const c = state.conversations.get(key);
-    if (!c) return;
-    if (!c.loaded || c.messages.length === 0) {
-      await this.loadLatest(key);
-      return;
-    }
-    let after = state.lastId(key);
-    for (let page = 0; ; page += 1) {
-      if (page >= MAX_CATCH_UP_PAGES) {
-        // Too much was missed to page through: start again from the latest messages.
-        c.messages = [];
-        c.loaded = false;
-        c.more = true;
-        await this.loadLatest(key);
-        return;
-      }
-      const reply = await this.call('history', { ...this.historyTarget(key), after, limit: this.limits.history_max });
-      if (this.state !== state) return;
-      state.addMessages(key, reply.messages, { countUnread: true });
-      this.renderConversationChange(key);
-      if (!reply.more || reply.messages.length === 0) return;
-      after = reply.messages[reply.messages.length - 1].id;
-    }
+    });
   }
 
   async loadLatest(key) {
@@ -298,7 +248,7 @@ export class App {
     this.loading.set(key, 'latest');
     if (key === state.current) this.renderMessages();
     try {
-      const reply = await this.call('history', { ...this.historyTarget(key), limit: PAGE });
+      const reply = await this.call('history', { ...historyTarget(key), limit: PAGE });
       if (this.state !== state || !state.conversations.has(key)) return;
       state.addLatest(key, reply.messages, reply.more);
     } finally {
@@ -317,7 +267,7 @@ export class App {
     this.loading.set(c.key, 'older');
     this.renderMessages();
     try {
-      const reply = await this.call('history', { ...this.historyTarget(c.key), before, limit: PAGE });
+      const reply = await this.call('history', { ...historyTarget(c.key), before, limit: PAGE });
       if (this.state !== state) return;
       state.addOlder(c.key, reply.messages, reply.more);
     } catch (err) {

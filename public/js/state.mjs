@@ -22,6 +22,11 @@ export function newConversation(key) {
     more: true,
     /** Whether the latest page of history has been fetched once. */
     loaded: false,
+    /**
+     * After a reconnect, until caught up: the id after which messages may be missing
+     * (null when complete). See sync.mjs.
+     */
+    missedAfter: null,
     /** Rooms only: usernames of the members, from the join reply and presence. */
     members: new Set(),
     /** Rooms only: whether this client is in the room. */

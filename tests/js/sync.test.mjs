@@ -1,0 +1,177 @@
+// Unit tests of the resync after a (re)connect (public/js/sync.mjs) against a fake
+// server: rejoining rooms, and catching up without gaps while live events keep coming.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import { ChatState } from '../../public/js/state.mjs';
+import { resync } from '../../public/js/sync.mjs';
+
+const me = { id: 1, username: 'alice', display_name: 'alice' };
+const ids = (c) => c.messages.map((x) => x.id);
+
+/**
+ * A chat server with stored room messages that answers join and history like chatd.
+ * `before(type, fields)` runs before each answer: the test delivers live events there,
+ * the way they interleave with replies on a real connection.
+ */
+function fakeServer(state) {
+  const stored = new Map(); // room -> messages, oldest first
+  const requests = [];
+  const server = {
+    requests,
+    before: () => {},
+    failOn: null,
+    store(room, id, from = 'bob') {
+      const m = { type: 'message', id, room, from, text: `t${id}`, ts: 1000 + id };
+      if (!stored.has(room)) stored.set(room, []);
+      stored.get(room).push(m);
+      return m;
+    },
+    /** A message sent while this client is connected: stored, and delivered live. */
+    live(room, id, from = 'bob') {
+      state.applyEvent(server.store(room, id, from));
+    },
+    async call(type, fields = {}) {
+      requests.push({ type, ...fields });
+      await null;
+      await server.before(type, fields);
+      if (server.failOn && server.failOn(type, fields)) {
+        const err = new Error('the connection closed');
+        err.code = 'disconnected';
+        throw err;
+      }
+      const all = stored.get(fields.room) || [];
+      switch (type) {
+        case 'join':
+          return { room: fields.room, members: ['alice', 'bob'] };
+        case 'leave':
+          return { room: fields.room };
+        case 'history': {
+          const limit = fields.limit || 50;
+          if (fields.after !== undefined) {
+            const newer = all.filter((m) => m.id > fields.after);
+            return { messages: newer.slice(0, limit), more: newer.length > limit };
+          }
+          return { messages: all.slice(-limit), more: all.length > limit };
+        }
+        default:
+          throw new Error(`unexpected request ${type}`);
+      }
+    },
+  };
+  return server;
+}
+
+function deps(server, state, extra = {}) {
+  const loaded = [];
+  return {
+    loaded,
+    call: (type, fields) => server.call(type, fields),
+    loadLatest: async (key) => {
+      loaded.push(key);
+      const reply = await server.call('history', { room: key.slice('room:'.length), limit: 50 });
+      state.addLatest(key, reply.messages, reply.more);
+    },
+    changed: () => {},
+    stale: () => false,
+    historyMax: 3,
+    ...extra,
+  };
+}
+
+/** alice holds lobby (1, 2, in view) and dev (3, 4); then she was offline while 5-9 were sent. */
+function offlineScenario() {
+  const state = new ChatState(me);
+  const server = fakeServer(state);
+  for (const room of ['lobby', 'dev']) state.joined(room, ['alice', 'bob']);
+  server.live('lobby', 1);
+  server.live('lobby', 2);
+  server.live('dev', 3);
+  server.live('dev', 4);
+  state.addLatest('room:lobby', [], false);
+  state.addLatest('room:dev', [], false);
+  state.select('room:dev');
+  state.select('room:lobby');
+  for (let id = 5; id <= 9; id += 1) server.store(id % 2 ? 'dev' : 'lobby', id);
+  return { state, server };
+}
+
+test('a live message arriving before the catch-up does not move where it starts', async () => {
+  const { state, server } = offlineScenario();
+  // Rooms are rejoined first; while the lobby (in view) catches up, a message in dev
+  // arrives live, and alice sends one in the lobby herself.
+  server.before = (type, fields) => {
+    if (type === 'history' && fields.room === 'lobby' && !state.conversation('room:dev').messages.some((m) => m.id === 10)) {
+      server.live('dev', 10);
+      server.live('lobby', 11, 'alice');
+    }
+  };
+  await resync(state, { rooms: ['lobby'] }, deps(server, state));
+  const history = server.requests.filter((r) => r.type === 'history');
+  assert.deepEqual(history.map((r) => [r.room, r.after]), [['lobby', 2], ['dev', 4], ['dev', 9]]);
+  assert.deepEqual(ids(state.conversation('room:lobby')), [1, 2, 6, 8, 11]);
+  assert.deepEqual(ids(state.conversation('room:dev')), [3, 4, 5, 7, 9, 10], 'no gap before the live message');
+  assert.equal(state.conversation('room:dev').unread, 4, 'everything new in dev, not in view');
+  assert.equal(state.conversation('room:lobby').unread, 0, 'in view');
+  for (const key of ['room:lobby', 'room:dev']) assert.equal(state.conversation(key).missedAfter, null, `${key} caught up`);
+});
+
+test('a resync cut short by another drop leaves its mark for the next one', async () => {
+  const { state, server } = offlineScenario();
+  // The first connection delivers a live message in dev, then drops while catching up.
+  server.before = (type, fields) => {
+    if (type === 'history' && fields.room === 'lobby') server.live('dev', 10);
+  };
+  server.failOn = (type, fields) => type === 'history' && fields.room === 'dev';
+  await assert.rejects(resync(state, { rooms: ['lobby'] }, deps(server, state)), { code: 'disconnected' });
+  assert.equal(state.conversation('room:dev').missedAfter, 4);
+  // The next welcome: dev still catches up from 4, not from the live 10.
+  server.before = () => {};
+  server.failOn = null;
+  server.requests.length = 0;
+  await resync(state, { rooms: ['lobby'] }, deps(server, state));
+  const dev = server.requests.filter((r) => r.type === 'history' && r.room === 'dev');
+  assert.equal(dev[0].after, 4);
+  assert.deepEqual(ids(state.conversation('room:dev')), [3, 4, 5, 7, 9, 10]);
+});
+
+test('rejoins the rooms, leaves the ones the user left, loads what was never loaded', async () => {
+  const state = new ChatState(me);
+  const server = fakeServer(state);
+  state.joined('dev', []);
+  state.joined('gone', []);
+  server.store('dev', 1);
+  const d = deps(server, state);
+  let joinedCalls = 0;
+  d.joined = () => {
+    joinedCalls += 1;
+  };
+  const realCall = d.call;
+  d.call = (type, fields) => {
+    if (type === 'join' && fields.room === 'gone') {
+      const err = new Error('bad room');
+      err.code = 'invalid_room';
+      return Promise.reject(err);
+    }
+    return realCall(type, fields);
+  };
+  await resync(state, { rooms: ['lobby'] }, d);
+  assert.deepEqual(server.requests.filter((r) => r.type !== 'history').map((r) => `${r.type} ${r.room}`), ['leave lobby', 'join dev']);
+  assert.equal(state.conversations.has('room:gone'), false);
+  assert.equal(joinedCalls, 1);
+  assert.deepEqual(d.loaded, ['room:dev']);
+  assert.deepEqual(ids(state.conversation('room:dev')), [1]);
+});
+
+test('a newer welcome stops an older resync', async () => {
+  const { state, server } = offlineScenario();
+  let stale = false;
+  server.before = (type) => {
+    if (type === 'history') stale = true;
+  };
+  await resync(state, { rooms: ['lobby'] }, deps(server, state, { stale: () => stale, historyMax: 1 }));
+  assert.equal(server.requests.filter((r) => r.type === 'history').length, 1, 'stopped after the page in flight');
+  assert.deepEqual(ids(state.conversation('room:lobby')), [1, 2, 6], 'the page that came is kept');
+  assert.equal(state.conversation('room:lobby').missedAfter, 6, 'and the mark moved past it');
+  assert.equal(state.conversation('room:dev').missedAfter, 4);
+});
