@@ -3,7 +3,7 @@
 // the server after every (re)connect, and turns user actions into requests.
 
 import { Api, isAuthError } from './api.mjs';
-import { describeApiError, describeChatError, dmKey, roomKey, validRoomName, validUsername } from './logic.mjs';
+import { describeApiError, describeChatError, dmKey, roomKey, textProblem, validRoomName, validUsername } from './logic.mjs';
 import { ChatSocket } from './socket.mjs';
 import { ChatState } from './state.mjs';
 import { historyTarget, resync } from './sync.mjs';
@@ -48,7 +48,7 @@ export class App {
     this.syncGeneration = 0;
     this.pollTimer = null;
     this.presenceTimer = null;
-    this.limits = { max_text_chars: 4000, history_max: 100 };
+    this.limits = { max_text_chars: 4000, max_message_bytes: 16384, history_max: 100 };
   }
 
   boot() {
@@ -210,11 +210,7 @@ export class App {
     this.session.user = { ...this.session.user, ...welcome.user };
     this.saveSession();
     this.ui.renderMe(state.me);
-    if (welcome.limits) {
-      this.limits = { ...this.limits, ...welcome.limits };
-      this.els.composerText.maxLength = this.limits.max_text_chars;
-      this.els.publishText.maxLength = this.limits.max_text_chars;
-    }
+    if (welcome.limits) this.limits = { ...this.limits, ...welcome.limits };
     if (!this.hadPrefs) {
       for (const room of welcome.rooms || []) state.conversation(roomKey(room)).joined = true;
       this.hadPrefs = true;
@@ -459,6 +455,11 @@ export class App {
     const text = input.value;
     setMessage(this.els.composerError, '');
     if (!c || text.trim() === '') return;
+    const problem = this.textProblem(text);
+    if (problem) {
+      setMessage(this.els.composerError, problem);
+      return;
+    }
     input.value = '';
     try {
       const request = c.kind === 'room' ? ['send', { room: c.name, text }] : ['direct', { to: c.name, text }];
@@ -527,6 +528,11 @@ export class App {
     const text = input.value;
     const result = this.els.publishResult;
     if (text.trim() === '') return;
+    const problem = this.textProblem(text);
+    if (problem) {
+      result.textContent = problem;
+      return;
+    }
     this.ui.busy(this.els.publishForm, true);
     try {
       const reply = await this.call('publish', { text });
@@ -540,6 +546,11 @@ export class App {
     } finally {
       this.ui.busy(this.els.publishForm, false);
     }
+  }
+
+  /** Whether a text fits the server's limits (from the welcome), in plain words if not. */
+  textProblem(text) {
+    return textProblem(text, { maxChars: this.limits.max_text_chars, maxBytes: this.limits.max_message_bytes });
   }
 
   notificationsSeen() {

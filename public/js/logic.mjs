@@ -255,3 +255,24 @@ export function charCount(s) {
   for (const _ of s) n += 1;
   return n;
 }
+
+/** Room for the rest of a request frame around its text (type, room or recipient, ref). */
+const FRAME_OVERHEAD_BYTES = 200;
+
+/**
+ * Why a chat text (a message or a publish) cannot be sent, in plain words, or '' if it
+ * can. The server counts characters as Unicode scalar values, where an emoji is one and
+ * not two as in the browser's `maxlength`, and it closes the connection (1009) over
+ * `max_message_bytes`, which a text of many escaped control characters can reach.
+ */
+export function textProblem(text, { maxChars = 4000, maxBytes = 16384 } = {}) {
+  const n = charCount(text);
+  if (n > maxChars) {
+    const over = n - maxChars;
+    return `That is ${over} character${over === 1 ? '' : 's'} too long: a message can have at most ${maxChars} characters.`;
+  }
+  if (new TextEncoder().encode(JSON.stringify(text)).length + FRAME_OVERHEAD_BYTES > maxBytes) {
+    return 'That message is too big to send. Make it shorter.';
+  }
+  return '';
+}
