@@ -10,6 +10,7 @@ import {
   assertInOrderOnce,
   connection,
   cspViolations,
+  failedFiles,
   launchBrowser,
   memberNames,
   openConversation,
@@ -258,6 +259,8 @@ describe('chat between two browsers', { timeout: 120_000 }, () => {
     for (const who of [alice, bob]) {
       assert.deepEqual(cspViolations(who.seen), []);
       assert.deepEqual(unexpectedErrors(who.seen), []);
+      assert.deepEqual(failedFiles(who.seen), []);
+      assert.ok(who.seen.files.length >= 10, 'the page and its modules were seen loading');
       assert.deepEqual(who.seen.dialogs, []);
     }
   });

@@ -8,6 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import {
   connection,
   cspViolations,
+  failedFiles,
   launchBrowser,
   login,
   openPage,
@@ -127,6 +128,7 @@ describe('session: token renewal, tabs, password change', { timeout: 120_000 }, 
   it('ran without CSP violations or page errors', () => {
     assert.deepEqual(cspViolations(first.seen), []);
     assert.deepEqual(unexpectedErrors(first.seen), []);
+    assert.deepEqual(failedFiles(first.seen), []);
   });
 });
 
@@ -176,6 +178,7 @@ describe('one session at a time (duplicate_sessions = reject)', { timeout: 90_00
     for (const who of [one, two]) {
       assert.deepEqual(cspViolations(who.seen), []);
       assert.deepEqual(unexpectedErrors(who.seen), []);
+      assert.deepEqual(failedFiles(who.seen), []);
     }
   });
 });
