@@ -5,7 +5,7 @@
 use serde_json::json;
 
 use crate::auth::{Passwords, TokenError, Tokens};
-use crate::chat::protocol::{ChatError, ErrorCode, Item, Page};
+use crate::chat::protocol::{ChatError, Conversation, ErrorCode, Item, Page};
 use crate::chat::{
     Backend, BackendError, Chat, ChatConfig, HistoryScope, NewMessage, TokenInfo, UserId, UserRef,
 };
@@ -148,6 +148,18 @@ impl Backend for ChatBackend<'_> {
         self.store
             .history(scope, page, limit)
             .map_err(backend_error)
+    }
+
+    fn subscriptions_of(&mut self, user: UserId) -> Result<Vec<String>, BackendError> {
+        self.store.subscriptions_of(user).map_err(backend_error)
+    }
+
+    fn conversations(
+        &mut self,
+        user: UserId,
+        limit: usize,
+    ) -> Result<Vec<Conversation>, BackendError> {
+        self.store.conversations(user, limit).map_err(backend_error)
     }
 
     fn verify_token(&mut self, token: &str, now_ms: i64) -> Result<TokenInfo, ChatError> {

@@ -32,6 +32,9 @@ pub struct Metrics {
     pub ws_rate_limited: u64,
     pub ws_slow_consumers: u64,
     pub ws_idle_closed: u64,
+    /// Transactions that stored a turn's chat writes (group commit: one per turn).
+    pub db_commits: u64,
+    pub db_commit_failures: u64,
 }
 
 /// Values that are read from elsewhere when rendering.
@@ -182,6 +185,18 @@ impl Metrics {
                 ("reason=\"slow_consumer\"", self.ws_slow_consumers),
                 ("reason=\"idle\"", self.ws_idle_closed),
             ],
+        );
+        metric(
+            "chatd_db_commits_total",
+            "counter",
+            "Transactions that stored chat writes: one per event-loop turn with writes.",
+            &[("", self.db_commits)],
+        );
+        metric(
+            "chatd_db_commit_failures_total",
+            "counter",
+            "Chat write transactions that failed (their senders got internal_error).",
+            &[("", self.db_commit_failures)],
         );
         out
     }

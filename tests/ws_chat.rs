@@ -385,3 +385,137 @@ fn room_membership_is_per_connection() {
     assert_eq!(a1.next_of_type("message")["id"], sent["id"]);
     a2.assert_silent(Duration::from_millis(200));
 }
+
+#[test]
+fn a_new_device_finds_its_subscriptions_and_conversations() {
+    let mut server = TestServer::start("ws_rate = 100/s burst 100");
+    let (mut a, _) = ws::user(&server, "alice");
+    let (mut carol, _) = ws::user(&server, "carol");
+    let (mut dave, _) = ws::user(&server, "dave");
+    server.register("bob", "password-123");
+    assert_eq!(a.ok(json!({"type":"subscriptions"})), json!({"users":[]}));
+    for name in ["dave", "Carol", "bob"] {
+        a.ok(json!({"type":"subscribe","user":name}));
+    }
+    a.ok(json!({"type":"unsubscribe","user":"dave"}));
+    assert_eq!(
+        a.ok(json!({"type":"subscriptions"})),
+        json!({"users":["bob","carol"]})
+    );
+    let to_bob = a.ok(json!({"type":"direct","to":"bob","text":"hi bob"}));
+    let to_self = a.ok(json!({"type":"direct","to":"alice","text":"note to self"}));
+    drop(a);
+    // Alice is offline; two people she never wrote to write to her.
+    let from_carol = carol.ok(json!({"type":"direct","to":"alice","text":"hello"}));
+    let from_dave = dave.ok(json!({"type":"direct","to":"alice","text":"hey"}));
+    assert_eq!(
+        carol.ok(json!({"type":"subscriptions"})),
+        json!({"users":[]})
+    );
+    drop((carol, dave));
+
+    // A new device, after a restart: all of it comes from the database.
+    server.restart();
+    let token = server.login("alice", "password-123");
+    let (mut a, _) = ws::connect(&server, &token);
+    assert_eq!(
+        a.ok(json!({"type":"subscriptions"})),
+        json!({"users":["bob","carol"]})
+    );
+    let entry =
+        |with: &str, sent: &Value| json!({"with":with,"last_id":sent["id"],"ts":sent["ts"]});
+    assert_eq!(
+        a.ok(json!({"type":"conversations"})),
+        json!({"conversations":[
+            entry("dave", &from_dave),
+            entry("carol", &from_carol),
+            entry("alice", &to_self),
+            entry("bob", &to_bob),
+        ]})
+    );
+    assert_eq!(
+        a.ok(json!({"type":"conversations","limit":2})),
+        json!({"conversations":[entry("dave", &from_dave), entry("carol", &from_carol)]})
+    );
+    // A reply moves the conversation to the top.
+    let reply = a.ok(json!({"type":"direct","to":"bob","text":"again"}));
+    assert_eq!(
+        a.ok(json!({"type":"conversations","limit":1})),
+        json!({"conversations":[entry("bob", &reply)]})
+    );
+    for limit in [json!(0), json!(101), json!("5"), json!(-1)] {
+        assert_eq!(
+            a.error(json!({"type":"conversations","limit":limit})),
+            "bad_request",
+            "{limit}"
+        );
+    }
+    assert_eq!(
+        a.ok(json!({"type":"conversations","limit":100}))["conversations"]
+            .as_array()
+            .map(Vec::len),
+        Some(4)
+    );
+}
+
+#[test]
+fn pipelined_sends_share_commits_and_reads_among_them_see_them() {
+    let server = TestServer::start("ws_rate = 1000/s burst 1000");
+    let (mut a, _) = ws::user(&server, "alice");
+    server.register("bob", "password-123");
+    let before = server.metric("chatd_db_commits_total");
+    // 100 sends in one write, with reads among them: the server handles them in one
+    // (or very few) turns, each turn one transaction.
+    const N: usize = 100;
+    for i in 0..N {
+        let request = match i {
+            50 => json!({"type":"history","room":"lobby","limit":100,"ref":"h"}),
+            51 => json!({"type":"subscribe","user":"bob","ref":"s"}),
+            52 => json!({"type":"subscriptions","ref":"l"}),
+            53 => json!({"type":"direct","to":"bob","text":"dm","ref":"d"}),
+            54 => json!({"type":"conversations","ref":"c"}),
+            _ => json!({"type":"send","room":"lobby","text":format!("m{i}"),"ref":i}),
+        };
+        a.socket
+            .write(tungstenite::Message::text(request.to_string()))
+            .expect("buffer frame");
+    }
+    a.socket.flush().expect("one write");
+    let mut replies = Vec::new();
+    while replies.len() < N {
+        let frame = a.recv();
+        if frame["type"] == "reply" {
+            assert_eq!(frame["ok"], true, "{frame}");
+            replies.push(frame);
+        }
+    }
+    let refs: Vec<String> = replies.iter().map(|r| r["ref"].to_string()).collect();
+    let expected: Vec<String> = (0..N)
+        .map(|i| match i {
+            50 => "\"h\"".into(),
+            51 => "\"s\"".into(),
+            52 => "\"l\"".into(),
+            53 => "\"d\"".into(),
+            54 => "\"c\"".into(),
+            _ => i.to_string(),
+        })
+        .collect();
+    assert_eq!(refs, expected, "replies in request order");
+    let seen = texts(&replies[50]["data"]["messages"]);
+    for i in 0..50 {
+        assert!(
+            seen.contains(&format!("m{i}")),
+            "history saw m{i}: {seen:?}"
+        );
+    }
+    assert_eq!(replies[52]["data"], json!({"users":["bob"]}));
+    assert_eq!(
+        replies[54]["data"]["conversations"][0]["last_id"],
+        replies[53]["data"]["id"]
+    );
+    let commits = server.metric("chatd_db_commits_total") - before;
+    assert!(
+        (1..=N as u64 / 10).contains(&commits),
+        "{N} writes in {commits} commits"
+    );
+}

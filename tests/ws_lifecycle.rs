@@ -158,6 +158,53 @@ fn a_client_that_never_reads_is_cut_at_max_outbound_bytes() {
 }
 
 #[test]
+fn a_client_that_pings_without_reading_is_cut_at_max_outbound_bytes() {
+    let server = TestServer::start("max_outbound_bytes = 65536");
+    let (mut flood, _) = ws::user(&server, "flood");
+    let (mut calm, _) = ws::user(&server, "calm");
+    let slow = "chatd_ws_closed_total{reason=\"slow_consumer\"}";
+    // Every ping asks for a pong of the same size; the flooder reads none of them, so
+    // once the kernel buffers are full the pongs queue up in the server.
+    let payload = vec![7u8; 125];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut pings = 0u64;
+    'flood: while server.metric(slow) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the ping flooder was never cut off ({pings} pings)"
+        );
+        // Batches, and a pause: /metrics has the HTTP rate limit.
+        std::thread::sleep(Duration::from_millis(50));
+        for _ in 0..5000 {
+            if flood
+                .socket
+                .write(Message::Ping(payload.clone().into()))
+                .is_err()
+            {
+                break 'flood;
+            }
+            pings += 1;
+        }
+        if flood.socket.flush().is_err() {
+            break;
+        }
+    }
+    assert!(
+        common::wait_until(Duration::from_secs(5), || server.metric(slow) == 1),
+        "closed as a slow consumer"
+    );
+    assert_eq!(
+        calm.ok(json!({"type":"ping"})),
+        json!({}),
+        "others are served"
+    );
+    match flood.ended(Duration::from_secs(10)) {
+        Ended::Close(code, _) => assert_eq!(code, 1013),
+        Ended::Dropped => {} // the close frame could not get past the full buffers
+    }
+}
+
+#[test]
 fn binary_and_oversized_frames_close_with_1003_and_1009() {
     let server = TestServer::start("max_message_bytes = 1024\nmax_text_chars = 1000");
     let (mut a, token) = ws::user(&server, "alice");

@@ -3,9 +3,14 @@
 //! Inputs are a connection arriving, a text message from a connection, and a
 //! connection leaving; time comes in as an argument. Outputs are appended to a list:
 //! frames to deliver (each encoded once and shared by all its recipients), connections
-//! to close, token expiries to track. Storage goes through the [`Backend`] trait, so the
-//! core is tested with an in-memory backend and could later sit behind a cross-server
-//! backplane.
+//! to close, token expiries to track, reads and subscription changes that wait for the
+//! turn's commit. Storage goes through the [`Backend`] trait, so the core is tested with
+//! an in-memory backend and could later sit behind a cross-server backplane.
+//!
+//! A turn's writes are committed once, after all its requests; then [`Chat::settle`]
+//! turns each output, in order, into an [`Action`]: durable frames go out only if the
+//! commit succeeded, reads run against what is committed (so a reply never misses a
+//! write acknowledged before it), subscription changes reach the in-memory index.
 //!
 //! Lookups use indexes kept here: room -> connections, user -> connections, and the
 //! subscribers of each user. Nothing scans all connections.
@@ -19,7 +24,9 @@ use indexmap::IndexSet;
 use serde_json::{Value, json};
 
 use crate::ws::Close;
-use protocol::{ChatError, ErrorCode, Frame, HistoryTarget, Item, ItemKind, Page, Request};
+use protocol::{
+    ChatError, Conversation, ErrorCode, Frame, HistoryTarget, Item, ItemKind, Page, Request,
+};
 
 pub type UserId = i64;
 
@@ -75,7 +82,9 @@ pub struct BackendError(pub String);
 /// Everything the core needs from outside: accounts, durable writes, history, tokens.
 ///
 /// Writes (`store_message`, `set_subscription`) may be batched by the implementation:
-/// outputs marked durable are released only once the batch has committed.
+/// outputs marked durable are released only once the batch has committed. Reads
+/// (`history`, `subscriptions_of`, `conversations`) are made by [`Chat::settle`], after
+/// the commit, and need not see writes still queued.
 pub trait Backend {
     fn find_user(&mut self, username: &str) -> Result<Option<UserRef>, BackendError>;
     /// Queues the message and returns its id.
@@ -94,6 +103,15 @@ pub trait Backend {
         page: Page,
         limit: usize,
     ) -> Result<(Vec<Item>, bool), BackendError>;
+    /// The usernames `user` is subscribed to, sorted.
+    fn subscriptions_of(&mut self, user: UserId) -> Result<Vec<String>, BackendError>;
+    /// Up to `limit` of the direct conversations `user` takes part in, the one with the
+    /// newest message first.
+    fn conversations(
+        &mut self,
+        user: UserId,
+        limit: usize,
+    ) -> Result<Vec<Conversation>, BackendError>;
     /// Checks a token (signature, expiry at `now_ms`, account, password version).
     fn verify_token(&mut self, token: &str, now_ms: i64) -> Result<TokenInfo, ChatError>;
 }
@@ -140,6 +158,62 @@ pub enum Output {
         conn: ConnId,
         expires_at: i64,
     },
+    /// A read answered after the turn's commit.
+    Read(Read),
+    /// A subscription change, applied to the in-memory index once its write commits.
+    Subscription {
+        subscriber: UserId,
+        target: UserId,
+        subscribed: bool,
+    },
+}
+
+/// A read request waiting for the turn's commit; its reply takes its place among the
+/// connection's replies.
+#[derive(Debug, Clone)]
+pub struct Read {
+    conn: ConnId,
+    reference: Value,
+    /// The caller.
+    user: UserId,
+    query: Query,
+}
+
+#[derive(Debug, Clone)]
+enum Query {
+    RoomHistory {
+        room: String,
+        page: Page,
+        limit: usize,
+    },
+    /// The conversation between the caller and this user.
+    DirectHistory {
+        with: UserId,
+        page: Page,
+        limit: usize,
+    },
+    Subscriptions,
+    Conversations {
+        limit: usize,
+    },
+}
+
+/// What the event loop does for a settled output.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Queue this frame for these connections.
+    Send {
+        to: Recipients,
+        frame: Frame,
+    },
+    Close {
+        conn: ConnId,
+        close: Close,
+    },
+    TokenRenewed {
+        conn: ConnId,
+        expires_at: i64,
+    },
 }
 
 /// Limits and settings the core needs.
@@ -178,13 +252,6 @@ struct Room {
     users: HashMap<UserId, u32>,
 }
 
-/// Counters the metrics endpoint shows.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ChatStats {
-    pub requests: u64,
-    pub deliveries: u64,
-}
-
 /// The chat state of the whole server.
 #[derive(Debug)]
 pub struct Chat {
@@ -194,7 +261,6 @@ pub struct Chat {
     rooms: HashMap<Arc<str>, Room>,
     /// target -> users subscribed to them (all accounts, loaded at start).
     subscribers: HashMap<UserId, HashSet<UserId>>,
-    pub stats: ChatStats,
 }
 
 impl Chat {
@@ -213,7 +279,6 @@ impl Chat {
             online: HashMap::new(),
             rooms: HashMap::new(),
             subscribers,
-            stats: ChatStats::default(),
         }
     }
 
@@ -360,7 +425,6 @@ impl Chat {
         let Some(user) = self.sessions.get(&conn).map(|s| s.user) else {
             return;
         };
-        self.stats.requests += 1;
         let (reference, request) = protocol::parse_request(text, self.parse_limits());
         let result = request.and_then(|request| {
             self.dispatch(conn, user, request, &reference, backend, now_ms, out)
@@ -378,6 +442,12 @@ impl Chat {
                 frame: protocol::reply_ok(&reference, data),
                 durable: true,
                 fallback: Some(reference),
+            })),
+            Ok(Reply::Later(query)) => out.push(Output::Read(Read {
+                conn,
+                reference,
+                user,
+                query,
             })),
             Ok(Reply::Sent) => {}
             Err(error) => {
@@ -482,7 +552,11 @@ impl Chat {
                 backend
                     .set_subscription(user, target.id, true)
                     .map_err(internal)?;
-                self.subscribers.entry(target.id).or_default().insert(user);
+                out.push(Output::Subscription {
+                    subscriber: user,
+                    target: target.id,
+                    subscribed: true,
+                });
                 Ok(Reply::Durable(json!({"user": target.username})))
             }
             Request::Unsubscribe { user: name } => {
@@ -490,12 +564,11 @@ impl Chat {
                 backend
                     .set_subscription(user, target.id, false)
                     .map_err(internal)?;
-                if let Some(set) = self.subscribers.get_mut(&target.id) {
-                    set.remove(&user);
-                    if set.is_empty() {
-                        self.subscribers.remove(&target.id);
-                    }
-                }
+                out.push(Output::Subscription {
+                    subscriber: user,
+                    target: target.id,
+                    subscribed: false,
+                });
                 Ok(Reply::Durable(json!({"user": target.username})))
             }
             Request::Rooms => {
@@ -520,26 +593,16 @@ impl Chat {
                 target,
                 page,
                 limit,
-            } => {
-                let (items, more) = match &target {
-                    HistoryTarget::Room(room) => {
-                        backend.history(&HistoryScope::Room(room), page, limit)
-                    }
-                    HistoryTarget::With(name) => {
-                        let other = self.resolve_user(name, backend)?;
-                        backend.history(
-                            &HistoryScope::Direct {
-                                a: user,
-                                b: other.id,
-                            },
-                            page,
-                            limit,
-                        )
-                    }
-                }
-                .map_err(internal)?;
-                Ok(Reply::Now(json!({"messages": items, "more": more})))
-            }
+            } => Ok(Reply::Later(match target {
+                HistoryTarget::Room(room) => Query::RoomHistory { room, page, limit },
+                HistoryTarget::With(name) => Query::DirectHistory {
+                    with: self.resolve_user(&name, backend)?.id,
+                    page,
+                    limit,
+                },
+            })),
+            Request::Subscriptions => Ok(Reply::Later(Query::Subscriptions)),
+            Request::Conversations { limit } => Ok(Reply::Later(Query::Conversations { limit })),
             Request::Auth { token } => {
                 let info = backend.verify_token(&token, now_ms)?;
                 if info.user_id != user {
@@ -553,6 +616,70 @@ impl Chat {
                     expires_at: info.expires_at,
                 });
                 Ok(Reply::Now(json!({"expires_at": info.expires_at * 1000})))
+            }
+        }
+    }
+
+    /// Turns one output of the turn into what the event loop does, once the turn's
+    /// writes have been committed (`committed`) or have failed. Outputs must be settled
+    /// in the order they were produced: a read then sees the subscription changes
+    /// before it, and replies keep the order of the requests.
+    pub fn settle(
+        &mut self,
+        output: Output,
+        committed: bool,
+        backend: &mut dyn Backend,
+    ) -> Option<Action> {
+        match output {
+            Output::Deliver(delivery) if delivery.durable && !committed => {
+                // Nobody sees what was not stored; the sender learns it failed.
+                let reference = delivery.fallback?;
+                Some(Action::Send {
+                    to: delivery.to,
+                    frame: protocol::reply_error(&reference, &ChatError::internal()),
+                })
+            }
+            Output::Deliver(delivery) => Some(Action::Send {
+                to: delivery.to,
+                frame: delivery.frame,
+            }),
+            Output::Close { conn, close } => Some(Action::Close { conn, close }),
+            Output::TokenRenewed { conn, expires_at } => {
+                Some(Action::TokenRenewed { conn, expires_at })
+            }
+            Output::Subscription {
+                subscriber,
+                target,
+                subscribed,
+            } => {
+                if committed {
+                    self.apply_subscription(subscriber, target, subscribed);
+                }
+                None
+            }
+            Output::Read(read) => {
+                let frame = match answer(&read, backend) {
+                    Ok(data) => protocol::reply_ok(&read.reference, data),
+                    Err(e) => protocol::reply_error(&read.reference, &internal(e)),
+                };
+                Some(Action::Send {
+                    to: Recipients::One(read.conn),
+                    frame,
+                })
+            }
+        }
+    }
+
+    fn apply_subscription(&mut self, subscriber: UserId, target: UserId, subscribed: bool) {
+        if subscribed {
+            self.subscribers
+                .entry(target)
+                .or_default()
+                .insert(subscriber);
+        } else if let Some(set) = self.subscribers.get_mut(&target) {
+            set.remove(&subscriber);
+            if set.is_empty() {
+                self.subscribers.remove(&target);
             }
         }
     }
@@ -596,7 +723,6 @@ impl Chat {
                 text: post.text,
                 ts: now_ms,
             };
-            self.stats.deliveries += post.recipients.len() as u64;
             out.push(Output::Deliver(Delivery {
                 to: Recipients::Many(post.recipients),
                 frame: item.frame(),
@@ -608,7 +734,6 @@ impl Chat {
     }
 
     fn deliver(&mut self, out: &mut Vec<Output>, to: Recipients, frame: Frame) {
-        self.stats.deliveries += to.as_slice().len() as u64;
         out.push(Output::Deliver(Delivery {
             to,
             frame,
@@ -747,8 +872,32 @@ enum Reply {
     Now(Value),
     /// An ok reply that depends on this turn's writes.
     Durable(Value),
+    /// A read, answered after the turn's commit.
+    Later(Query),
     /// The reply has been queued already (with its fan-out).
     Sent,
+}
+
+/// The data of a read's ok reply, from committed storage.
+fn answer(read: &Read, backend: &mut dyn Backend) -> Result<Value, BackendError> {
+    Ok(match &read.query {
+        Query::RoomHistory { room, page, limit } => {
+            let (items, more) = backend.history(&HistoryScope::Room(room), *page, *limit)?;
+            json!({"messages": items, "more": more})
+        }
+        Query::DirectHistory { with, page, limit } => {
+            let scope = HistoryScope::Direct {
+                a: read.user,
+                b: *with,
+            };
+            let (items, more) = backend.history(&scope, *page, *limit)?;
+            json!({"messages": items, "more": more})
+        }
+        Query::Subscriptions => json!({"users": backend.subscriptions_of(read.user)?}),
+        Query::Conversations { limit } => {
+            json!({"conversations": backend.conversations(read.user, *limit)?})
+        }
+    })
 }
 
 fn not_member(room: &str) -> ChatError {

@@ -19,6 +19,12 @@ pub type Frame = Arc<[u8]>;
 /// Longest accepted `ref`, in characters.
 pub const MAX_REF_CHARS: usize = 64;
 
+/// Largest `limit` of a `conversations` request.
+pub const MAX_CONVERSATIONS: usize = 100;
+
+/// The `limit` of a `conversations` request that gives none.
+pub const DEFAULT_CONVERSATIONS: usize = 50;
+
 /// Room names: 1-64 of `[A-Za-z0-9_-]`.
 pub fn valid_room(name: &str) -> bool {
     (1..=64).contains(&name.len())
@@ -133,6 +139,12 @@ pub enum Request {
     },
     Auth {
         token: String,
+    },
+    /// The accounts the caller is subscribed to.
+    Subscriptions,
+    /// The caller's direct conversations, most recent first.
+    Conversations {
+        limit: usize,
     },
     Ping,
 }
@@ -347,6 +359,18 @@ fn build(f: Fields<'_>, limits: ParseLimits) -> Result<Request, ChatError> {
         "auth" => Request::Auth {
             token: required(f.token, "token")?,
         },
+        "subscriptions" => Request::Subscriptions,
+        "conversations" => Request::Conversations {
+            limit: match f.limit {
+                None => DEFAULT_CONVERSATIONS,
+                Some(n) if (1..=MAX_CONVERSATIONS as u64).contains(&n) => n as usize,
+                Some(_) => {
+                    return Err(ChatError::bad_request(format!(
+                        "limit must be an integer from 1 to {MAX_CONVERSATIONS}"
+                    )));
+                }
+            },
+        },
         "ping" => Request::Ping,
         other => {
             return Err(ChatError::bad_request(format!(
@@ -424,6 +448,16 @@ pub struct Posted {
     /// Only `publish` reports how many connections it reached.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivered: Option<usize>,
+}
+
+/// One entry of the `conversations` reply: the other participant and the conversation's
+/// last message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Conversation {
+    /// The other user's name; the caller's own for messages to oneself.
+    pub with: String,
+    pub last_id: i64,
+    pub ts: i64,
 }
 
 /// A stored or live chat item, in the shape of its event.
@@ -583,6 +617,11 @@ mod tests {
             r#"{"type":"history","room":"r","before":1,"after":2}"#,
             r#"{"type":"history","room":"r","before":"1"}"#,
             r#"{"type":"auth"}"#,
+            r#"{"type":"conversations","limit":0}"#,
+            r#"{"type":"conversations","limit":101}"#,
+            r#"{"type":"conversations","limit":-1}"#,
+            r#"{"type":"conversations","limit":2.5}"#,
+            r#"{"type":"conversations","limit":"5"}"#,
         ] {
             assert_eq!(code(text), ErrorCode::BadRequest, "{text}");
         }
@@ -619,6 +658,24 @@ mod tests {
                 limit: 100
             })
         );
+    }
+
+    #[test]
+    fn subscriptions_and_conversations() {
+        assert_eq!(
+            parse(r#"{"type":"subscriptions","ref":1}"#),
+            (json!(1), Ok(Request::Subscriptions))
+        );
+        assert_eq!(
+            parse(r#"{"type":"conversations"}"#).1,
+            Ok(Request::Conversations { limit: 50 })
+        );
+        for limit in [1, 100] {
+            assert_eq!(
+                parse(&format!(r#"{{"type":"conversations","limit":{limit}}}"#)).1,
+                Ok(Request::Conversations { limit })
+            );
+        }
     }
 
     #[test]

@@ -2,17 +2,41 @@
 
 use super::*;
 
-/// (id, sender, text, room, recipient)
-type StoredRow = (i64, UserId, String, Option<String>, Option<UserId>);
+/// A stored message.
+#[derive(Debug, Clone)]
+struct Row {
+    id: i64,
+    from: UserId,
+    text: String,
+    room: Option<String>,
+    to: Option<UserId>,
+    ts: i64,
+}
 
-/// Stores everything in vectors; ids come from one counter.
+/// A write waiting for the end of the turn.
+#[derive(Debug, Clone)]
+enum Pending {
+    Message(Row),
+    Subscription(UserId, UserId, bool),
+}
+
+/// Stores everything in vectors; ids come from one counter. Like the SQLite store,
+/// writes wait for [`MemoryBackend::commit`] and reads see committed data only.
 #[derive(Default)]
 struct MemoryBackend {
     users: Vec<UserRef>,
-    messages: Vec<StoredRow>,
+    /// Committed messages.
+    messages: Vec<Row>,
+    /// Committed subscription changes, in order.
     subscriptions: Vec<(UserId, UserId, bool)>,
+    pending: Vec<Pending>,
     next_id: i64,
+    /// `store_message` fails at once.
     fail_writes: bool,
+    /// The next commits fail (and drop their batch).
+    fail_commit: bool,
+    /// Commits that stored something.
+    commits: usize,
 }
 
 impl MemoryBackend {
@@ -29,6 +53,25 @@ impl MemoryBackend {
             next_id: 1,
             ..Default::default()
         }
+    }
+
+    /// The end of a turn: everything queued in one batch, or nothing.
+    fn commit(&mut self) -> Result<(), BackendError> {
+        let batch = std::mem::take(&mut self.pending);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if self.fail_commit {
+            return Err(BackendError("disk full".into()));
+        }
+        self.commits += 1;
+        for write in batch {
+            match write {
+                Pending::Message(row) => self.messages.push(row),
+                Pending::Subscription(s, t, on) => self.subscriptions.push((s, t, on)),
+            }
+        }
+        Ok(())
     }
 
     fn name(&self, id: UserId) -> String {
@@ -61,13 +104,19 @@ impl Backend for MemoryBackend {
             NewKind::Direct { to } => (None, Some(to)),
             NewKind::Notification => (None, None),
         };
-        self.messages
-            .push((id, m.from, m.text.to_string(), room, to));
+        self.pending.push(Pending::Message(Row {
+            id,
+            from: m.from,
+            text: m.text.to_string(),
+            room,
+            to,
+            ts: m.ts,
+        }));
         Ok(id)
     }
 
     fn set_subscription(&mut self, s: UserId, t: UserId, on: bool) -> Result<(), BackendError> {
-        self.subscriptions.push((s, t, on));
+        self.pending.push(Pending::Subscription(s, t, on));
         Ok(())
     }
 
@@ -80,22 +129,22 @@ impl Backend for MemoryBackend {
         let matching: Vec<Item> = self
             .messages
             .iter()
-            .filter(|(_, from, _, room, to)| match scope {
-                HistoryScope::Room(r) => room.as_deref() == Some(*r),
+            .filter(|m| match scope {
+                HistoryScope::Room(r) => m.room.as_deref() == Some(*r),
                 HistoryScope::Direct { a, b } => {
-                    to.is_some_and(|to| (*from == *a && to == *b) || (*from == *b && to == *a))
+                    m.to.is_some_and(|to| (m.from == *a && to == *b) || (m.from == *b && to == *a))
                 }
             })
-            .map(|(id, from, text, room, to)| Item {
-                id: *id,
-                kind: match (room, to) {
+            .map(|m| Item {
+                id: m.id,
+                kind: match (&m.room, m.to) {
                     (Some(r), _) => ItemKind::Room(r.clone()),
-                    (None, Some(to)) => ItemKind::Direct { to: self.name(*to) },
+                    (None, Some(to)) => ItemKind::Direct { to: self.name(to) },
                     _ => ItemKind::Notification,
                 },
-                from: self.name(*from),
-                text: text.clone(),
-                ts: 0,
+                from: self.name(m.from),
+                text: m.text.clone(),
+                ts: m.ts,
             })
             .collect();
         let (mut page_items, more): (Vec<Item>, bool) = match page {
@@ -118,6 +167,49 @@ impl Backend for MemoryBackend {
         Ok((page_items, more))
     }
 
+    fn subscriptions_of(&mut self, user: UserId) -> Result<Vec<String>, BackendError> {
+        let mut targets: Vec<UserId> = Vec::new();
+        for &(s, t, on) in &self.subscriptions {
+            if s == user {
+                targets.retain(|x| *x != t);
+                if on {
+                    targets.push(t);
+                }
+            }
+        }
+        let mut names: Vec<String> = targets.into_iter().map(|t| self.name(t)).collect();
+        names.sort_unstable();
+        Ok(names)
+    }
+
+    fn conversations(
+        &mut self,
+        user: UserId,
+        limit: usize,
+    ) -> Result<Vec<Conversation>, BackendError> {
+        let mut latest: HashMap<UserId, &Row> = HashMap::new();
+        for m in &self.messages {
+            let Some(to) = m.to else { continue };
+            let other = match (m.from == user, to == user) {
+                (true, _) => to,
+                (false, true) => m.from,
+                _ => continue,
+            };
+            latest.insert(other, m);
+        }
+        let mut rows: Vec<(&UserId, &&Row)> = latest.iter().collect();
+        rows.sort_by_key(|(_, m)| std::cmp::Reverse(m.id));
+        Ok(rows
+            .into_iter()
+            .take(limit)
+            .map(|(other, m)| Conversation {
+                with: self.name(*other),
+                last_id: m.id,
+                ts: m.ts,
+            })
+            .collect())
+    }
+
     fn verify_token(&mut self, token: &str, _now_ms: i64) -> Result<TokenInfo, ChatError> {
         match token.strip_prefix("valid-") {
             Some(id) => Ok(TokenInfo {
@@ -132,7 +224,10 @@ impl Backend for MemoryBackend {
 struct World {
     chat: Chat,
     backend: MemoryBackend,
+    /// Outputs of the current turn.
     out: Vec<Output>,
+    /// What settled turns asked the event loop to do, not yet taken.
+    actions: Vec<Action>,
 }
 
 const NOW: i64 = 1_700_000_000_000;
@@ -150,6 +245,7 @@ impl World {
             ),
             backend: MemoryBackend::with_users(names),
             out: Vec::new(),
+            actions: Vec::new(),
         }
     }
 
@@ -177,22 +273,37 @@ impl World {
         );
     }
 
-    /// Every JSON frame delivered to `conn` since the last call, in order.
-    fn take(&mut self, conn: u64) -> Vec<Value> {
-        let mut frames = Vec::new();
-        let mut rest = Vec::new();
-        for output in self.out.drain(..) {
-            match &output {
-                Output::Deliver(d) if d.to.as_slice().contains(&ConnId(conn)) => {
-                    frames.push(serde_json::from_slice(payload(&d.frame)).unwrap());
-                    if d.to.as_slice().len() > 1 {
-                        rest.push(remove_recipient(d, ConnId(conn)));
-                    }
-                }
-                _ => rest.push(output),
+    /// Ends the turn as the event loop does: one commit, then every output settled in
+    /// order.
+    fn end_turn(&mut self) {
+        let committed = self.backend.commit().is_ok();
+        for output in std::mem::take(&mut self.out) {
+            if let Some(action) = self.chat.settle(output, committed, &mut self.backend) {
+                self.actions.push(action);
             }
         }
-        self.out = rest;
+    }
+
+    /// Ends the turn; every JSON frame sent to `conn` since the last call, in order.
+    fn take(&mut self, conn: u64) -> Vec<Value> {
+        self.end_turn();
+        let mut frames = Vec::new();
+        let mut rest = Vec::new();
+        for action in self.actions.drain(..) {
+            match action {
+                Action::Send { to, frame } if to.as_slice().contains(&ConnId(conn)) => {
+                    frames.push(serde_json::from_slice(payload(&frame)).unwrap());
+                    if to.as_slice().len() > 1 {
+                        rest.push(Action::Send {
+                            to: without(&to, ConnId(conn)),
+                            frame,
+                        });
+                    }
+                }
+                other => rest.push(other),
+            }
+        }
+        self.actions = rest;
         frames
     }
 
@@ -204,21 +315,21 @@ impl World {
         replies[0].clone()
     }
 
+    /// Ends the turn and forgets what it sent.
     fn clear(&mut self) {
-        self.out.clear();
+        self.end_turn();
+        self.actions.clear();
     }
 }
 
-fn remove_recipient(d: &Delivery, conn: ConnId) -> Output {
-    let mut d = d.clone();
-    d.to = Recipients::Many(
-        d.to.as_slice()
+fn without(to: &Recipients, conn: ConnId) -> Recipients {
+    Recipients::Many(
+        to.as_slice()
             .iter()
             .copied()
             .filter(|c| *c != conn)
             .collect(),
-    );
-    Output::Deliver(d)
+    )
 }
 
 /// The JSON payload of a small unmasked text frame built by the server.
@@ -406,7 +517,7 @@ fn direct_messages_reach_both_sides_and_history() {
     let r = w.reply(3, json!({"type":"history","with":"alice"}));
     assert_eq!(
         r["data"],
-        json!({"messages":[{"type":"direct","id":event["id"],"from":"alice","to":"bob","text":"psst","ts":0}],"more":false})
+        json!({"messages":[{"type":"direct","id":event["id"],"from":"alice","to":"bob","text":"psst","ts":NOW}],"more":false})
     );
 
     let r = w.reply(1, json!({"type":"direct","to":"nobody","text":"x"}));
@@ -589,4 +700,241 @@ fn bad_requests_keep_the_connection_usable() {
     assert_eq!(r[0]["error"]["code"], "bad_request");
     let r = w.reply(1, json!({"type":"ping"}));
     assert_eq!(r["ok"], true);
+}
+
+#[test]
+fn subscriptions_lists_the_callers_subscriptions_sorted() {
+    let mut w = World::new(&["alice", "bob", "carol", "dave"]);
+    w.connect(1, 1);
+    w.connect(2, 2);
+    w.clear();
+    let r = w.reply(1, json!({"type":"subscriptions","ref":"s"}));
+    assert_eq!(
+        r,
+        json!({"type":"reply","ref":"s","ok":true,"data":{"users":[]}})
+    );
+    for name in ["dave", "bob", "carol"] {
+        w.reply(1, json!({"type":"subscribe","user":name}));
+    }
+    w.reply(1, json!({"type":"unsubscribe","user":"dave"}));
+    w.reply(2, json!({"type":"subscribe","user":"dave"}));
+    let r = w.reply(1, json!({"type":"subscriptions"}));
+    assert_eq!(r["data"], json!({"users":["bob","carol"]}));
+    let r = w.reply(2, json!({"type":"subscriptions"}));
+    assert_eq!(r["data"], json!({"users":["dave"]}), "only the caller's");
+}
+
+#[test]
+fn conversations_newest_first_with_a_limit() {
+    let mut w = World::new(&["alice", "bob", "carol", "dave"]);
+    w.connect(1, 1);
+    w.connect(3, 3);
+    w.clear();
+    // bob and dave are offline: alice still finds what carol and she sent.
+    w.send(1, json!({"type":"direct","to":"bob","text":"1"}));
+    w.send(3, json!({"type":"direct","to":"alice","text":"2"}));
+    w.send(1, json!({"type":"direct","to":"alice","text":"3"}));
+    w.send(3, json!({"type":"direct","to":"dave","text":"4"}));
+    w.send(1, json!({"type":"send","room":"lobby","text":"5"}));
+    w.send(1, json!({"type":"direct","to":"bob","text":"6"}));
+    let ids: Vec<i64> = w
+        .take(1)
+        .iter()
+        .filter(|f| f["type"] == "direct")
+        .map(|f| f["id"].as_i64().unwrap())
+        .collect();
+    let [_, from_carol, to_self, last_to_bob] = ids[..] else {
+        panic!("{ids:?}")
+    };
+    w.clear();
+    let r = w.reply(1, json!({"type":"conversations","ref":1}));
+    assert_eq!(
+        r,
+        json!({"type":"reply","ref":1,"ok":true,"data":{"conversations":[
+            {"with":"bob","last_id":last_to_bob,"ts":NOW},
+            {"with":"alice","last_id":to_self,"ts":NOW},
+            {"with":"carol","last_id":from_carol,"ts":NOW}]}})
+    );
+    let r = w.reply(1, json!({"type":"conversations","limit":1}));
+    assert_eq!(r["data"]["conversations"].as_array().unwrap().len(), 1);
+    let r = w.reply(3, json!({"type":"conversations"}));
+    let with: Vec<&str> = r["data"]["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["with"].as_str().unwrap())
+        .collect();
+    assert_eq!(with, ["dave", "alice"]);
+    for limit in [json!(0), json!(101), json!("5")] {
+        let r = w.reply(1, json!({"type":"conversations","limit":limit}));
+        assert_eq!(r["error"]["code"], "bad_request", "{limit}");
+    }
+}
+
+/// The texts of a history reply.
+fn history_texts(reply: &Value) -> Vec<String> {
+    reply["data"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn reads_in_a_turn_see_what_was_acknowledged_before_them_with_one_commit() {
+    let mut w = World::new(&["alice", "bob"]);
+    w.connect(1, 1);
+    w.clear();
+    // One turn: the requests of one pipelined write.
+    w.send(1, json!({"type":"send","room":"lobby","text":"a","ref":1}));
+    w.send(1, json!({"type":"history","room":"lobby","ref":2}));
+    w.send(1, json!({"type":"direct","to":"bob","text":"b","ref":3}));
+    w.send(1, json!({"type":"subscribe","user":"bob","ref":4}));
+    w.send(1, json!({"type":"conversations","ref":5}));
+    w.send(1, json!({"type":"subscriptions","ref":6}));
+    w.send(1, json!({"type":"history","with":"bob","ref":7}));
+    let frames = w.take(1);
+    assert_eq!(w.backend.commits, 1, "one commit for the whole turn");
+    let replies: Vec<&Value> = frames.iter().filter(|f| f["type"] == "reply").collect();
+    let refs: Vec<i64> = replies.iter().map(|r| r["ref"].as_i64().unwrap()).collect();
+    assert_eq!(refs, [1, 2, 3, 4, 5, 6, 7], "replies in request order");
+    assert!(replies.iter().all(|r| r["ok"] == true), "{replies:?}");
+    assert!(history_texts(replies[1]).contains(&"a".to_string()));
+    assert_eq!(
+        replies[4]["data"]["conversations"][0]["last_id"],
+        replies[2]["data"]["id"]
+    );
+    assert_eq!(replies[5]["data"]["users"], json!(["bob"]));
+    assert_eq!(history_texts(replies[6]), ["b"]);
+}
+
+#[test]
+fn a_failed_commit_fails_only_what_depended_on_it() {
+    let mut w = World::new(&["alice", "bob"]);
+    w.connect(1, 1);
+    w.connect(2, 2);
+    w.clear();
+    let first = w.reply(1, json!({"type":"send","room":"lobby","text":"stored"}));
+    assert_eq!(first["ok"], true);
+    w.clear();
+
+    w.backend.fail_commit = true;
+    w.send(
+        1,
+        json!({"type":"send","room":"lobby","text":"lost","ref":1}),
+    );
+    w.send(1, json!({"type":"ping","ref":2}));
+    w.send(1, json!({"type":"history","room":"lobby","ref":3}));
+    w.send(
+        1,
+        json!({"type":"direct","to":"bob","text":"lost too","ref":4}),
+    );
+    w.send(1, json!({"type":"join","room":"side","ref":5}));
+    let alice = w.take(1);
+    let code = |f: &Value| f["error"]["code"].as_str().map(str::to_string);
+    assert_eq!(alice.len(), 5, "replies only, no events: {alice:?}");
+    assert_eq!(code(&alice[0]).as_deref(), Some("internal_error"));
+    assert_eq!(alice[1]["ok"], true, "a ping does not depend on the batch");
+    assert_eq!(alice[2]["ok"], true, "a read does not either");
+    assert_eq!(
+        history_texts(&alice[2]),
+        ["stored"],
+        "and sees only what is stored"
+    );
+    assert_eq!(code(&alice[3]).as_deref(), Some("internal_error"));
+    assert_eq!(alice[4]["data"]["members"], json!(["alice"]));
+    assert!(w.take(2).is_empty(), "nobody sees what was not stored");
+
+    // The next turn commits again; nothing of the failed batch comes back.
+    w.backend.fail_commit = false;
+    let r = w.reply(1, json!({"type":"send","room":"lobby","text":"next"}));
+    assert_eq!(r["ok"], true);
+    let r = w.reply(1, json!({"type":"history","room":"lobby"}));
+    assert_eq!(history_texts(&r), ["stored", "next"]);
+}
+
+#[test]
+fn subscriptions_change_in_memory_only_once_committed() {
+    let mut w = World::new(&["alice", "bob"]);
+    w.connect(1, 1);
+    w.connect(2, 2);
+    w.clear();
+    w.backend.fail_commit = true;
+    let r = w.reply(2, json!({"type":"subscribe","user":"alice"}));
+    assert_eq!(r["error"]["code"], "internal_error");
+    w.backend.fail_commit = false;
+    let r = w.reply(1, json!({"type":"publish","text":"nobody hears"}));
+    assert_eq!(
+        r["data"]["delivered"], 0,
+        "the failed subscribe left no trace"
+    );
+    assert!(w.take(2).is_empty());
+    let r = w.reply(2, json!({"type":"subscriptions"}));
+    assert_eq!(r["data"]["users"], json!([]));
+
+    assert_eq!(
+        w.reply(2, json!({"type":"subscribe","user":"alice"}))["ok"],
+        true
+    );
+    w.backend.fail_commit = true;
+    let r = w.reply(2, json!({"type":"unsubscribe","user":"alice"}));
+    assert_eq!(r["error"]["code"], "internal_error");
+    w.backend.fail_commit = false;
+    let r = w.reply(1, json!({"type":"publish","text":"still subscribed"}));
+    assert_eq!(
+        r["data"]["delivered"], 1,
+        "the failed unsubscribe left no trace"
+    );
+    assert_eq!(w.take(2)[0]["text"], "still subscribed");
+}
+
+#[test]
+fn unsubscribe_errors() {
+    let mut w = World::new(&["alice", "bob"]);
+    w.connect(1, 1);
+    w.clear();
+    let r = w.reply(1, json!({"type":"unsubscribe","user":"zed"}));
+    assert_eq!(r["error"]["code"], "unknown_user");
+    let r = w.reply(1, json!({"type":"unsubscribe","user":"ALICE"}));
+    assert_eq!(r["error"]["code"], "bad_request");
+    let r = w.reply(1, json!({"type":"unsubscribe","user":"bob"}));
+    assert_eq!(r["data"], json!({"user":"bob"}), "not subscribed is ok");
+}
+
+#[test]
+fn a_room_fan_out_is_one_frame_for_all_members() {
+    let mut w = World::new(&["alice", "bob", "carol"]);
+    for (conn, user) in [(1, 1), (2, 2), (3, 3), (4, 3)] {
+        w.connect(conn, user);
+    }
+    w.clear();
+    w.send(2, json!({"type":"send","room":"lobby","text":"to all"}));
+    let events: Vec<&Delivery> = w
+        .out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Deliver(d) if d.to.as_slice().len() > 1 => Some(d),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(events.len(), 1, "one delivery, serialised once");
+    let mut to = events[0].to.as_slice().to_vec();
+    to.sort_unstable();
+    assert_eq!(to, [ConnId(1), ConnId(2), ConnId(3), ConnId(4)]);
+    let frame = events[0].frame.clone();
+    w.end_turn();
+    let sent: Vec<&Frame> = w
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { to, frame } if to.as_slice().len() > 1 => Some(frame),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent.len(), 1);
+    assert!(
+        Arc::ptr_eq(sent[0], &frame),
+        "the same bytes go to every recipient"
+    );
 }

@@ -3,7 +3,8 @@
 //! Decoded text messages go through the connection's rate limit to the chat core; its
 //! outputs wait in `chat_outputs` until the turn's writes are committed, then each
 //! shared frame is queued on its recipients' output queues. A recipient whose queue
-//! would pass `max_outbound_bytes` is closed with 1013 instead of growing.
+//! would pass `max_outbound_bytes` is closed with 1013 instead of growing; pongs count
+//! against the same cap, so a client that pings without reading is cut off too.
 
 use std::time::{Duration, Instant};
 
@@ -12,8 +13,8 @@ use governor::{Quota, RateLimiter};
 use super::conn::{Phase, WsConn};
 use super::{ConnRef, Server};
 use crate::api::WsSession;
-use crate::chat::protocol::{ChatError, Frame, reply_error};
-use crate::chat::{ConnId, Output};
+use crate::chat::protocol::Frame;
+use crate::chat::{Action, ConnId, Output};
 use crate::config::DuplicateSessions;
 use crate::time::Now;
 use crate::ws::frame::{close_frame, ping_frame, pong_frame};
@@ -101,7 +102,9 @@ impl Server {
         }
         let mut pos = 0;
         let mut close: Option<Close> = None;
-        let mut wrote = false;
+        // Pongs go through the outbound cap after the loop; what they hold is bounded by
+        // the input read this turn.
+        let mut pongs: Vec<u8> = Vec::new();
         while !ws.closing && ws.close_sent_at.is_none() {
             let (event, used) = match ws.decoder.decode(&conn.inbuf[pos..]) {
                 Ok(decoded) => decoded,
@@ -133,10 +136,7 @@ impl Server {
                         app.chat.reject_rate_limited(ws.id, &text, chat_outputs);
                     }
                 }
-                WsEvent::Ping(payload) => {
-                    conn.out.push_owned(pong_frame(&payload));
-                    wrote = true;
-                }
+                WsEvent::Ping(payload) => pongs.extend_from_slice(&pong_frame(&payload)),
                 WsEvent::Pong => {}
                 WsEvent::Close { code, .. } => {
                     // Echo the client's code, as RFC 6455 suggests.
@@ -156,7 +156,10 @@ impl Server {
             conn.inbuf.drain(..pos);
         }
         conn.release_idle_input();
-        if wrote {
+        if !pongs.is_empty() && self.make_room(conn_ref, pongs.len()) {
+            if let Some(conn) = self.get(conn_ref) {
+                conn.out.push_owned(pongs);
+            }
             self.queue_flush(conn_ref);
         }
     }
@@ -221,38 +224,43 @@ impl Server {
         }
     }
 
-    /// Commits the turn's writes, then releases the chat outputs: durable frames only
-    /// if the commit succeeded (their fallback, the sender's error reply, otherwise).
+    /// Commits the turn's writes (once: one transaction per turn), then releases the
+    /// chat outputs in order: durable frames only if the commit succeeded (their
+    /// fallback, the sender's error reply, otherwise), reads against what is now
+    /// committed.
     pub(super) fn commit_and_dispatch(&mut self, now: Now) {
         if self.chat_outputs.is_empty() && !self.app.store.has_pending() {
             return;
         }
         let committed = match self.app.store.commit_pending() {
-            Ok(_) => true,
+            Ok(0) => true,
+            Ok(_) => {
+                self.app.metrics.db_commits += 1;
+                true
+            }
             Err(e) => {
                 log::error!("storing chat messages failed: {e}");
+                self.app.metrics.db_commit_failures += 1;
                 false
             }
         };
-        let committed = committed && !self.app.store.take_commit_failure();
+        // Closing a connection below makes it leave the chat, which adds presence
+        // outputs (never durable ones): go on until none are left.
         while !self.chat_outputs.is_empty() {
             for output in std::mem::take(&mut self.chat_outputs) {
-                match output {
-                    Output::Deliver(delivery) => {
-                        let frame = if delivery.durable && !committed {
-                            match delivery.fallback {
-                                Some(reference) => reply_error(&reference, &ChatError::internal()),
-                                None => continue,
-                            }
-                        } else {
-                            delivery.frame
-                        };
-                        for &id in delivery.to.as_slice() {
+                let action = {
+                    let (chat, mut backend) = self.app.backend();
+                    chat.settle(output, committed, &mut backend)
+                };
+                match action {
+                    None => {}
+                    Some(Action::Send { to, frame }) => {
+                        for &id in to.as_slice() {
                             self.queue_frame(id, &frame);
                         }
                     }
-                    Output::Close { conn, close } => self.close_ws(conn_ref(conn), close),
-                    Output::TokenRenewed { conn, expires_at } => {
+                    Some(Action::Close { conn, close }) => self.close_ws(conn_ref(conn), close),
+                    Some(Action::TokenRenewed { conn, expires_at }) => {
                         let conn_ref = conn_ref(conn);
                         if let Some(ws) = self.get(conn_ref).and_then(|c| c.ws.as_mut()) {
                             ws.token_expires = instant_at(expires_at, now);
@@ -267,37 +275,46 @@ impl Server {
 
     /// Queues a shared frame for one connection, or closes it as a slow consumer.
     fn queue_frame(&mut self, id: ConnId, frame: &Frame) {
-        let cap = self.app.config.max_outbound_bytes;
         let conn_ref = conn_ref(id);
-        let Some(conn) = self.get(conn_ref) else {
-            return;
-        };
-        if conn.ws.as_ref().is_none_or(|ws| ws.close_sent_at.is_some()) {
+        if !self.make_room(conn_ref, frame.len()) {
             return;
         }
-        if conn.out.len() + frame.len() > cap {
-            // Over the cap only counts if the socket cannot take what is queued.
-            self.flush_now(conn_ref, Now::read());
-            let Some(conn) = self.get(conn_ref) else {
-                return;
-            };
-            if conn.out.len() + frame.len() <= cap {
-                conn.out.push_shared(frame.clone());
-                self.app.metrics.ws_messages_out += 1;
-                self.queue_flush(conn_ref);
-                return;
-            }
-            log::info!(
-                "{}: closing slow WebSocket consumer ({} bytes queued)",
-                conn.peer,
-                conn.out.len()
-            );
-            self.app.metrics.ws_slow_consumers += 1;
-            self.close_ws(conn_ref, Close::SlowConsumer);
-            return;
+        if let Some(conn) = self.get(conn_ref) {
+            conn.out.push_shared(frame.clone());
         }
-        conn.out.push_shared(frame.clone());
         self.app.metrics.ws_messages_out += 1;
         self.queue_flush(conn_ref);
+    }
+
+    /// Whether `extra` more bytes may be queued for an open WebSocket: they fit under
+    /// `max_outbound_bytes`, or do once the socket has taken what it can. Otherwise the
+    /// connection is closed as a slow consumer (1013).
+    fn make_room(&mut self, conn_ref: ConnRef, extra: usize) -> bool {
+        let cap = self.app.config.max_outbound_bytes;
+        let Some(conn) = self.get(conn_ref) else {
+            return false;
+        };
+        if conn.ws.as_ref().is_none_or(|ws| ws.close_sent_at.is_some()) {
+            return false;
+        }
+        if conn.out.len() + extra <= cap {
+            return true;
+        }
+        // Over the cap only counts if the socket cannot take what is queued.
+        self.flush_now(conn_ref, Now::read());
+        let Some(conn) = self.get(conn_ref) else {
+            return false;
+        };
+        if conn.out.len() + extra <= cap {
+            return true;
+        }
+        log::info!(
+            "{}: closing slow WebSocket consumer ({} bytes queued)",
+            conn.peer,
+            conn.out.len()
+        );
+        self.app.metrics.ws_slow_consumers += 1;
+        self.close_ws(conn_ref, Close::SlowConsumer);
+        false
     }
 }

@@ -3,12 +3,13 @@
 //! Message ids come from one in-memory counter, started above the largest stored id,
 //! so an id is known when the message is queued and the sequence only increases, across
 //! restarts too. Queued writes are committed together by [`Store::commit_pending`] at
-//! the end of a turn; nothing that depends on them is sent before that returns.
+//! the end of a turn, once per turn; nothing that depends on them is sent before that
+//! returns. Reads see committed data only: the chat makes them after the commit.
 
 use rusqlite::{Row, params};
 
 use super::{Result, Store};
-use crate::chat::protocol::{Item, ItemKind, Page};
+use crate::chat::protocol::{Conversation, Item, ItemKind, Page};
 use crate::chat::{HistoryScope, NewKind, NewMessage, UserId};
 
 const KIND_ROOM: i64 = 0;
@@ -69,12 +70,6 @@ impl Store {
         !self.pending.is_empty()
     }
 
-    /// Whether a commit failed since the last call (a commit made early, before a
-    /// history read, also counts): what depended on it must not be acknowledged.
-    pub fn take_commit_failure(&mut self) -> bool {
-        std::mem::take(&mut self.commit_failed)
-    }
-
     /// Writes everything queued in one transaction. On failure nothing queued is
     /// stored and the queue is emptied: the caller must not acknowledge any of it.
     pub fn commit_pending(&mut self) -> Result<usize> {
@@ -82,11 +77,7 @@ impl Store {
             return Ok(0);
         }
         let pending = std::mem::take(&mut self.pending);
-        let result = self.write_batch(&pending);
-        if result.is_err() {
-            self.commit_failed = true;
-        }
-        result.map(|()| pending.len())
+        self.write_batch(&pending).map(|()| pending.len())
     }
 
     fn write_batch(&mut self, pending: &[PendingWrite]) -> Result<()> {
@@ -95,6 +86,13 @@ impl Store {
             let mut insert_message = tx.prepare_cached(
                 "INSERT INTO messages (id, kind, room, sender_id, recipient_id, user_lo, user_hi, text, ts)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            // Ids increase within a batch and across batches, so the newest message of a
+            // conversation always wins; the WHERE only guards that.
+            let mut touch_conversation = tx.prepare_cached(
+                "INSERT INTO conversations (user_id, other_id, last_id, ts) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (user_id, other_id) DO UPDATE SET last_id = excluded.last_id, ts = excluded.ts
+                 WHERE excluded.last_id > conversations.last_id",
             )?;
             let mut subscribe = tx.prepare_cached(
                 "INSERT OR IGNORE INTO subscriptions (subscriber_id, target_id) VALUES (?1, ?2)",
@@ -125,6 +123,12 @@ impl Store {
                             text,
                             ts
                         ])?;
+                        if let Some(recipient) = *recipient {
+                            touch_conversation.execute(params![sender, recipient, id, ts])?;
+                            if recipient != *sender {
+                                touch_conversation.execute(params![recipient, sender, id, ts])?;
+                            }
+                        }
                     }
                     PendingWrite::Subscription {
                         subscriber,
@@ -156,15 +160,43 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
-    /// A page of history, oldest first, and whether more exist beyond it. Writes queued
-    /// in this turn are committed first so the page is never behind what was accepted.
+    /// The usernames `subscriber` is subscribed to, in byte order (as the chat sorts
+    /// user lists).
+    pub fn subscriptions_of(&self, subscriber: UserId) -> Result<Vec<String>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT u.username FROM subscriptions s JOIN users u ON u.id = s.target_id
+             WHERE s.subscriber_id = ?1 ORDER BY u.username COLLATE BINARY",
+        )?;
+        let rows = stmt.query_map([subscriber], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+    }
+
+    /// Up to `limit` direct conversations of `user`, the most recent first (one index
+    /// range of `conversations_by_recent`).
+    pub fn conversations(&self, user: UserId, limit: usize) -> Result<Vec<Conversation>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT u.username, c.last_id, c.ts FROM conversations c
+             JOIN users u ON u.id = c.other_id
+             WHERE c.user_id = ?1 ORDER BY c.last_id DESC LIMIT ?2",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![user, limit], |r| {
+            Ok(Conversation {
+                with: r.get(0)?,
+                last_id: r.get(1)?,
+                ts: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<Conversation>>>()?)
+    }
+
+    /// A page of history, oldest first, and whether more exist beyond it.
     pub fn history(
-        &mut self,
+        &self,
         scope: &HistoryScope<'_>,
         page: Page,
         limit: usize,
     ) -> Result<(Vec<Item>, bool)> {
-        self.commit_pending()?;
         let mut args: Vec<rusqlite::types::Value> = Vec::with_capacity(4);
         let filter = match scope {
             HistoryScope::Room(room) => {
@@ -301,12 +333,38 @@ mod tests {
     }
 
     #[test]
+    fn reads_see_committed_writes_only_and_never_commit() {
+        let (mut s, a, b) = store_with_users();
+        room_message(&mut s, a, "r", "queued");
+        direct(&mut s, a, b, 1);
+        s.queue_subscription(a, b, true);
+        let (items, _) = s
+            .history(&HistoryScope::Room("r"), Page::Latest, 10)
+            .unwrap();
+        assert!(items.is_empty());
+        assert!(s.conversations(a, 10).unwrap().is_empty());
+        assert!(s.subscriptions_of(a).unwrap().is_empty());
+        assert!(
+            s.has_pending(),
+            "one commit per turn, made by the event loop"
+        );
+        assert_eq!(s.commit_pending().unwrap(), 3);
+        let (items, _) = s
+            .history(&HistoryScope::Room("r"), Page::Latest, 10)
+            .unwrap();
+        assert_eq!(texts(&items), ["queued"]);
+        assert_eq!(s.conversations(a, 10).unwrap().len(), 1);
+        assert_eq!(s.subscriptions_of(a).unwrap(), ["bob"]);
+    }
+
+    #[test]
     fn paging_before_and_after() {
         let (mut s, a, _) = store_with_users();
         let ids: Vec<i64> = (0..7)
             .map(|i| room_message(&mut s, a, "r", &format!("m{i}")))
             .collect();
         room_message(&mut s, a, "other", "x");
+        s.commit_pending().unwrap();
         let (items, more) = s
             .history(&HistoryScope::Room("r"), Page::Latest, 3)
             .unwrap();
@@ -346,12 +404,87 @@ mod tests {
         });
         assert!(s.commit_pending().is_err());
         assert!(!s.has_pending());
-        assert!(s.take_commit_failure());
-        assert!(!s.take_commit_failure());
+        assert_eq!(s.commit_pending().unwrap(), 0, "the failed batch is gone");
         let (items, _) = s
             .history(&HistoryScope::Room("r"), Page::Latest, 10)
             .unwrap();
         assert!(items.is_empty());
+    }
+
+    fn direct(s: &mut Store, from: i64, to: i64, ts: i64) -> i64 {
+        s.queue_message(&NewMessage {
+            from,
+            kind: NewKind::Direct { to },
+            text: "dm",
+            ts,
+        })
+    }
+
+    #[test]
+    fn conversations_newest_first_for_both_sides() {
+        let (mut s, a, b) = store_with_users();
+        let c = s.create_user("carol", "h", 0).unwrap().id;
+        let ab = direct(&mut s, a, b, 10);
+        let ca = direct(&mut s, c, a, 20);
+        room_message(&mut s, a, "r", "not a conversation");
+        let aa = direct(&mut s, a, a, 30);
+        s.commit_pending().unwrap();
+        let ba = direct(&mut s, b, a, 40);
+        s.commit_pending().unwrap();
+        let conv = |with: &str, last_id, ts| Conversation {
+            with: with.into(),
+            last_id,
+            ts,
+        };
+        assert_eq!(
+            s.conversations(a, 10).unwrap(),
+            [
+                conv("bob", ba, 40),
+                conv("alice", aa, 30),
+                conv("carol", ca, 20)
+            ],
+            "a later message moves a conversation up; one's own is one's own name"
+        );
+        assert_eq!(s.conversations(a, 2).unwrap().len(), 2);
+        assert_eq!(s.conversations(b, 10).unwrap(), [conv("alice", ba, 40)]);
+        assert_eq!(s.conversations(c, 10).unwrap(), [conv("alice", ca, 20)]);
+        assert!(ab < ba);
+    }
+
+    #[test]
+    fn conversations_use_their_index() {
+        let (s, a, _) = store_with_users();
+        let plan: Vec<String> = s
+            .conn
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT u.username, c.last_id, c.ts FROM conversations c
+                 JOIN users u ON u.id = c.other_id
+                 WHERE c.user_id = ?1 ORDER BY c.last_id DESC LIMIT ?2",
+            )
+            .unwrap()
+            .query_map(params![a, 5], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("conversations_by_recent"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "no sort: {plan}");
+    }
+
+    #[test]
+    fn subscriptions_of_one_user_sorted() {
+        let (mut s, a, b) = store_with_users();
+        let c = s.create_user("Carol", "h", 0).unwrap().id;
+        let d = s.create_user("dave", "h", 0).unwrap().id;
+        s.queue_subscription(a, d, true);
+        s.queue_subscription(a, c, true);
+        s.queue_subscription(a, b, true);
+        s.queue_subscription(b, a, true);
+        s.queue_subscription(a, b, false);
+        s.commit_pending().unwrap();
+        assert_eq!(s.subscriptions_of(a).unwrap(), ["Carol", "dave"]);
+        assert_eq!(s.subscriptions_of(b).unwrap(), ["alice"]);
+        assert!(s.subscriptions_of(c).unwrap().is_empty());
     }
 
     #[test]

@@ -38,6 +38,23 @@ const MIGRATIONS: &[&str] = &[
         target_id INTEGER NOT NULL REFERENCES users(id),
         PRIMARY KEY (subscriber_id, target_id)
     ) WITHOUT ROWID;",
+    // 3: direct conversations, one row per participant (one for messages to oneself),
+    // kept at the conversation's last message, so a user's most recent conversations
+    // are one short index range. Filled from the messages already stored; for a bare
+    // column next to max(), SQLite takes the row holding the maximum.
+    "CREATE TABLE conversations (
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        other_id INTEGER NOT NULL REFERENCES users(id),
+        last_id INTEGER NOT NULL,
+        ts INTEGER NOT NULL,
+        PRIMARY KEY (user_id, other_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX conversations_by_recent ON conversations(user_id, last_id);
+    INSERT INTO conversations (user_id, other_id, last_id, ts)
+        SELECT user_lo, user_hi, max(id), ts FROM messages
+        WHERE user_lo IS NOT NULL GROUP BY user_lo, user_hi;
+    INSERT INTO conversations (user_id, other_id, last_id, ts)
+        SELECT other_id, user_id, last_id, ts FROM conversations WHERE user_id <> other_id;",
 ];
 
 /// The schema version this build writes.
@@ -89,5 +106,47 @@ mod tests {
             apply(&conn),
             Err(StoreError::SchemaTooNew { found: 999, .. })
         ));
+    }
+
+    #[test]
+    fn conversations_are_filled_from_stored_direct_messages() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL);
+             INSERT INTO schema_version VALUES (1), (2);",
+        )
+        .unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute_batch(MIGRATIONS[1]).unwrap();
+        conn.execute_batch(
+            "INSERT INTO users VALUES (1, 'a', 'a', 'h', 0, 0), (2, 'b', 'b', 'h', 0, 0),
+                                      (3, 'c', 'c', 'h', 0, 0);
+             INSERT INTO messages VALUES
+                 (10, 1, NULL, 1, 2, 1, 2, 'a to b', 100),
+                 (11, 0, 'r', 3, NULL, NULL, NULL, 'room', 110),
+                 (12, 1, NULL, 2, 1, 1, 2, 'b to a', 120),
+                 (13, 1, NULL, 3, 3, 3, 3, 'c to c', 130),
+                 (14, 1, NULL, 3, 1, 1, 3, 'c to a', 140);",
+        )
+        .unwrap();
+        apply(&conn).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT user_id, other_id, last_id, ts FROM conversations ORDER BY 1, 2")
+            .unwrap();
+        let rows: Vec<(i64, i64, i64, i64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                (1, 2, 12, 120),
+                (1, 3, 14, 140),
+                (2, 1, 12, 120),
+                (3, 1, 14, 140),
+                (3, 3, 13, 130)
+            ]
+        );
     }
 }

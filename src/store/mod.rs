@@ -61,8 +61,6 @@ pub struct Store {
     next_message_id: i64,
     /// Writes of the current turn, committed together.
     pending: Vec<messages::PendingWrite>,
-    /// A commit failed since the last `take_commit_failure`.
-    commit_failed: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -117,7 +115,6 @@ impl Store {
             conn,
             next_message_id,
             pending: Vec::new(),
-            commit_failed: false,
         })
     }
 
