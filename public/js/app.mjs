@@ -12,7 +12,11 @@ import { Ui } from './ui.mjs';
 
 /** sessionStorage key of the session: { token, expiresAt, user }. Per tab; gone on log out. */
 const SESSION_KEY = 'chatd.session';
-/** localStorage key prefix of a user's remembered rooms, threads and subscriptions. */
+/**
+ * localStorage key prefix of a user's view preferences: rooms kept open, the conversation
+ * in view, read marks, closed threads (see ChatState.prefs). Subscriptions and threads
+ * are the server's. Log out removes them.
+ */
 const PREFS_PREFIX = 'chatd.prefs.';
 /** How often the room directory and the online list are refreshed while connected. */
 const POLL_MS = 15_000;
@@ -106,6 +110,14 @@ export class App {
     }
   }
 
+  forgetPrefs(username) {
+    try {
+      this.prefsStorage.removeItem(PREFS_PREFIX + username);
+    } catch {
+      // Nothing stored.
+    }
+  }
+
   /** What the socket needs from the session: the token, and ways to renew and check it. */
   socketSession() {
     const verdict = (err) => (isAuthError(err) ? 'ended' : 'retry');
@@ -172,7 +184,9 @@ export class App {
     this.ui.showAuth({ notice });
   }
 
+  /** Logs out: the token and everything this browser kept about the user's chat go. */
   logout() {
+    if (this.state) this.forgetPrefs(this.state.me.username);
     this.endChat('You are logged out.');
   }
 
@@ -229,6 +243,12 @@ export class App {
       joined: () => {
         this.renderAll();
         this.refreshLists();
+      },
+      account: () => {
+        this.ui.renderSidebar(state);
+        this.ui.renderPeople(state);
+        this.ui.renderNotifications(state);
+        this.savePrefs();
       },
       stale,
       historyMax: this.limits.history_max,
@@ -296,6 +316,7 @@ export class App {
   onEvent(event) {
     const state = this.state;
     if (!state) return;
+    // A new thread may be one the user had closed: it is open again, which is remembered.
     const isNewThread = event.type === 'direct' && !state.conversations.has(dmKey(event.from === state.me.username ? event.to : event.from));
     const change = state.applyEvent(event);
     if (!change) return;
@@ -347,7 +368,10 @@ export class App {
 
   renderConversationChange(key) {
     if (!this.state) return;
-    if (key === this.state.current) this.renderMessages();
+    if (key === this.state.current) {
+      this.renderMessages();
+      this.savePrefs(); // its read mark moved
+    }
     this.ui.renderSidebar(this.state);
   }
 
@@ -406,7 +430,7 @@ export class App {
     const state = this.state;
     const c = state.currentConversation;
     if (!c || c.kind !== 'dm') return;
-    state.remove(c.key);
+    state.closeThread(c.key);
     this.selectFallback();
   }
 
@@ -431,6 +455,7 @@ export class App {
     const state = this.state;
     const key = dmKey(user);
     const existed = state.conversations.has(key);
+    state.openThread(key);
     this.open(key, { load: existed });
     if (existed) return true;
     try {
@@ -493,7 +518,6 @@ export class App {
       const reply = await this.call('subscribe', { user });
       if (this.state !== state) return false;
       state.subscriptions.add(reply.user);
-      this.savePrefs();
       this.ui.renderPeople(state);
       this.ui.renderNotifications(state);
       this.ui.toast(`Subscribed to ${reply.user}`, 'You will be notified when they publish.');
@@ -518,7 +542,6 @@ export class App {
     }
     if (this.state !== state) return;
     state.subscriptions.delete(user);
-    this.savePrefs();
     this.ui.renderPeople(state);
     this.ui.renderNotifications(state);
   }

@@ -1,7 +1,8 @@
 // Keeping the client's conversations in step with the server after every (re)connect:
-// rejoin the rooms (the server forgot them), then fetch what was missed with
-// `history after`. No DOM and no socket of its own: the app passes a request function
-// and callbacks, the tests a fake server.
+// rejoin the rooms (the server forgot them), load the account's subscriptions and
+// direct conversations, then fetch what was missed with `history after`. No DOM and no
+// socket of its own: the app passes a request function and callbacks, the tests a fake
+// server.
 
 import { parseKey, roomKey } from './logic.mjs';
 
@@ -31,6 +32,9 @@ export function historyTarget(key) {
   return kind === 'room' ? { room: name } : { with: name };
 }
 
+/** Direct conversations asked for after a welcome (the server's default). */
+export const CONVERSATIONS_LIMIT = 50;
+
 /**
  * Resynchronises `state` after a welcome. Call it synchronously from the welcome
  * handler: its first step marks where to catch up from.
@@ -40,6 +44,7 @@ export function historyTarget(key) {
  * - loadLatest(key): fetches the latest page of a conversation
  * - changed(key): messages were added to a conversation
  * - joined(): the rooms are rejoined (render, refresh the directory)
+ * - account(): subscriptions and conversations are loaded (render)
  * - stale(): whether a newer welcome (or a log out) overtook this resync
  * - historyMax: the largest history page (from the welcome's limits)
  */
@@ -65,23 +70,42 @@ export async function resync(state, welcome, deps) {
     }
   }
   if (deps.joined) deps.joined();
+  // What the server keeps for the account: who it follows, whom it talks to (a message
+  // from someone new while offline is found here).
+  const subscriptions = await call('subscriptions', {});
+  if (stale()) return;
+  state.setSubscriptions(subscriptions.users);
+  const conversations = await call('conversations', { limit: CONVERSATIONS_LIMIT });
+  if (stale()) return;
+  const listed = state.applyConversations(conversations.conversations);
+  if (deps.account) deps.account();
   // Fetch what was missed: the conversation in view first.
   const keys = [...state.conversations.keys()].sort((a, b) => (b === state.current) - (a === state.current));
   for (const key of keys) {
     if (stale()) return;
-    await catchUp(state, key, deps);
+    await catchUp(state, key, deps, listed);
   }
 }
 
 /**
  * Brings one conversation up to date: the latest page if it was never loaded, else
  * every message after its mark (paged), counted as unread; then clears the mark.
+ * `listed` (key -> newest id, from `conversations`) spares the requests for threads
+ * the server says have nothing new: read ones not loaded yet wait until opened.
  */
-export async function catchUp(state, key, { call, loadLatest, changed, stale, historyMax = 100 }) {
+export async function catchUp(state, key, { call, loadLatest, changed, stale, historyMax = 100 }, listed = new Map()) {
   const c = state.conversations.get(key);
   if (!c) return;
-  if (!c.loaded || c.missedAfter === null) {
-    if (!c.loaded) await loadLatest(key);
+  const newest = listed.get(key);
+  if (!c.loaded) {
+    const read = state.readMarks.get(key);
+    if (newest !== undefined && read !== undefined && newest <= read && key !== state.current) return;
+    await loadLatest(key);
+    return;
+  }
+  if (c.missedAfter === null) return;
+  if (newest !== undefined && newest <= c.missedAfter) {
+    c.missedAfter = null;
     return;
   }
   for (let page = 0; ; page += 1) {
