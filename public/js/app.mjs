@@ -234,6 +234,10 @@ export class App {
       if (first) state.select(first.key);
     }
     this.renderAll();
+    // Until a conversation was chosen the composer was disabled, which dropped the focus
+    // it got at log in: give it back, unless the user has moved on to something else.
+    const active = document.activeElement;
+    if ((!active || active === document.body) && !this.els.composerText.disabled) this.els.composerText.focus();
     const stale = () => gen !== this.syncGeneration || this.state !== state;
     // Nothing is awaited before resync() marks where each conversation must catch up from.
     resync(state, welcome, {
