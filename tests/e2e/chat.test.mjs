@@ -141,6 +141,7 @@ describe('chat between two browsers', { timeout: 180_000 }, () => {
     await waitForMessage(bob.page, 'psst, bob');
     await send(bob.page, 'got it');
     await waitForMessage(alice.page, 'got it');
+    await waitForMessage(bob.page, 'got it'); // bob's own page may show it a moment after alice's
     for (const page of [alice.page, bob.page]) {
       assert.deepEqual((await assertInOrderOnce(page)).map((m) => m.text), ['psst, bob', 'got it']);
     }
@@ -275,10 +276,16 @@ describe('chat between two browsers', { timeout: 180_000 }, () => {
       await who.page.locator('#conn-banner', { hasText: 'The server is restarting. Reconnecting…' }).waitFor();
       assert.notEqual((await connection(who.page)).state, 'open');
     }
-    // Attempts fail while it is down; the banner keeps saying why.
-    await waitUntil(async () => (await alice.page.locator('#conn-status').evaluate((n) => n.title)) !== '', 'a status title');
-    await alice.page.waitForTimeout(1500);
-    assert.match(await alice.page.locator('#conn-banner').textContent(), /The server is restarting\./);
+    // Attempts fail while it is down (one is asked for now); the banner keeps saying why.
+    await waitUntil(async () => (await connection(alice.page)).state === 'waiting', 'alice waiting to reconnect');
+    const { retryAt } = await connection(alice.page);
+    await alice.page.click('#conn-banner-action', { hasText: 'Reconnect now' });
+    await waitUntil(async () => {
+      const c = await connection(alice.page);
+      return c.state === 'waiting' && c.retryAt !== retryAt;
+    }, 'a failed attempt, and the next one scheduled');
+    assert.equal(await alice.page.locator('#conn-banner-text').textContent(), 'The server is restarting. Reconnecting…');
+    assert.equal(await alice.page.locator('#conn-status').evaluate((n) => n.title), 'The server is restarting.');
 
     server = await startChatd({ dir: server.dir, port: server.port });
     for (const [name, who] of [['alice', alice], ['bob', bob]]) {
