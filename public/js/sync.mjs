@@ -71,19 +71,30 @@ export async function resync(state, welcome, deps) {
   }
   if (deps.joined) deps.joined();
   // What the server keeps for the account: who it follows, whom it talks to (a message
-  // from someone new while offline is found here).
-  const subscriptions = await call('subscriptions', {});
+  // from someone new while offline is found here). A refusal of either leaves what is
+  // known as it is and does not hold up catching up; a lost connection ends the resync.
+  const subscriptions = await refusedAsNull(call('subscriptions', {}));
   if (stale()) return;
-  state.setSubscriptions(subscriptions.users);
-  const conversations = await call('conversations', { limit: CONVERSATIONS_LIMIT });
+  if (subscriptions) state.setSubscriptions(subscriptions.users);
+  const conversations = await refusedAsNull(call('conversations', { limit: CONVERSATIONS_LIMIT }));
   if (stale()) return;
-  const listed = state.applyConversations(conversations.conversations);
+  const listed = conversations ? state.applyConversations(conversations.conversations) : new Map();
   if (deps.account) deps.account();
   // Fetch what was missed: the conversation in view first.
   const keys = [...state.conversations.keys()].sort((a, b) => (b === state.current) - (a === state.current));
   for (const key of keys) {
     if (stale()) return;
     await catchUp(state, key, deps, listed);
+  }
+}
+
+/** A reply's data, or null if the server refused the request (not if the connection went). */
+async function refusedAsNull(request) {
+  try {
+    return await request;
+  } catch (err) {
+    if (err.code === 'disconnected' || err.code === 'timeout') throw err;
+    return null;
   }
 }
 

@@ -257,3 +257,32 @@ test('a closed thread stays closed until something newer comes', async () => {
   assert.deepEqual(ids(state.conversation('dm:dan')), [30, 31]);
   assert.equal(state.conversation('dm:dan').unread, 2, 'no read mark: all of it after her own (none)');
 });
+
+test('a refused subscriptions or conversations request does not hold up catching up', async () => {
+  const { state, server } = offlineScenario();
+  state.subscriptions = new Set(['bob']);
+  const d = deps(server, state);
+  const realCall = d.call;
+  d.call = (type, fields) => {
+    if (type === 'subscriptions' || type === 'conversations') {
+      const err = new Error('try again');
+      err.code = 'internal_error';
+      return Promise.reject(err);
+    }
+    return realCall(type, fields);
+  };
+  await resync(state, { rooms: ['lobby'] }, d);
+  assert.deepEqual([...state.subscriptions], ['bob'], 'kept as it was');
+  assert.deepEqual(ids(state.conversation('room:dev')), [3, 4, 5, 7, 9]);
+  assert.deepEqual(ids(state.conversation('room:lobby')), [1, 2, 6, 8]);
+  // A lost connection, though, ends the resync (the next welcome starts over).
+  d.call = (type, fields) => {
+    if (type === 'conversations') {
+      const err = new Error('the connection closed');
+      err.code = 'disconnected';
+      return Promise.reject(err);
+    }
+    return realCall(type, fields);
+  };
+  await assert.rejects(resync(state, { rooms: ['lobby'] }, d), { code: 'disconnected' });
+});
