@@ -122,6 +122,14 @@ fn every_error_code_and_the_connection_stays_open() {
         "unknown_user"
     );
     assert_eq!(
+        a.error(json!({"type":"unsubscribe","user":"nobody"})),
+        "unknown_user"
+    );
+    assert_eq!(
+        a.error(json!({"type":"unsubscribe","user":"ALICE"})),
+        "bad_request"
+    );
+    assert_eq!(
         a.error(json!({"type":"history","with":"nobody"})),
         "unknown_user"
     );
@@ -518,4 +526,38 @@ fn pipelined_sends_share_commits_and_reads_among_them_see_them() {
         (1..=N as u64 / 10).contains(&commits),
         "{N} writes in {commits} commits"
     );
+}
+
+#[test]
+fn metrics_count_websockets_rooms_and_messages() {
+    let server = TestServer::start("");
+    let websockets = || server.metric("chatd_open_websockets");
+    let rooms = || server.metric("chatd_rooms");
+    let messages_in = || server.metric("chatd_ws_messages_total{direction=\"in\"}");
+    let messages_out = || server.metric("chatd_ws_messages_total{direction=\"out\"}");
+    assert_eq!((websockets(), rooms()), (0, 0));
+    let (mut a, _) = ws::user(&server, "alice");
+    let (mut b, _) = ws::user(&server, "bob");
+    assert_eq!(a.event()["event"], "join");
+    a.ok(json!({"type":"join","room":"rust"}));
+    assert_eq!((websockets(), rooms()), (2, 2), "lobby and rust");
+
+    let (before_in, before_out) = (messages_in(), messages_out());
+    a.ok(json!({"type":"send","room":"lobby","text":"hi"}));
+    assert_eq!(b.next_of_type("message")["text"], "hi");
+    assert_eq!(messages_in() - before_in, 1);
+    assert_eq!(
+        messages_out() - before_out,
+        3,
+        "the reply and one event per member"
+    );
+
+    a.ok(json!({"type":"leave","room":"rust"}));
+    assert_eq!(rooms(), 1, "an empty room is gone");
+    drop(a);
+    assert!(
+        common::wait_until(Duration::from_secs(5), || websockets() == 1),
+        "a closed WebSocket is no longer counted"
+    );
+    assert_eq!(b.next_of_type("presence")["event"], "leave");
 }

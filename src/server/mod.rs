@@ -241,7 +241,9 @@ impl Server {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.ready.is_empty() {
+        // Chat outputs left after the turn's dispatch (a WebSocket dropped by a failed
+        // write during the flush leaves its rooms) go out next turn, which is now.
+        if !self.ready.is_empty() || !self.chat_outputs.is_empty() {
             return Some(Duration::ZERO);
         }
         let mut next = self.timers.next();
@@ -647,5 +649,37 @@ impl Server {
             // epoll set: an explicit deregister would only cost a system call.
             drop(conn);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(dir: &std::path::Path) -> Server {
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        crate::tls::ensure_certificate(&cert, &key).unwrap();
+        let (tls_config, _) = crate::tls::load_server_config(&cert, &key).unwrap();
+        let config = crate::config::Config {
+            port: 0,
+            public_dir: dir.to_path_buf(),
+            ..Default::default()
+        };
+        let store = crate::store::Store::open_in_memory().unwrap();
+        let app = App::new(config, store, &[7; 32]).unwrap();
+        Server::bind(app, tls_config).unwrap()
+    }
+
+    #[test]
+    fn pending_chat_outputs_wake_the_loop_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = server(dir.path());
+        let now = Instant::now();
+        assert_eq!(server.poll_timeout(now), None, "nothing to wait for");
+        server.chat_outputs.push(Output::Close {
+            conn: crate::chat::ConnId(1),
+            close: Close::GoingAway,
+        });
+        assert_eq!(server.poll_timeout(now), Some(Duration::ZERO));
     }
 }

@@ -32,6 +32,19 @@ fn conn_ref(id: ConnId) -> ConnRef {
     }
 }
 
+/// The flood count after one more request: a refused request adds one, an allowed one
+/// takes one off (never below zero). At `ws_burst` the connection is closed with 1008,
+/// so it is never refused more than a burst of requests beyond those it was allowed: a
+/// client that keeps sending at more than twice its rate is closed however its requests
+/// are spread, one that slows down when refused is not.
+fn flood_count(count: u32, allowed: bool) -> u32 {
+    if allowed {
+        count.saturating_sub(1)
+    } else {
+        count.saturating_add(1)
+    }
+}
+
 /// The instant at which a Unix time (seconds) is reached, seen from `now`.
 fn instant_at(unix_secs: i64, now: Now) -> Instant {
     let ms = unix_secs
@@ -121,12 +134,12 @@ impl Server {
             match event {
                 WsEvent::Text(text) => {
                     app.metrics.ws_messages_in += 1;
-                    if ws.limiter.check().is_ok() {
-                        ws.refusals = 0;
+                    let allowed = ws.limiter.check().is_ok();
+                    ws.refusals = flood_count(ws.refusals, allowed);
+                    if allowed {
                         let (chat, mut backend) = app.backend();
                         chat.handle(ws.id, &text, &mut backend, now.unix_ms, chat_outputs);
                     } else {
-                        ws.refusals += 1;
                         app.metrics.ws_rate_limited += 1;
                         if ws.refusals >= burst {
                             log::info!("{}: closing WebSocket for flooding", conn.peer);
@@ -264,8 +277,10 @@ impl Server {
                         let conn_ref = conn_ref(conn);
                         if let Some(ws) = self.get(conn_ref).and_then(|c| c.ws.as_mut()) {
                             ws.token_expires = instant_at(expires_at, now);
-                            // A later deadline than armed is picked up when the armed
-                            // entry fires; nothing to do here.
+                            // The new token may expire before the deadline armed now
+                            // (arm adds the earlier one); a later deadline is picked up
+                            // when the armed entry fires.
+                            self.arm(conn_ref);
                         }
                     }
                 }
@@ -316,5 +331,44 @@ impl Server {
         self.app.metrics.ws_slow_consumers += 1;
         self.close_ws(conn_ref, Close::SlowConsumer);
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Requests refused by a token bucket of `rate` per tick and `burst`, sent `per_tick`
+    /// to a tick for `ticks`: the highest flood count reached.
+    fn highest_flood_count(rate: u32, burst: u32, per_tick: u32, ticks: u32) -> u32 {
+        let (mut tokens, mut count, mut highest) = (burst, 0, 0);
+        for _ in 0..ticks {
+            tokens = (tokens + rate).min(burst);
+            for _ in 0..per_tick {
+                let allowed = tokens > 0;
+                tokens -= u32::from(allowed);
+                count = flood_count(count, allowed);
+                highest = highest.max(count);
+            }
+        }
+        highest
+    }
+
+    #[test]
+    fn a_steady_flood_reaches_the_burst_and_the_allowed_rate_never_counts() {
+        // Five times the rate, spread evenly: never a burst of refusals in a row, yet
+        // the count passes any burst.
+        assert!(highest_flood_count(1, 20, 5, 100) >= 20);
+        assert!(
+            highest_flood_count(2, 20, 5, 100) >= 20,
+            "2.5 times the rate"
+        );
+        assert_eq!(highest_flood_count(1, 20, 1, 1000), 0, "the allowed rate");
+        assert!(
+            highest_flood_count(1, 20, 2, 1000) <= 1,
+            "twice the rate stays low"
+        );
+        assert_eq!(flood_count(0, true), 0);
+        assert_eq!(flood_count(u32::MAX, false), u32::MAX);
     }
 }
