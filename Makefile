@@ -26,12 +26,12 @@ test: lint
 
 # The browser tests need node, npm (to install playwright-core) and Chromium; without
 # them they are skipped (the JS unit tests still run if node is there), unless
-# CHATD_E2E_REQUIRED=1 makes that a failure.
+# E2E_REQUIRED=1 makes that a failure.
 web-test:
 	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 && [ -x "$(CHROMIUM)" ]; then \
 		$(MAKE) --no-print-directory e2e; \
-	elif [ "$$CHATD_E2E_REQUIRED" = 1 ]; then \
-		echo "e2e browser tests FAILED: chromium, node or npm not found (CHATD_E2E_REQUIRED=1)" >&2; \
+	elif [ "$$E2E_REQUIRED" = 1 ]; then \
+		echo "e2e browser tests FAILED: chromium, node or npm not found (E2E_REQUIRED=1)" >&2; \
 		exit 1; \
 	else \
 		if command -v node >/dev/null 2>&1; then $(MAKE) --no-print-directory js-unit; fi; \
@@ -47,7 +47,7 @@ js-unit:
 e2e: js-unit
 	$(CARGO) build -j$(JOBS)
 	@[ -d $(E2E_DIR)/node_modules ] || (cd $(E2E_DIR) && npm ci --no-audit --no-fund --loglevel=error)
-	CHATD_BIN=$(TARGET_DIR)/debug/chatd CHATD_E2E_OUT=$(TARGET_DIR)/e2e CHROMIUM=$(CHROMIUM) \
+	E2E_CHATD_BIN=$(TARGET_DIR)/debug/chatd E2E_OUT=$(TARGET_DIR)/e2e CHROMIUM=$(CHROMIUM) \
 		node --test --test-reporter=spec --test-concurrency=2 $(E2E_DIR)/
 
 lint:

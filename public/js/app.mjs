@@ -3,22 +3,25 @@
 // the server after every (re)connect, and turns user actions into requests.
 
 import { Api, isAuthError } from './api.mjs';
-import { describeApiError, describeChatError, dmKey, parseKey, roomKey, validRoomName, validUsername } from './logic.mjs';
+import { describeApiError, describeChatError, dmKey, roomKey, textProblem, validRoomName, validUsername } from './logic.mjs';
 import { ChatSocket } from './socket.mjs';
 import { ChatState } from './state.mjs';
+import { historyTarget, resync } from './sync.mjs';
 import { setMessage } from './dom.mjs';
 import { Ui } from './ui.mjs';
 
 /** sessionStorage key of the session: { token, expiresAt, user }. Per tab; gone on log out. */
 const SESSION_KEY = 'chatd.session';
-/** localStorage key prefix of a user's remembered rooms, threads and subscriptions. */
+/**
+ * localStorage key prefix of a user's view preferences: rooms kept open, the conversation
+ * in view, read marks, closed threads (see ChatState.prefs). Subscriptions and threads
+ * are the server's. Log out removes them.
+ */
 const PREFS_PREFIX = 'chatd.prefs.';
 /** How often the room directory and the online list are refreshed while connected. */
 const POLL_MS = 15_000;
 /** Page size when opening a conversation or scrolling back. */
 const PAGE = 50;
-/** Catching up after a reconnect stops after this many pages and reloads the latest. */
-const MAX_CATCH_UP_PAGES = 20;
 
 export class App {
   constructor({ storage = window.sessionStorage, prefsStorage = window.localStorage } = {}) {
@@ -49,7 +52,7 @@ export class App {
     this.syncGeneration = 0;
     this.pollTimer = null;
     this.presenceTimer = null;
-    this.limits = { max_text_chars: 4000, history_max: 100 };
+    this.limits = { max_text_chars: 4000, max_message_bytes: 16384, history_max: 100 };
   }
 
   boot() {
@@ -104,6 +107,14 @@ export class App {
       this.prefsStorage.setItem(PREFS_PREFIX + this.state.me.username, JSON.stringify(this.state.prefs()));
     } catch {
       // Not remembered across reloads.
+    }
+  }
+
+  forgetPrefs(username) {
+    try {
+      this.prefsStorage.removeItem(PREFS_PREFIX + username);
+    } catch {
+      // Nothing stored.
     }
   }
 
@@ -173,7 +184,9 @@ export class App {
     this.ui.showAuth({ notice });
   }
 
+  /** Logs out: the token and everything this browser kept about the user's chat go. */
   logout() {
+    if (this.state) this.forgetPrefs(this.state.me.username);
     this.endChat('You are logged out.');
   }
 
@@ -202,25 +215,16 @@ export class App {
     }
   }
 
-  historyTarget(key) {
-    const { kind, name } = parseKey(key);
-    return kind === 'room' ? { room: name } : { with: name };
-  }
-
   // ---- after a (re)connect -----------------------------------------------------------
 
-  async onWelcome(welcome) {
+  onWelcome(welcome) {
     const gen = ++this.syncGeneration;
     const state = this.state;
     state.me = { ...state.me, ...welcome.user };
     this.session.user = { ...this.session.user, ...welcome.user };
     this.saveSession();
     this.ui.renderMe(state.me);
-    if (welcome.limits) {
-      this.limits = { ...this.limits, ...welcome.limits };
-      this.els.composerText.maxLength = this.limits.max_text_chars;
-      this.els.publishText.maxLength = this.limits.max_text_chars;
-    }
+    if (welcome.limits) this.limits = { ...this.limits, ...welcome.limits };
     if (!this.hadPrefs) {
       for (const room of welcome.rooms || []) state.conversation(roomKey(room)).joined = true;
       this.hadPrefs = true;
@@ -230,66 +234,32 @@ export class App {
       if (first) state.select(first.key);
     }
     this.renderAll();
+    // Until a conversation was chosen the composer was disabled, which dropped the focus
+    // it got at log in: give it back, unless the user has moved on to something else.
+    const active = document.activeElement;
+    if ((!active || active === document.body) && !this.els.composerText.disabled) this.els.composerText.focus();
     const stale = () => gen !== this.syncGeneration || this.state !== state;
-    try {
-      // Rejoin this client's rooms (the server forgot them) and drop the ones it left.
-      for (const room of welcome.rooms || []) {
-        const c = state.conversations.get(roomKey(room));
-        if (!c || !c.joined) await this.call('leave', { room });
-      }
-      const rooms = state.joinedRooms().map((c) => c.name);
-      for (const room of rooms) {
-        try {
-          const reply = await this.call('join', { room });
-          if (stale()) return;
-          state.joined(room, reply.members);
-        } catch (err) {
-          if (err.code !== 'invalid_room') throw err;
-          state.remove(roomKey(room));
-        }
-      }
-      this.renderAll();
-      this.refreshLists();
-      // Fetch what was missed: the conversation in view first.
-      const keys = [...state.conversations.keys()].sort((a, b) => (b === state.current) - (a === state.current));
-      for (const key of keys) {
-        if (stale()) return;
-        await this.catchUp(key, state);
-      }
-    } catch (err) {
+    // Nothing is awaited before resync() marks where each conversation must catch up from.
+    resync(state, welcome, {
+      call: (type, fields) => this.call(type, fields),
+      loadLatest: (key) => this.loadLatest(key),
+      changed: (key) => this.renderConversationChange(key),
+      joined: () => {
+        this.renderAll();
+        this.refreshLists();
+      },
+      account: () => {
+        this.ui.renderSidebar(state);
+        this.ui.renderPeople(state);
+        this.ui.renderNotifications(state);
+        this.savePrefs();
+      },
+      stale,
+      historyMax: this.limits.history_max,
+    }).catch((err) => {
       // Disconnected in the middle: the next welcome starts over.
       if (err.code !== 'disconnected' && err.code !== 'timeout') console.warn('resync failed', err);
-    }
-  }
-
-  /**
-   * Brings one conversation up to date: the latest page if it was never loaded, else
-   * every message after the newest one held (paged with `after`), counted as unread.
-   */
-  async catchUp(key, state) {
-    const c = state.conversations.get(key);
-    if (!c) return;
-    if (!c.loaded || c.messages.length === 0) {
-      await this.loadLatest(key);
-      return;
-    }
-    let after = state.lastId(key);
-    for (let page = 0; ; page += 1) {
-      if (page >= MAX_CATCH_UP_PAGES) {
-        // Too much was missed to page through: start again from the latest messages.
-        c.messages = [];
-        c.loaded = false;
-        c.more = true;
-        await this.loadLatest(key);
-        return;
-      }
-      const reply = await this.call('history', { ...this.historyTarget(key), after, limit: this.limits.history_max });
-      if (this.state !== state) return;
-      state.addMessages(key, reply.messages, { countUnread: true });
-      this.renderConversationChange(key);
-      if (!reply.more || reply.messages.length === 0) return;
-      after = reply.messages[reply.messages.length - 1].id;
-    }
+    });
   }
 
   async loadLatest(key) {
@@ -298,7 +268,7 @@ export class App {
     this.loading.set(key, 'latest');
     if (key === state.current) this.renderMessages();
     try {
-      const reply = await this.call('history', { ...this.historyTarget(key), limit: PAGE });
+      const reply = await this.call('history', { ...historyTarget(key), limit: PAGE });
       if (this.state !== state || !state.conversations.has(key)) return;
       state.addLatest(key, reply.messages, reply.more);
     } finally {
@@ -317,7 +287,7 @@ export class App {
     this.loading.set(c.key, 'older');
     this.renderMessages();
     try {
-      const reply = await this.call('history', { ...this.historyTarget(c.key), before, limit: PAGE });
+      const reply = await this.call('history', { ...historyTarget(c.key), before, limit: PAGE });
       if (this.state !== state) return;
       state.addOlder(c.key, reply.messages, reply.more);
     } catch (err) {
@@ -350,6 +320,7 @@ export class App {
   onEvent(event) {
     const state = this.state;
     if (!state) return;
+    // A new thread may be one the user had closed: it is open again, which is remembered.
     const isNewThread = event.type === 'direct' && !state.conversations.has(dmKey(event.from === state.me.username ? event.to : event.from));
     const change = state.applyEvent(event);
     if (!change) return;
@@ -401,7 +372,10 @@ export class App {
 
   renderConversationChange(key) {
     if (!this.state) return;
-    if (key === this.state.current) this.renderMessages();
+    if (key === this.state.current) {
+      this.renderMessages();
+      this.savePrefs(); // its read mark moved
+    }
     this.ui.renderSidebar(this.state);
   }
 
@@ -460,7 +434,7 @@ export class App {
     const state = this.state;
     const c = state.currentConversation;
     if (!c || c.kind !== 'dm') return;
-    state.remove(c.key);
+    state.closeThread(c.key);
     this.selectFallback();
   }
 
@@ -485,6 +459,7 @@ export class App {
     const state = this.state;
     const key = dmKey(user);
     const existed = state.conversations.has(key);
+    state.openThread(key);
     this.open(key, { load: existed });
     if (existed) return true;
     try {
@@ -509,6 +484,11 @@ export class App {
     const text = input.value;
     setMessage(this.els.composerError, '');
     if (!c || text.trim() === '') return;
+    const problem = this.textProblem(text);
+    if (problem) {
+      setMessage(this.els.composerError, problem);
+      return;
+    }
     input.value = '';
     try {
       const request = c.kind === 'room' ? ['send', { room: c.name, text }] : ['direct', { to: c.name, text }];
@@ -542,7 +522,6 @@ export class App {
       const reply = await this.call('subscribe', { user });
       if (this.state !== state) return false;
       state.subscriptions.add(reply.user);
-      this.savePrefs();
       this.ui.renderPeople(state);
       this.ui.renderNotifications(state);
       this.ui.toast(`Subscribed to ${reply.user}`, 'You will be notified when they publish.');
@@ -567,7 +546,6 @@ export class App {
     }
     if (this.state !== state) return;
     state.subscriptions.delete(user);
-    this.savePrefs();
     this.ui.renderPeople(state);
     this.ui.renderNotifications(state);
   }
@@ -577,6 +555,11 @@ export class App {
     const text = input.value;
     const result = this.els.publishResult;
     if (text.trim() === '') return;
+    const problem = this.textProblem(text);
+    if (problem) {
+      result.textContent = problem;
+      return;
+    }
     this.ui.busy(this.els.publishForm, true);
     try {
       const reply = await this.call('publish', { text });
@@ -590,6 +573,11 @@ export class App {
     } finally {
       this.ui.busy(this.els.publishForm, false);
     }
+  }
+
+  /** Whether a text fits the server's limits (from the welcome), in plain words if not. */
+  textProblem(text) {
+    return textProblem(text, { maxChars: this.limits.max_text_chars, maxBytes: this.limits.max_message_bytes });
   }
 
   notificationsSeen() {

@@ -100,6 +100,28 @@ export function describeClose(code) {
 }
 
 /**
+ * Why a WebSocket handshake failed, judged from a check of the token right after it
+ * (browsers do not tell a page why a handshake failed). `verdict` is that check: 'ok'
+ * (the server answers and the token holds: the upgrade itself was refused, which for a
+ * valid token means another session holds the user's one connection, under
+ * `duplicate_sessions = reject`), 'ended' (log in again) or 'retry' (the server could
+ * not be asked: it is down or unreachable). Returns null when nothing more is known.
+ */
+export function describeRefusedHandshake(verdict) {
+  switch (verdict) {
+    case 'ok':
+      return {
+        text: 'The chat is open in another tab, window or device, and this server allows only one at a time. This page connects once that one closes.',
+        action: 'wait',
+      };
+    case 'ended':
+      return { text: 'Your session has ended. Please log in again.', action: 'login' };
+    default:
+      return null;
+  }
+}
+
+/**
  * Plain words for an HTTP API error. `context` tells apart the same code in different
  * places ("profile": invalid_credentials means the current password is wrong).
  */
@@ -232,4 +254,25 @@ export function charCount(s) {
   let n = 0;
   for (const _ of s) n += 1;
   return n;
+}
+
+/** Room for the rest of a request frame around its text (type, room or recipient, ref). */
+const FRAME_OVERHEAD_BYTES = 200;
+
+/**
+ * Why a chat text (a message or a publish) cannot be sent, in plain words, or '' if it
+ * can. The server counts characters as Unicode scalar values, where an emoji is one and
+ * not two as in the browser's `maxlength`, and it closes the connection (1009) over
+ * `max_message_bytes`, which a text of many escaped control characters can reach.
+ */
+export function textProblem(text, { maxChars = 4000, maxBytes = 16384 } = {}) {
+  const n = charCount(text);
+  if (n > maxChars) {
+    const over = n - maxChars;
+    return `That is ${over} character${over === 1 ? '' : 's'} too long: a message can have at most ${maxChars} characters.`;
+  }
+  if (new TextEncoder().encode(JSON.stringify(text)).length + FRAME_OVERHEAD_BYTES > maxBytes) {
+    return 'That message is too big to send. Make it shorter.';
+  }
+  return '';
 }

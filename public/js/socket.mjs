@@ -6,7 +6,7 @@
 // Nothing here touches the DOM; the WebSocket class, timers, clock and randomness are
 // injected so the behaviour can be tested in node with fakes.
 
-import { backoffDelay, describeClose, renewalDelay } from './logic.mjs';
+import { backoffDelay, describeClose, describeRefusedHandshake, renewalDelay } from './logic.mjs';
 
 /** A refused request (the reply's error), or a local failure: timeout, disconnected. */
 export class ChatError extends Error {
@@ -22,6 +22,19 @@ export const SUBPROTOCOL = 'chat.v1';
 
 /** A token this close to expiry is renewed before connecting with it. */
 const MIN_TOKEN_LIFE_MS = 5000;
+
+/**
+ * How long a connection must stay open before the backoff starts over. A server that
+ * welcomes and then closes at once (flooding 1008, slow 1013, a crash loop) is retried
+ * ever more slowly instead of twice a second forever.
+ */
+export const STABLE_MS = 10_000;
+
+/**
+ * The backoff exponent used at least while another session holds the connection: with
+ * the default base of 0.5 s, a wait of 8-16 s that still grows from there.
+ */
+const REFUSED_ATTEMPT = 5;
 
 /**
  * Connection states, as shown to the user:
@@ -45,6 +58,7 @@ export class ChatSocket {
     random = Math.random,
     requestTimeoutMs = 10_000,
     backoff = { baseMs: 500, maxMs: 30_000 },
+    stableMs = STABLE_MS,
   }) {
     this.url = url;
     this.session = session;
@@ -55,6 +69,7 @@ export class ChatSocket {
     this.random = random;
     this.requestTimeoutMs = requestTimeoutMs;
     this.backoff = backoff;
+    this.stableMs = stableMs;
 
     this.listeners = new Map();
     /** Whether the socket should be connected (between start() and a stop). */
@@ -69,19 +84,24 @@ export class ChatSocket {
     this.wsToken = null;
     this.welcomed = false;
     this.state = 'stopped';
-    /** Failed attempts since the last welcome: the backoff exponent. */
+    /** Attempts since the last connection that stayed open STABLE_MS: the backoff exponent. */
     this.attempt = 0;
+    this.stableTimer = null;
     this.retryAt = null;
     this.retryTimer = null;
     this.renewTimer = null;
     this.keepaliveTimer = null;
     this.refreshing = null;
+    /** The server refused the last `auth`; a second refusal reconnects. */
+    this.authRefused = false;
     this.pending = new Map();
     this.nextRef = 0;
     this.lastHeard = 0;
     /** Connections that reached the welcome, for the UI and the tests. */
     this.connects = 0;
     this.lastClose = null;
+    /** What ended the last open connection, while reconnecting: failed attempts keep saying it. */
+    this.outage = null;
     this.limits = null;
   }
 
@@ -224,8 +244,14 @@ export class ChatSocket {
     }
     if (msg.type === 'welcome') {
       this.welcomed = true;
-      this.attempt = 0;
+      this.authRefused = false;
+      this.outage = null;
       this.retryAt = null;
+      this.clearTimer(this.stableTimer);
+      this.stableTimer = this.setTimer(() => {
+        this.stableTimer = null;
+        this.attempt = 0;
+      }, this.stableMs);
       this.connects += 1;
       this.limits = msg.limits || null;
       this.setState('open');
@@ -240,16 +266,34 @@ export class ChatSocket {
 
   onClose(ws, code, reason) {
     if (ws !== this.ws) return;
+    // Read before detach() forgets it: a drop after the welcome is not a failed handshake.
+    const wasOpen = this.welcomed;
     this.detach();
-    this.closed(code, reason);
+    this.closed(code, reason, wasOpen);
   }
 
-  /** The connection is gone (closed by the server, lost, or abandoned by us). */
-  closed(code, reason) {
-    const wasOpen = this.welcomed;
-    this.welcomed = false;
+  /**
+   * The connection is gone (closed by the server, lost, or abandoned by us). `wasOpen`:
+   * it had been welcomed (else the handshake failed, and browsers do not say why).
+   */
+  closed(code, reason, wasOpen) {
     const info = describeClose(code);
-    this.lastClose = { code, reason: reason || '', text: info.text, wasOpen, at: this.now() };
+    if (wasOpen) this.outage = info.text;
+    // A failed attempt says nothing new: keep explaining the outage, either what closed
+    // the last open connection (the server restarting, say) or why the server keeps
+    // refusing this one, rather than a generic "connection lost".
+    let text = info.text;
+    let refused = false;
+    if (!wasOpen && info.action === 'reconnect') {
+      const prev = this.lastClose;
+      if (prev && prev.refused) {
+        text = prev.text;
+        refused = true;
+      } else if (this.outage) {
+        text = this.outage;
+      }
+    }
+    this.lastClose = { code, reason: reason || '', text, wasOpen, refused, at: this.now() };
     this.emit('close', this.lastClose);
     if (!this.running) return;
     if (info.action === 'reconnect') {
@@ -269,6 +313,8 @@ export class ChatSocket {
     this.ws = null;
     this.welcomed = false;
     this.stopKeepalive();
+    this.clearTimer(this.stableTimer);
+    this.stableTimer = null;
     if (ws) {
       ws.onmessage = null;
       ws.onclose = null;
@@ -310,11 +356,31 @@ export class ChatSocket {
 
   /**
    * A handshake failed: browsers do not say why. Ask the API whether the token still
-   * holds; if it does not (password changed elsewhere, account gone), stop trying.
+   * holds; if it does not (password changed elsewhere, account gone), stop trying. If it
+   * does, the server is up and refused the upgrade itself: another session holds the
+   * connection. Say so, and wait longer between attempts.
    */
   async verifySession() {
     const result = await this.session.verify();
-    if (result === 'ended' && this.renewing) this.endSession();
+    if (result === 'ended') {
+      if (this.renewing) this.endSession();
+      return;
+    }
+    if (!this.running || this.ws || !this.lastClose || this.lastClose.wasOpen) return;
+    if (result === 'ok') {
+      this.lastClose = { ...this.lastClose, text: describeRefusedHandshake('ok').text, refused: true };
+      // The wait already chosen (the attempt counter is one past it) may be too short.
+      if (this.state === 'waiting' && this.attempt <= REFUSED_ATTEMPT) {
+        this.attempt = REFUSED_ATTEMPT;
+        this.scheduleReconnect();
+      } else {
+        this.setState(this.state);
+      }
+    } else if (this.lastClose.refused) {
+      // The server is unreachable now: no longer another session's doing.
+      this.lastClose = { ...this.lastClose, text: this.outage || describeClose(this.lastClose.code).text, refused: false };
+      this.setState(this.state);
+    }
   }
 
   endSession() {
@@ -362,13 +428,14 @@ export class ChatSocket {
 
   /** Gives up on an unresponsive connection and reconnects. */
   abandon() {
+    const wasOpen = this.welcomed;
     const ws = this.detach();
     try {
       ws.close(4000, 'no answer');
     } catch {
       // Nothing to close.
     }
-    this.closed(1006, 'no answer to ping');
+    this.closed(1006, 'no answer to ping', wasOpen);
   }
 
   // ---- token renewal ---------------------------------------------------------------
@@ -397,6 +464,8 @@ export class ChatSocket {
   }
 
   async renew() {
+    // Also called outside its timer (a refused auth): never leave a second one running.
+    this.clearTimer(this.renewTimer);
     this.renewTimer = null;
     if (!this.renewing) return;
     const result = await this.refreshOnce();
@@ -411,16 +480,44 @@ export class ChatSocket {
     }
   }
 
-  /** Hands the current token to the open connection (the `auth` request). */
+  /**
+   * Hands the current token to the open connection (the `auth` request). If the server
+   * refuses it (unauthorized, token_expired), the token is renewed and offered once
+   * more; refused again, the connection is replaced by one opened with a fresh token,
+   * rather than left to be closed (4002) when the old token expires.
+   */
   sendAuth() {
     const token = this.session.token();
     const ws = this.ws;
     this.request('auth', { token })
       .then(() => {
-        if (this.ws === ws) this.wsToken = token;
+        if (this.ws !== ws) return;
+        this.wsToken = token;
+        this.authRefused = false;
       })
-      .catch(() => {
-        // Disconnected meanwhile: the next connection uses the new token anyway.
+      .catch((err) => {
+        // Disconnected or no answer: the next connection uses the new token anyway.
+        if (err.code !== 'unauthorized' && err.code !== 'token_expired') return;
+        if (this.ws !== ws || !this.renewing) return;
+        if (!this.authRefused) {
+          this.authRefused = true;
+          this.renew();
+        } else {
+          this.authRefused = false;
+          this.reconnectFresh();
+        }
       });
+  }
+
+  /** Replaces the open connection with a new one, at once, with the current token. */
+  reconnectFresh() {
+    const ws = this.detach();
+    try {
+      ws.close(1000, 'new token');
+    } catch {
+      // Already closing.
+    }
+    if (!this.running) return;
+    this.connect();
   }
 }

@@ -1,11 +1,15 @@
 // The client's model of the chat: conversations (rooms and direct messages) with their
-// messages, unread counts and members; who is online; subscriptions; notifications.
+// messages, unread counts and members; who is online; subscriptions; notifications;
+// and the view preferences remembered across reloads (prefs/restore).
 // No DOM and no network: the app feeds it events and replies, the UI reads it.
 
 import { conversationKey, dmKey, mergeMessages, parseKey, roomKey } from './logic.mjs';
 
 /** Notifications kept in the list; older ones are dropped. */
 export const MAX_NOTIFICATIONS = 100;
+
+/** Read marks and closed threads remembered across reloads (the most recent ones). */
+export const MAX_REMEMBERED = 200;
 
 /** One conversation: a room or a direct-message thread with one user. */
 export function newConversation(key) {
@@ -22,10 +26,17 @@ export function newConversation(key) {
     more: true,
     /** Whether the latest page of history has been fetched once. */
     loaded: false,
+    /**
+     * After a reconnect, until caught up: the id after which messages may be missing
+     * (null when complete). See sync.mjs.
+     */
+    missedAfter: null,
     /** Rooms only: usernames of the members, from the join reply and presence. */
     members: new Set(),
     /** Rooms only: whether this client is in the room. */
     joined: false,
+    /** Direct messages only: the newest id the server listed for the thread (`conversations`). */
+    latestId: 0,
   };
 }
 
@@ -40,8 +51,12 @@ export class ChatState {
     this.online = [];
     /** Every room with members on the server: [{ name, members }]. */
     this.directory = [];
-    /** Usernames this user is subscribed to. */
+    /** Usernames this user is subscribed to (the server's list, from `subscriptions`). */
     this.subscriptions = new Set();
+    /** Per conversation key, the newest id shown while it was in view. */
+    this.readMarks = new Map();
+    /** Threads the user closed: key -> the newest id then; a newer message reopens them. */
+    this.closed = new Map();
     /** Notifications, newest first. */
     this.notifications = [];
     /** Notifications received since the list was last looked at. */
@@ -70,7 +85,7 @@ export class ChatState {
 
   /** Direct-message threads, most recent activity first. */
   directThreads() {
-    const last = (c) => (c.messages.length ? c.messages[c.messages.length - 1].id : 0);
+    const last = (c) => Math.max(c.messages.length ? c.messages[c.messages.length - 1].id : 0, c.latestId);
     return [...this.conversations.values()]
       .filter((c) => c.kind === 'dm')
       .sort((a, b) => last(b) - last(a) || a.name.localeCompare(b.name));
@@ -88,7 +103,28 @@ export class ChatState {
     this.current = key;
     const c = this.conversation(key);
     c.unread = 0;
+    this.markRead(key);
     return c;
+  }
+
+  /** Remembers that a conversation was seen up to its newest message. */
+  markRead(key) {
+    const id = this.lastId(key);
+    if (id !== null && !(this.readMarks.get(key) >= id)) this.readMarks.set(key, id);
+  }
+
+  /**
+   * The id after which messages from others in a conversation are unread when its
+   * messages are first loaded on this page: its read mark; for a thread never seen in
+   * this browser, the user's own last message in it (what came after that reply was not
+   * read here); for a room never seen, null (its backlog is not unread).
+   */
+  unreadSince(c) {
+    if (this.readMarks.has(c.key)) return this.readMarks.get(c.key);
+    if (c.kind !== 'dm') return null;
+    let own = 0;
+    for (const m of c.messages) if (m.from === this.me.username) own = m.id;
+    return own;
   }
 
   /**
@@ -105,6 +141,7 @@ export class ChatState {
       const known = new Set(before.map((m) => m.id));
       c.unread += messages.filter((m) => !known.has(m.id) && m.from !== this.me.username).length;
     }
+    if (key === this.current) this.markRead(key);
     return added;
   }
 
@@ -115,13 +152,27 @@ export class ChatState {
     c.more = more;
   }
 
-  /** The latest page of history, fetched when a conversation is opened the first time. */
+  /**
+   * The latest page of history, fetched when a conversation is first opened or found.
+   * The first time, messages from others after the read mark (see unreadSince) count as
+   * unread, unless it is in view.
+   */
   addLatest(key, messages, more) {
     const c = this.conversation(key);
+    const first = !c.loaded;
     const hadOlder = c.messages.length > 0 && messages.length > 0 && c.messages[0].id < messages[0].id;
     c.messages = mergeMessages(c.messages, messages);
     if (!hadOlder) c.more = more;
     c.loaded = true;
+    if (key === this.current) {
+      this.markRead(key);
+    } else if (first) {
+      const since = this.unreadSince(c);
+      if (since !== null) {
+        const unread = c.messages.filter((m) => m.id > since && m.from !== this.me.username).length;
+        c.unread = Math.max(c.unread, unread);
+      }
+    }
   }
 
   /** The newest id held in a conversation, for catching up with `after`. */
@@ -158,6 +209,45 @@ export class ChatState {
     if (this.current === key) this.current = null;
   }
 
+  /** Closes a thread: it stays closed until a newer message comes (or the user opens it). */
+  closeThread(key) {
+    const c = this.conversations.get(key);
+    if (!c) return;
+    this.closed.set(key, Math.max(this.lastId(key) || 0, c.latestId));
+    this.remove(key);
+  }
+
+  /** Opens a thread the user asked for, closed or not. */
+  openThread(key) {
+    this.closed.delete(key);
+    return this.conversation(key);
+  }
+
+  /** The account's subscriptions as the server lists them. */
+  setSubscriptions(users) {
+    this.subscriptions = new Set(users);
+  }
+
+  /**
+   * The account's direct conversations as the server lists them ({ with, last_id }):
+   * threads not held yet are added (unless closed and nothing newer came), and each
+   * learns its newest id. Returns key -> last_id of the listed threads.
+   */
+  applyConversations(list) {
+    const listed = new Map();
+    for (const { with: user, last_id: lastId } of list) {
+      const key = dmKey(user);
+      listed.set(key, lastId);
+      if (this.closed.has(key)) {
+        if (lastId <= this.closed.get(key)) continue;
+        this.closed.delete(key);
+      }
+      const c = this.conversation(key);
+      c.latestId = Math.max(c.latestId, lastId);
+    }
+    return listed;
+  }
+
   /**
    * Applies a server event. Returns what changed: { key, added } for messages,
    * { room } for presence, { notification } for notifications, or null.
@@ -170,6 +260,8 @@ export class ChatState {
         if (event.type === 'message') {
           const room = this.conversations.get(key);
           if (!room || !room.joined) return null;
+        } else {
+          this.closed.delete(key); // a closed thread opens again with a new message
         }
         const added = this.addMessages(key, [event], { countUnread: true });
         return { key, added };
@@ -193,22 +285,35 @@ export class ChatState {
     }
   }
 
-  /** What to remember across reloads for this user. */
+  /**
+   * What to remember across reloads for this user: view preferences only. The rooms
+   * kept open (the server forgets them with the connection), the conversation in view,
+   * read marks and closed threads. Subscriptions and threads come from the server.
+   */
   prefs() {
     return {
       rooms: this.joinedRooms().map((c) => c.name),
-      threads: this.directThreads().map((c) => c.name),
-      subscriptions: [...this.subscriptions].sort(),
       current: this.current,
+      read: newest(this.readMarks),
+      closed: newest(this.closed),
     };
   }
 
-  /** Restores remembered rooms, threads and subscriptions (before connecting). */
+  /** Restores the view preferences (before connecting). */
   restore(prefs) {
     if (!prefs) return;
     for (const room of prefs.rooms || []) this.conversation(roomKey(room)).joined = true;
-    for (const user of prefs.threads || []) this.conversation(dmKey(user));
-    for (const user of prefs.subscriptions || []) this.subscriptions.add(user);
-    if (prefs.current && this.conversations.has(prefs.current)) this.current = prefs.current;
+    for (const [key, id] of Object.entries(prefs.read || {})) if (Number.isFinite(id)) this.readMarks.set(key, id);
+    for (const [key, id] of Object.entries(prefs.closed || {})) if (Number.isFinite(id)) this.closed.set(key, id);
+    const current = typeof prefs.current === 'string' ? prefs.current : null;
+    if (current && (this.conversations.has(current) || (parseKey(current).kind === 'dm' && !this.closed.has(current)))) {
+      this.conversation(current);
+      this.current = current;
+    }
   }
+}
+
+/** The MAX_REMEMBERED entries with the highest ids, as a plain object. */
+function newest(map) {
+  return Object.fromEntries([...map].sort((a, b) => b[1] - a[1]).slice(0, MAX_REMEMBERED));
 }

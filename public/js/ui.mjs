@@ -211,7 +211,12 @@ export class Ui {
     if (spoken && this.spokenState !== state) this.els.connAnnounce.textContent = spoken;
     this.spokenState = state;
     if (state === 'open') this.hideBanner();
-    else if ((state === 'waiting' || state === 'connecting') && lastClose && connectedOnce) {
+    else if ((state === 'waiting' || state === 'connecting') && lastClose && lastClose.refused) {
+      // Another session holds the connection: said even if this page never connected.
+      this.showBanner(lastClose.text, state === 'waiting'
+        ? { label: 'Try now', run: () => this.actions.reconnectNow() }
+        : null);
+    } else if ((state === 'waiting' || state === 'connecting') && lastClose && connectedOnce) {
       this.showBanner(`${lastClose.text} Reconnecting…`, state === 'waiting'
         ? { label: 'Reconnect now', run: () => this.actions.reconnectNow() }
         : null);

@@ -10,6 +10,7 @@ import {
   assertInOrderOnce,
   connection,
   cspViolations,
+  failedFiles,
   launchBrowser,
   memberNames,
   openConversation,
@@ -30,7 +31,7 @@ import { connectChat, loginUser, registerUser } from './lib/net.mjs';
 const XSS = '<img src=x onerror=alert(1)>';
 const PASSWORD = { alice: 'alice-secret-1', bob: 'bob-secret-22', carol: 'carol-secret-333' };
 
-describe('chat between two browsers', { timeout: 120_000 }, () => {
+describe('chat between two browsers', { timeout: 180_000 }, () => {
   let server;
   let browser;
   let alice;
@@ -140,6 +141,7 @@ describe('chat between two browsers', { timeout: 120_000 }, () => {
     await waitForMessage(bob.page, 'psst, bob');
     await send(bob.page, 'got it');
     await waitForMessage(alice.page, 'got it');
+    await waitForMessage(bob.page, 'got it'); // bob's own page may show it a moment after alice's
     for (const page of [alice.page, bob.page]) {
       assert.deepEqual((await assertInOrderOnce(page)).map((m) => m.text), ['psst, bob', 'got it']);
     }
@@ -160,6 +162,29 @@ describe('chat between two browsers', { timeout: 120_000 }, () => {
     assert.equal(await bob.page.locator('#notification-list .notification-from').first().textContent(), 'alice');
     await alice.page.click('#tab-people');
     await bob.page.click('#tab-people');
+  });
+
+  it('unsubscribes: a publish then reaches nobody and shows no toast', async () => {
+    await bob.page.click('#tab-notifications');
+    await bob.page.click('#subscription-list .person[data-user=alice] button', { hasText: 'Unsubscribe' });
+    await bob.page.locator('#subscription-list .person[data-user=alice]').waitFor({ state: 'detached' });
+    await bob.page.locator('#subscription-list .empty', { hasText: 'You are not subscribed to anyone.' }).waitFor();
+    await bob.page.click('#tab-people');
+    const button = bob.page.locator('#online-list .person[data-user=alice] button[aria-pressed]');
+    assert.equal(await button.getAttribute('aria-pressed'), 'false');
+    assert.equal((await button.textContent()).trim(), 'Subscribe');
+    const toastsBefore = await bob.page.locator('.toast').count();
+
+    await alice.page.click('#tab-notifications');
+    await alice.page.fill('#publish-text', 'nobody hears this');
+    await alice.page.click('#publish-form button[type=submit]');
+    await alice.page.locator('#publish-result', { hasText: 'Published. No subscriber is online right now.' }).waitFor();
+    // The fan-out leaves with the reply: had bob still been subscribed, it would be here by now.
+    await bob.page.waitForTimeout(500);
+    assert.equal(await bob.page.locator('.toast', { hasText: 'nobody hears this' }).count(), 0);
+    assert.ok((await bob.page.locator('.toast').count()) <= toastsBefore, 'no new toast');
+    assert.equal(await bob.page.locator('#notification-list .notification-text', { hasText: 'nobody hears this' }).count(), 0);
+    await alice.page.click('#tab-people');
   });
 
   it('takes a screenshot of the chat view', async () => {
@@ -244,6 +269,36 @@ describe('chat between two browsers', { timeout: 120_000 }, () => {
     carol.close();
   });
 
+  it('says the server is restarting on a graceful stop (1001) and reconnects once it is back', async () => {
+    const before = { alice: (await connection(alice.page)).connects, bob: (await connection(bob.page)).connects };
+    await server.stop(); // SIGTERM: chatd closes every WebSocket with 1001
+    for (const who of [alice, bob]) {
+      await who.page.locator('#conn-banner', { hasText: 'The server is restarting. Reconnecting…' }).waitFor();
+      assert.notEqual((await connection(who.page)).state, 'open');
+    }
+    // Attempts fail while it is down (one is asked for now); the banner keeps saying why.
+    await waitUntil(async () => (await connection(alice.page)).state === 'waiting', 'alice waiting to reconnect');
+    const { retryAt } = await connection(alice.page);
+    await alice.page.click('#conn-banner-action', { hasText: 'Reconnect now' });
+    await waitUntil(async () => {
+      const c = await connection(alice.page);
+      return c.state === 'waiting' && c.retryAt !== retryAt;
+    }, 'a failed attempt, and the next one scheduled');
+    assert.equal(await alice.page.locator('#conn-banner-text').textContent(), 'The server is restarting. Reconnecting…');
+    assert.equal(await alice.page.locator('#conn-status').evaluate((n) => n.title), 'The server is restarting.');
+
+    server = await startChatd({ dir: server.dir, port: server.port });
+    for (const [name, who] of [['alice', alice], ['bob', bob]]) {
+      await waitConnected(who.page, 40_000);
+      assert.equal((await connection(who.page)).connects, before[name] + 1, `${name} reconnected once`);
+      assert.ok(await who.page.locator('#conn-banner').isHidden());
+    }
+    await openConversation(bob.page, 'room:dev');
+    await send(bob.page, 'after the restart');
+    await waitForMessage(alice.page, 'after the restart');
+    await assertInOrderOnce(alice.page);
+  });
+
   it('logs out and forgets the token', async () => {
     await alice.page.click('#logout');
     await alice.page.locator('#auth-view').waitFor();
@@ -258,6 +313,8 @@ describe('chat between two browsers', { timeout: 120_000 }, () => {
     for (const who of [alice, bob]) {
       assert.deepEqual(cspViolations(who.seen), []);
       assert.deepEqual(unexpectedErrors(who.seen), []);
+      assert.deepEqual(failedFiles(who.seen), []);
+      assert.ok(who.seen.files.length >= 10, 'the page and its modules were seen loading');
       assert.deepEqual(who.seen.dialogs, []);
     }
   });

@@ -7,6 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import {
   assertInOrderOnce,
   cspViolations,
+  failedFiles,
   launchBrowser,
   openPage,
   register,
@@ -103,5 +104,23 @@ describe('history paging and scrolling', { timeout: 90_000 }, () => {
   it('ran without CSP violations or page errors', () => {
     assert.deepEqual(cspViolations(frank.seen), []);
     assert.deepEqual(unexpectedErrors(frank.seen), []);
+    assert.deepEqual(failedFiles(frank.seen), []);
+  });
+
+  it('would notice a file of the page failing to load', async () => {
+    // The checks above are only worth something if they see a broken page.
+    const probe = await openPage(browser, server.url);
+    await probe.page.evaluate(() => {
+      const script = document.createElement('script');
+      script.type = 'module';
+      script.src = '/js/missing.mjs';
+      document.head.append(script);
+    });
+    await waitUntil(() => failedFiles(probe.seen).length > 0, 'the missing module noticed');
+    const failed = failedFiles(probe.seen).map((f) => [new URL(f.url).pathname, f.status]);
+    assert.ok(failed.some(([p, status]) => p === '/js/missing.mjs' && status === 404), JSON.stringify(failed));
+    assert.ok(failed.every(([p]) => p === '/js/missing.mjs'), JSON.stringify(failed));
+    await waitUntil(() => unexpectedErrors(probe.seen).length > 0, 'its console error kept');
+    await probe.ctx.close();
   });
 });

@@ -8,6 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import {
   connection,
   cspViolations,
+  failedFiles,
   launchBrowser,
   login,
   openPage,
@@ -19,7 +20,7 @@ import {
   waitForMessage,
 } from './lib/browser.mjs';
 import { removeDir, startChatd } from './lib/chatd.mjs';
-import { apiCall } from './lib/net.mjs';
+import { apiCall, registerUser } from './lib/net.mjs';
 
 /** Token lifetime on the test server: the page must renew every few seconds. */
 const TTL_SECS = 6;
@@ -127,6 +128,58 @@ describe('session: token renewal, tabs, password change', { timeout: 120_000 }, 
   it('ran without CSP violations or page errors', () => {
     assert.deepEqual(cspViolations(first.seen), []);
     assert.deepEqual(unexpectedErrors(first.seen), []);
+    assert.deepEqual(failedFiles(first.seen), []);
+  });
+});
+
+describe('one session at a time (duplicate_sessions = reject)', { timeout: 90_000 }, () => {
+  let server;
+  let browser;
+
+  before(async () => {
+    server = await startChatd({ config: { duplicate_sessions: 'reject' } });
+    await registerUser(server.url, 'gina', 'gina-password-1');
+    browser = await launchBrowser();
+  });
+
+  after(async () => {
+    await browser?.close();
+    await server?.kill();
+    if (server) await removeDir(server.dir);
+  });
+
+  it('says that another session holds the connection, waits, and connects once it closes', async () => {
+    const one = await openPage(browser, server.url);
+    await login(one.page, 'gina', 'gina-password-1');
+    await waitConnected(one.page);
+
+    const two = await openPage(browser, server.url);
+    const handshakes = [];
+    two.page.on('websocket', (ws) => handshakes.push(ws.url()));
+    await login(two.page, 'gina', 'gina-password-1');
+    await two.page.locator('#conn-banner', { hasText: 'The chat is open in another tab, window or device, and this server allows only one at a time.' }).waitFor();
+    assert.notEqual((await connection(two.page)).state, 'open');
+    assert.ok(!(await two.page.locator('#conn-banner').textContent()).includes('connection to the server was lost'));
+    // It backs off instead of retrying twice a second.
+    const counted = handshakes.length;
+    await two.page.waitForTimeout(4000);
+    assert.ok(handshakes.length <= counted + 1, `${handshakes.length - counted} attempts in 4 s`);
+    assert.ok((await connection(two.page)).retryAt - Date.now() > 2000, 'the next attempt is a while away');
+    assert.equal((await connection(one.page)).state, 'open', 'the first page keeps its connection');
+
+    // The first page goes: the second gets in (asked to try now rather than waiting).
+    await one.page.click('#logout');
+    await one.page.locator('#auth-view').waitFor();
+    await two.page.click('#conn-banner-action');
+    await waitConnected(two.page);
+    assert.ok(await two.page.locator('#conn-banner').isHidden());
+    await send(two.page, 'my turn');
+    await waitForMessage(two.page, 'my turn');
+    for (const who of [one, two]) {
+      assert.deepEqual(cspViolations(who.seen), []);
+      assert.deepEqual(unexpectedErrors(who.seen), []);
+      assert.deepEqual(failedFiles(who.seen), []);
+    }
   });
 });
 

@@ -11,10 +11,12 @@ import {
   describeApiError,
   describeChatError,
   describeClose,
+  describeRefusedHandshake,
   hueIndex,
   mergeMessages,
   parseKey,
   renewalDelay,
+  textProblem,
   validRoomName,
   validUsername,
 } from '../../public/js/logic.mjs';
@@ -97,6 +99,14 @@ test('describeClose words every close code and picks the next step', () => {
   assert.match(describeClose(4002).text, /expired/);
 });
 
+test('a refused handshake is explained by what the token check said', () => {
+  const other = describeRefusedHandshake('ok');
+  assert.equal(other.action, 'wait');
+  assert.equal(other.text, 'The chat is open in another tab, window or device, and this server allows only one at a time. This page connects once that one closes.');
+  assert.deepEqual(describeRefusedHandshake('ended'), { text: 'Your session has ended. Please log in again.', action: 'login' });
+  assert.equal(describeRefusedHandshake('retry'), null, 'the server is unreachable: nothing more is known');
+});
+
 test('describeApiError speaks plainly', () => {
   assert.equal(describeApiError({ code: 'username_taken' }), 'That username is already taken. Choose another one.');
   assert.match(describeApiError({ code: 'weak_password' }), /at least 8 characters/);
@@ -146,6 +156,20 @@ test('day labels and runs', () => {
   assert.ok(!continuesRun(a, { from: 'b', ts: now + 60_000 }));
   assert.ok(!continuesRun(a, { from: 'a', ts: now + 6 * 60_000 }));
   assert.ok(!continuesRun(null, a));
+});
+
+test('textProblem counts characters as the server does, not UTF-16 units', () => {
+  const emoji = '😀'.repeat(4000);
+  assert.equal(emoji.length, 8000, 'what maxlength would count');
+  assert.equal(textProblem(emoji), '', '4000 characters are allowed');
+  assert.equal(textProblem('a'.repeat(4000)), '');
+  assert.equal(textProblem('a'.repeat(4001)), 'That is 1 character too long: a message can have at most 4000 characters.');
+  assert.equal(textProblem(`${emoji}😀😀`), 'That is 2 characters too long: a message can have at most 4000 characters.');
+  assert.equal(textProblem('héllo', { maxChars: 4 }), 'That is 1 character too long: a message can have at most 4 characters.');
+  // Within the characters but not the frame size: control characters are escaped as \u00XX.
+  assert.equal(textProblem('\u0001'.repeat(3000)), 'That message is too big to send. Make it shorter.');
+  assert.equal(textProblem('x'.repeat(100), { maxChars: 4000, maxBytes: 250 }), 'That message is too big to send. Make it shorter.');
+  assert.equal(textProblem('x'.repeat(40), { maxChars: 4000, maxBytes: 250 }), '');
 });
 
 test('small helpers', () => {

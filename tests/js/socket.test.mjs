@@ -114,7 +114,7 @@ function setup({ lifetimeMs = 3_600_000, refresh = 'ok', verify = 'ok', random =
     },
     verify: async () => {
       calls.verify += 1;
-      return verify;
+      return typeof verify === 'function' ? verify() : verify;
     },
   };
   const socket = new ChatSocket({
@@ -166,7 +166,8 @@ test('connects with the token as a subprotocol and matches replies by ref', asyn
 });
 
 test('reconnects with growing backoff and resets it after a welcome', async () => {
-  const { clock, sockets, socket, seen } = setup({ random: () => 0 });
+  // The server is down: the session check after each failed handshake cannot be made.
+  const { clock, sockets, socket, seen } = setup({ random: () => 0, verify: 'retry' });
   socket.start();
   sockets[0].welcome();
   const pending = socket.request('ping');
@@ -191,10 +192,39 @@ test('reconnects with growing backoff and resets it after a welcome', async () =
   assert.deepEqual(delays, [250, 500, 1000, 2000]);
   await clock.advance(socket.retryAt - clock.t);
   sockets.at(-1).welcome();
-  assert.equal(socket.attempt, 0);
   assert.equal(socket.connects, 2);
+  // Once the connection has stayed open for a while.
+  await clock.advance(10_000);
+  assert.equal(socket.attempt, 0);
   sockets.at(-1).drop(1001);
   assert.equal(socket.retryAt - clock.t, 250, 'backoff starts over');
+});
+
+test('a server that welcomes and closes at once is retried ever more slowly', async () => {
+  for (const code of [1008, 1013]) {
+    const { clock, sockets, socket } = setup({ random: () => 0 });
+    socket.start();
+    const delays = [];
+    for (let i = 0; i < 6; i += 1) {
+      sockets.at(-1).welcome();
+      await clock.advance(100);
+      sockets.at(-1).drop(code);
+      delays.push(socket.retryAt - clock.t);
+      await clock.advance(socket.retryAt - clock.t);
+    }
+    assert.deepEqual(delays, [250, 500, 1000, 2000, 4000, 8000], `${code}`);
+    assert.equal(socket.connects, 6);
+  }
+  // Open for just under the stable time: still not reset.
+  const { clock, sockets, socket } = setup({ random: () => 0 });
+  socket.start();
+  sockets[0].welcome();
+  sockets[0].drop(1008);
+  await clock.advance(socket.retryAt - clock.t);
+  sockets[1].welcome();
+  await clock.advance(9_999);
+  sockets[1].drop(1008);
+  assert.equal(socket.retryAt - clock.t, 500);
 });
 
 test('the server restarting (1001) and flooding (1008) reconnect; 4001 stops; 4002/4003 end the session', async () => {
@@ -231,6 +261,22 @@ test('a handshake refused for a bad token ends the session', async () => {
   assert.equal(sockets.length, 1);
 });
 
+test('a drop after the welcome is not a failed handshake: no session check', async () => {
+  const { clock, sockets, socket, calls } = setup();
+  socket.start();
+  sockets[0].welcome();
+  sockets[0].drop(1006);
+  await clock.settle();
+  assert.equal(socket.lastClose.wasOpen, true);
+  assert.equal(calls.verify, 0, 'no GET /me for a connection that was open');
+  // The next attempt fails before its welcome: that one is checked.
+  await clock.advance(socket.retryAt - clock.t);
+  sockets[1].drop(1006);
+  await clock.settle();
+  assert.equal(socket.lastClose.wasOpen, false);
+  assert.equal(calls.verify, 1);
+});
+
 test('a handshake failing while the server is down keeps retrying', async () => {
   const { clock, sockets, socket, calls } = setup({ verify: 'retry' });
   socket.start();
@@ -241,6 +287,60 @@ test('a handshake failing while the server is down keeps retrying', async () => 
   assert.ok(sockets.length >= 3, `${sockets.length}`);
   assert.ok(calls.verify >= 2);
   assert.notEqual(socket.state, 'stopped');
+});
+
+test('failed attempts keep explaining the outage: the server restarting (1001)', async () => {
+  const { clock, sockets, socket, seen } = setup({ verify: 'retry' });
+  socket.start();
+  sockets[0].welcome();
+  sockets[0].drop(1001, 'going away');
+  assert.equal(socket.lastClose.text, 'The server is restarting.');
+  for (let i = 1; i <= 3; i += 1) {
+    await clock.advance(socket.retryAt - clock.t);
+    sockets[i].drop(1006);
+    await clock.settle();
+    assert.equal(socket.lastClose.code, 1006);
+    assert.equal(seen.status.at(-1).lastClose.text, 'The server is restarting.', `attempt ${i}`);
+  }
+  await clock.advance(socket.retryAt - clock.t);
+  sockets[4].welcome();
+  // A later drop is explained afresh.
+  sockets[4].drop(1006);
+  assert.equal(socket.lastClose.text, 'The connection to the server was lost.');
+});
+
+test('a handshake refused while the token holds: another session has the connection, so wait longer', async () => {
+  let verdict = 'ok';
+  const { clock, sockets, socket, calls, seen } = setup({ verify: () => verdict, random: () => 0 });
+  socket.start();
+  sockets[0].drop(1006);
+  await clock.settle();
+  assert.equal(calls.verify, 1);
+  assert.equal(socket.state, 'waiting');
+  assert.equal(socket.lastClose.refused, true);
+  assert.match(seen.status.at(-1).lastClose.text, /open in another tab, window or device/);
+  assert.equal(socket.retryAt - clock.t, 8000, 'not the 0.25 s of a first retry');
+  assert.equal(seen.halted.length, 0, 'keeps trying: the other session may close');
+  const delays = [];
+  for (let i = 1; i <= 3; i += 1) {
+    await clock.advance(socket.retryAt - clock.t);
+    sockets[i].drop(1006);
+    await clock.settle();
+    assert.equal(socket.lastClose.refused, true);
+    delays.push(socket.retryAt - clock.t);
+  }
+  assert.deepEqual(delays, [15_000, 15_000, 15_000], 'longer again, up to the cap (30 s, half of it fixed)');
+  // Now the server is down: that is not another session any more.
+  verdict = 'retry';
+  await clock.advance(socket.retryAt - clock.t);
+  sockets[4].drop(1006);
+  await clock.settle();
+  assert.equal(socket.lastClose.refused, false);
+  assert.equal(seen.status.at(-1).lastClose.text, 'The connection to the server was lost.');
+  // The other session closed: this one gets in.
+  await clock.advance(socket.retryAt - clock.t);
+  sockets[5].welcome();
+  assert.equal(socket.state, 'open');
 });
 
 test('renews the token before expiry and hands it to the open socket', async () => {
@@ -277,6 +377,57 @@ test('a renewal that fails for a moment is retried before expiry; a refused one 
   await clock.advance(60_000);
   assert.equal(socket.state, 'stopped');
   assert.equal(seen.halted.at(-1).action, 'login');
+});
+
+test('a refused auth renews the token and offers it again; refused twice, it reconnects with a fresh token', async () => {
+  for (const code of ['unauthorized', 'token_expired']) {
+    const { clock, sockets, socket, calls, seen } = setup({ lifetimeMs: 60_000 });
+    const refuse = (request) => sockets[0].receive({ type: 'reply', ref: request.ref, ok: false, error: { code, message: 'no' } });
+    socket.start();
+    sockets[0].welcome();
+    await clock.advance(44_000);
+    assert.equal(calls.refresh, 1);
+    const first = sockets[0].lastSent('auth');
+    assert.equal(first.token, 'T1');
+    refuse(first);
+    await clock.settle();
+    assert.equal(calls.refresh, 2, `${code}: renewed again at once`);
+    const second = sockets[0].lastSent('auth');
+    assert.equal(second.token, 'T2');
+    refuse(second);
+    await clock.settle();
+    assert.deepEqual(sockets[0].closedWith, { code: 1000, reason: 'new token' });
+    assert.equal(sockets.length, 2, 'a new connection right away');
+    assert.deepEqual(sockets[1].protocols, ['chat.v1', 'bearer.T2']);
+    sockets[1].welcome();
+    assert.equal(sockets[1].lastSent('auth'), undefined, 'connected with the fresh token: nothing to hand over');
+    assert.equal(socket.state, 'open');
+    assert.equal(seen.halted.length, 0);
+  }
+});
+
+test('an auth accepted on the second try keeps the connection', async () => {
+  const { clock, sockets, socket, calls } = setup({ lifetimeMs: 60_000 });
+  socket.start();
+  sockets[0].welcome();
+  await clock.advance(44_000);
+  const first = sockets[0].lastSent('auth');
+  sockets[0].receive({ type: 'reply', ref: first.ref, ok: false, error: { code: 'unauthorized', message: 'no' } });
+  await clock.settle();
+  sockets[0].reply(sockets[0].lastSent('auth'), { expires_at: clock.t + 60_000 });
+  await clock.settle();
+  assert.equal(calls.refresh, 2);
+  assert.equal(socket.wsToken, 'T2');
+  // The next renewal goes as usual, and a refusal then is again first answered by a renewal.
+  await clock.advance(44_000);
+  assert.equal(calls.refresh, 3);
+  const third = sockets[0].lastSent('auth');
+  assert.equal(third.token, 'T3');
+  sockets[0].receive({ type: 'reply', ref: third.ref, ok: false, error: { code: 'unauthorized', message: 'no' } });
+  await clock.settle();
+  assert.equal(calls.refresh, 4);
+  assert.equal(sockets.length, 1);
+  assert.equal(sockets[0].closedWith, null);
 });
 
 test('reconnecting with a nearly expired token refreshes it first', async () => {

@@ -96,20 +96,56 @@ test('notifications: newest first, deduplicated, capped, unseen counted', () => 
   assert.equal(s.unseenNotifications, MAX_NOTIFICATIONS + 5);
 });
 
-test('prefs survive a reload', () => {
+test('only view preferences survive a reload: rooms, the view, read marks, closed threads', () => {
   const s = withRooms('lobby', 'dev');
   s.applyEvent({ type: 'direct', id: 1, from: 'bob', to: 'alice', text: 'x', ts: 1 });
+  s.applyEvent({ type: 'direct', id: 2, from: 'carol', to: 'alice', text: 'y', ts: 2 });
+  s.applyEvent(msg(3, 'dev'));
   s.subscriptions.add('bob');
+  s.select('dm:bob');
   s.select('room:dev');
+  s.closeThread('dm:carol');
   const saved = JSON.parse(JSON.stringify(s.prefs()));
-  assert.deepEqual(saved, { rooms: ['dev', 'lobby'], threads: ['bob'], subscriptions: ['bob'], current: 'room:dev' });
+  // Subscriptions and threads are the server's (subscriptions, conversations).
+  assert.deepEqual(saved, { rooms: ['dev', 'lobby'], current: 'room:dev', read: { 'room:dev': 3, 'dm:bob': 1 }, closed: { 'dm:carol': 2 } });
   const t = new ChatState(me);
   t.restore(saved);
   assert.deepEqual(t.joinedRooms().map((c) => c.name), ['dev', 'lobby']);
-  assert.deepEqual(t.directThreads().map((c) => c.name), ['bob']);
-  assert.ok(t.subscriptions.has('bob'));
+  assert.deepEqual(t.directThreads(), []);
+  assert.equal(t.subscriptions.size, 0);
   assert.equal(t.current, 'room:dev');
+  assert.equal(t.readMarks.get('dm:bob'), 1);
+  assert.equal(t.closed.get('dm:carol'), 2);
+  // The thread in view is restored even before the server lists it.
+  const u = new ChatState(me);
+  u.restore({ rooms: [], current: 'dm:bob' });
+  assert.equal(u.current, 'dm:bob');
+  assert.ok(u.conversations.has('dm:bob'));
   t.restore(null);
   t.remove('room:dev');
   assert.equal(t.current, null);
+});
+
+test('read marks: what is seen in view; unread counted from them when history is first loaded', () => {
+  const s = withRooms('dev', 'lobby');
+  s.select('room:lobby');
+  s.applyEvent(msg(1, 'lobby'));
+  assert.equal(s.readMarks.get('room:lobby'), 1, 'a live message in view is read');
+  s.applyEvent(msg(2, 'dev'));
+  assert.equal(s.readMarks.has('room:dev'), false);
+  // A reload: dev was read up to 4 earlier, lobby never, and a thread never seen here.
+  const t = withRooms('dev', 'lobby');
+  t.restore({ rooms: [], read: { 'room:dev': 4 } });
+  t.select('room:other');
+  t.addLatest('room:dev', [msg(3, 'dev'), msg(4, 'dev'), msg(5, 'dev'), msg(6, 'dev', 'alice'), msg(7, 'dev')], false);
+  assert.equal(t.conversation('room:dev').unread, 2, '5 and 7: after the mark, not her own');
+  t.addLatest('room:lobby', [msg(8, 'lobby')], false);
+  assert.equal(t.conversation('room:lobby').unread, 0, 'a room never seen here: its backlog is not unread');
+  const dm = (id, from) => ({ type: 'direct', id, from, to: from === 'alice' ? 'bob' : 'alice', text: '', ts: id });
+  t.addLatest('dm:bob', [dm(10, 'bob'), dm(11, 'alice'), dm(12, 'bob'), dm(13, 'bob')], false);
+  assert.equal(t.conversation('dm:bob').unread, 2, 'a thread never seen here: what came after her last reply');
+  t.addLatest('dm:bob', [dm(13, 'bob')], false);
+  assert.equal(t.conversation('dm:bob').unread, 2, 'only counted the first time');
+  t.select('dm:bob');
+  assert.equal(t.readMarks.get('dm:bob'), 13);
 });

@@ -26,32 +26,80 @@ export function launchBrowser() {
   });
 }
 
+/** The API paths of chatd (fetched by the page, or the WebSocket), as opposed to its files. */
+const API_PATHS = new Set(['/login', '/register', '/refresh', '/me', '/ws']);
+
+/**
+ * Failed API requests that the page expects and explains in words: an API answer's
+ * status by path, or no answer at all (any API path) while chatd is down in the restart
+ * tests. Anything else, and any failure of the page's own files, is an error.
+ */
+const EXPECTED_API_STATUS = {
+  '/login': [401, 429], // wrong credentials, rate limited
+  '/register': [400, 409, 429], // weak password or bad name, name taken, rate limited
+  '/me': [401, 403], // a token checked after a refused handshake; wrong current password
+  '/refresh': [401], // a token void after a password change elsewhere
+};
+
 /**
  * A fresh browser profile (cookies, storage) with a page on chatd. The page records
- * dialogs (dismissed at once), console errors and Content-Security-Policy violations.
+ * dialogs (dismissed at once), console errors (with the URL they concern), uncaught
+ * errors, and the status of every file of chatd's own it loads.
  */
 export async function openPage(browser, baseUrl, { viewport = { width: 1280, height: 800 }, context = null } = {}) {
   const ctx = context || (await browser.newContext({ ignoreHTTPSErrors: true, viewport, locale: 'en-GB', timezoneId: 'UTC' }));
   const page = await ctx.newPage();
   page.setDefaultTimeout(WAIT_MS);
-  const seen = { dialogs: [], consoleErrors: [], pageErrors: [] };
+  const origin = new URL(baseUrl).origin;
+  const seen = { dialogs: [], consoleErrors: [], consoleErrorUrls: [], pageErrors: [], files: [] };
   page.on('dialog', (dialog) => {
     seen.dialogs.push(dialog.message());
     dialog.dismiss().catch(() => {});
   });
   page.on('console', (msg) => {
-    if (msg.type() === 'error') seen.consoleErrors.push(msg.text());
+    if (msg.type() !== 'error') return;
+    seen.consoleErrors.push(msg.text());
+    seen.consoleErrorUrls.push(msg.location().url || '');
   });
   page.on('pageerror', (err) => seen.pageErrors.push(String(err)));
+  // The page's own files (HTML, CSS, modules, icons), as opposed to API calls.
+  const ownFile = (url) => {
+    const u = new URL(url);
+    return u.origin === origin && !API_PATHS.has(u.pathname);
+  };
+  page.on('response', (res) => {
+    if (ownFile(res.url())) seen.files.push({ url: res.url(), status: res.status() });
+  });
+  page.on('requestfailed', (req) => {
+    if (ownFile(req.url())) seen.files.push({ url: req.url(), status: 0, error: req.failure()?.errorText || 'failed' });
+  });
   await page.goto(baseUrl);
   return { ctx, page, seen };
 }
 
-/** Console errors that are not the expected noise of a dropped WebSocket. */
+/**
+ * Console errors that are not the expected noise of a dropped WebSocket or of an API
+ * answer the page explains in words (see EXPECTED_API_STATUS).
+ */
 export function unexpectedErrors(seen) {
   return seen.consoleErrors
-    .filter((text) => !/WebSocket connection to .* failed|ERR_CONNECTION_REFUSED|Failed to load resource/.test(text))
+    .filter((text, i) => !expectedConsoleError(text, seen.consoleErrorUrls[i]))
     .concat(seen.pageErrors);
+}
+
+function expectedConsoleError(text, url) {
+  if (/^WebSocket connection to .* failed/.test(text)) return true;
+  const m = /^Failed to load resource: (?:the server responded with a status of (\d+)|(net::ERR_\w+))/.exec(text);
+  if (!m || !url) return false;
+  const path = new URL(url).pathname;
+  if (!API_PATHS.has(path)) return false; // a file of the page itself: never expected
+  if (m[2]) return true; // no answer: chatd is down (restart tests)
+  return (EXPECTED_API_STATUS[path] || []).includes(Number(m[1]));
+}
+
+/** Files of chatd's own that did not load with 200 (or 304 from the cache's check). */
+export function failedFiles(seen) {
+  return seen.files.filter((f) => f.status !== 200 && f.status !== 304);
 }
 
 export function cspViolations(seen) {

@@ -12,10 +12,10 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 export const repoRoot = path.resolve(here, '../../..');
 
 /** The chatd binary (the Makefile passes the one it just built). */
-export const chatdBin = process.env.CHATD_BIN || path.join(repoRoot, 'target/debug/chatd');
+export const chatdBin = process.env.E2E_CHATD_BIN || path.join(repoRoot, 'target/debug/chatd');
 
 /** Where screenshots and other artifacts go. */
-export const outDir = process.env.CHATD_E2E_OUT || path.join(repoRoot, 'target/e2e');
+export const outDir = process.env.E2E_OUT || path.join(repoRoot, 'target/e2e');
 
 const STARTUP_TIMEOUT_MS = 20_000;
 
