@@ -158,6 +158,8 @@ pub struct Net {
     silent: Vec<Option<SilentConn>>,
     /// Silent connections that ended, in the order they did.
     pub silent_ends: Vec<SilentEnd>,
+    /// TLS client states made ahead of a burst, so `connect` is only the system call.
+    spare_tls: Vec<ClientConnection>,
 }
 
 impl Net {
@@ -176,6 +178,7 @@ impl Net {
             counters: NetCounters::default(),
             silent: Vec::new(),
             silent_ends: Vec::new(),
+            spare_tls: Vec::new(),
         })
     }
 
@@ -188,16 +191,35 @@ impl Net {
         &self.target
     }
 
-    /// Starts a connection: TCP connect, then the TLS handshake with `first` (the
-    /// upgrade request, or a first HTTP request) queued behind it.
-    pub fn connect(&mut self, kind: Kind, first: &[u8]) -> io::Result<usize> {
-        let mut socket = TcpStream::connect(self.target.addr)?;
-        socket.set_nodelay(true)?;
+    fn new_tls(&self) -> io::Result<ClientConnection> {
         let mut tls =
             ClientConnection::new(self.target.tls.clone(), self.target.server_name.clone())
                 .map_err(io::Error::other)?;
         // Our own output is bounded by the scenarios (pacing, windows); never Ok(0).
         tls.set_buffer_limit(None);
+        Ok(tls)
+    }
+
+    /// Makes the TLS state (key share, ClientHello) of the next `n` connections now, so
+    /// that a burst of connects is issued as fast as the system calls go.
+    pub fn prepare_tls(&mut self, n: usize) -> io::Result<()> {
+        self.spare_tls.reserve(n);
+        for _ in 0..n {
+            let tls = self.new_tls()?;
+            self.spare_tls.push(tls);
+        }
+        Ok(())
+    }
+
+    /// Starts a connection: TCP connect, then the TLS handshake with `first` (the
+    /// upgrade request, or a first HTTP request) queued behind it.
+    pub fn connect(&mut self, kind: Kind, first: &[u8]) -> io::Result<usize> {
+        let mut socket = TcpStream::connect(self.target.addr)?;
+        socket.set_nodelay(true)?;
+        let tls = match self.spare_tls.pop() {
+            Some(tls) => tls,
+            None => self.new_tls()?,
+        };
         let id = match self.free.pop() {
             Some(id) => id,
             None => {

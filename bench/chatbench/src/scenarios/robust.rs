@@ -356,6 +356,7 @@ pub fn burst(ctx: &Ctx) -> Result<Value, String> {
     let somaxconn = procstat::sysctl("net/core/somaxconn");
     let syn_backlog = procstat::sysctl("net/ipv4/tcp_max_syn_backlog");
     let mut net = ctx.net()?;
+    net.prepare_tls(n).map_err(|e| format!("TLS: {e}"))?;
     let mut load = Load::new(ctx.mode, 0);
     let timeouts_before = scrape::read(target, ctx.base, scrape::HEADER_TIMEOUTS);
     let before = ctx.snapshot();
