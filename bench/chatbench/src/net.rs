@@ -645,3 +645,65 @@ fn queue_flush(list: &mut Vec<usize>, conn: &mut Conn, id: usize) {
         list.push(id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nothing;
+
+    impl Handler for Nothing {
+        fn on_open(&mut self, _: usize, _: u64, _: u64, _: &mut Out<'_>) {}
+        fn on_text(&mut self, _: usize, _: &[u8], _: u64, _: &mut Out<'_>) {}
+        fn on_closed(&mut self, _: usize, _: &str) {}
+    }
+
+    fn target(addr: SocketAddr) -> Target {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        Target {
+            addr,
+            tls: Arc::new(tls),
+            server_name: ServerName::try_from("localhost").unwrap(),
+            host: "localhost".into(),
+        }
+    }
+
+    #[test]
+    fn silent_connections_send_nothing_and_record_their_end() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut net = Net::new(target(listener.local_addr().unwrap()), Instant::now()).unwrap();
+        let first = net.connect_silent().unwrap();
+        let second = net.connect_silent().unwrap();
+        assert_eq!(net.silent_open(), 2);
+        let (mut a, _) = listener.accept().unwrap();
+        let (b, _) = listener.accept().unwrap();
+        for _ in 0..20 {
+            net.turn(&mut Nothing, Duration::from_millis(10)).unwrap();
+        }
+        assert!(net.silent_ends.is_empty(), "open and quiet: no end yet");
+        a.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 16];
+        assert!(
+            matches!(a.read(&mut buf), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+            "a silent connection sends nothing"
+        );
+        drop(b);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while net.silent_ends.is_empty() && Instant::now() < deadline {
+            net.turn(&mut Nothing, Duration::from_millis(10)).unwrap();
+        }
+        assert_eq!(net.silent_ends.len(), 1);
+        let end = &net.silent_ends[0];
+        assert_eq!((end.id, end.how.as_str()), (second, "eof"));
+        assert!(end.after_ns > 0);
+        assert_eq!(net.silent_open(), 1);
+        net.close_silent();
+        assert_eq!(net.silent_open(), 0);
+        assert!(net.silent_ends.iter().all(|e| e.id != first));
+    }
+}
