@@ -193,6 +193,12 @@ pub fn slow(ctx: &Ctx) -> Result<Value, String> {
         "ms",
         "lower",
     ));
+    figures.push(figure(
+        "readers' max, slow members not reading",
+        phase.latency.max_ms,
+        "ms",
+        "lower",
+    ));
     if let Some(closed) = closed_by_chatd {
         figures.push(figure(
             "slow members closed by chatd (1013)",
@@ -420,6 +426,7 @@ pub fn burst(ctx: &Ctx) -> Result<Value, String> {
             "higher",
         ),
         figure("failed connections", (n - opened) as f64, "", "lower"),
+        figure("connect to welcome, max", welcome.max_ms, "ms", "lower"),
         figure(
             "listen overflows (kernel, machine-wide)",
             open_costs.listen_overflows as f64,
@@ -468,6 +475,12 @@ pub fn burst(ctx: &Ctx) -> Result<Value, String> {
         "lower",
     ));
     if silent_summary.closed > 0 {
+        figures.push(figure(
+            "silent: connect to close, min",
+            silent_summary.min_s,
+            "s",
+            "lower",
+        ));
         figures.push(figure(
             "silent: connect to close, max",
             silent_summary.max_s,
