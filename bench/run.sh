@@ -4,7 +4,7 @@
 # table and writes bench/results/latest.json. Everything listens on 127.0.0.1, every
 # run is bounded in time, every process started here is stopped by its PID.
 #
-#   SCENARIO=all|idle|fanout|fanout-aligned|fanout-max|rooms|ingest|http|static|login-storm
+#   SCENARIO=all|idle|fanout|fanout-aligned|fanout-max|rooms|ingest|http|static|login-storm|slow|burst
 #   BENCH_QUICK=1   small N and short T, for development
 #   BENCH_PERF=fanout  perf record on chatd during that scenario (idle, fanout or ingest; 1
 #                   means fanout); BENCH_PERF_ARGS / BENCH_PERF_REPORT pass flags to perf
@@ -27,6 +27,11 @@ CARGO=${CARGO:-cargo}
 JOBS=${JOBS:-2}
 
 say() { printf '\n== %s\n' "$*" >&2; }
+
+# chatd's defaults, written into the bench config and told to the robustness scenarios
+# (slow compares its memory with max_outbound_bytes, burst waits for the header timeout).
+MAX_OUTBOUND_BYTES=1048576
+HEADER_TIMEOUT_SECS=10
 
 if [ -n "${BENCH_NICE:-}" ] && [ "$BENCH_NICE" != 0 ]; then
     # Children inherit it: chatd, the peers, chatbench and wrk all run at this priority.
@@ -96,7 +101,7 @@ cat > "$TMP/public/index.html" <<'HTML'
 <body><h1>chatd</h1><p>A small static file for the HTTP benchmark: chatd and nginx serve
 the same bytes.</p></body></html>
 HTML
-cat > "$TMP/chatd.conf" <<'CONF'
+cat > "$TMP/chatd.conf" <<CONF
 # chatd, bench configuration: loopback, port 0, limits raised so that the bench (one
 # client address, many connections, high request rates) measures the server rather than
 # its abuse protection. Password hashing cost and db_synchronous stay at their defaults.
@@ -117,6 +122,8 @@ ws_rate = 1000000/s burst 1000000
 ws_ping_secs = 5
 access_log = false
 log_level = warn
+max_outbound_bytes = $MAX_OUTBOUND_BYTES
+header_timeout_secs = $HEADER_TIMEOUT_SECS
 CONF
 
 # Each scenario gets a fresh chatd (same database, secret and certificate, so the
@@ -238,6 +245,8 @@ if [ "$QUICK" = 1 ]; then
     HTTP=(--connections 20 --duration 3)
     WRK="-t1 -c100 -d3s"
     STORM=(--members 100 --senders 5 --rate 20 --duration 3)
+    SLOW=(--members 100 --slow 10 --senders 10 --rate 20 --duration 10 --baseline 2)
+    BURST=(--connections 1000 --silent 50 --hold 1)
     WARM=(--warmup 1)
 else
     IDLE=(--connections 10000 --hold 8)
@@ -248,6 +257,8 @@ else
     HTTP=(--connections 50 --duration 10)
     WRK="-t1 -c100 -d10s"
     STORM=(--members 1000 --senders 10 --rate 2 --duration 10 --login-rate 20)
+    SLOW=(--members 1000 --slow 100 --senders 10 --rate 10 --duration 20)
+    BURST=(--connections 10000 --silent 200 --hold 2)
     WARM=(--warmup 2)
 fi
 
@@ -364,6 +375,23 @@ if want login-storm; then
         start_chatd
         say "login storm: chatd (pid $CHATD_PID)"; bench login-storm "${CHATD_ARGS[@]}" "${STORM[@]}" "${WARM[@]}"
         stop_chatd login-storm
+    done
+fi
+
+if want slow; then
+    for _ in $(seq 1 "$REPEAT"); do
+        start_chatd
+        say "slow consumers: chatd (pid $CHATD_PID)"
+        bench slow "${CHATD_ARGS[@]}" "${SLOW[@]}" "${WARM[@]}" --max-outbound-bytes "$MAX_OUTBOUND_BYTES"
+        stop_chatd slow
+    done
+fi
+if want burst; then
+    for _ in $(seq 1 "$REPEAT"); do
+        start_chatd
+        say "connection burst: chatd (pid $CHATD_PID)"
+        bench burst "${CHATD_ARGS[@]}" "${BURST[@]}" --header-timeout "$HEADER_TIMEOUT_SECS"
+        stop_chatd burst
     done
 fi
 

@@ -5,11 +5,14 @@
 //! also send, each at its own fixed interval (paced from a schedule, not in bursts).
 //! Every received message is checked against its sender's sequence, so loss,
 //! duplicates and reordering are counted per (message, member), not estimated.
+//! Slow members (the slow scenario) stay in their room on the server but are left out
+//! of every count: what they get is tallied apart, once they read again.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::time::{Duration, Instant};
 
+use crate::measure::PeakRss;
 use crate::net::{Handler, Kind, Net, Out};
 use crate::payload::{self, Stamp};
 use crate::stats::Latencies;
@@ -40,6 +43,15 @@ pub struct Member {
     /// Next expected sequence number per sender of the room (by the sender's index in it).
     next_seq: Vec<u32>,
     pub received: u64,
+    /// Bench clock at the TCP connect (for the connect-to-welcome latency).
+    pub connect_ns: u64,
+    /// A member that stopped reading: not expected to receive anything.
+    pub slow: bool,
+    /// Frames and payload bytes a slow member got (once it read again).
+    pub slow_frames: u64,
+    pub slow_bytes: u64,
+    /// How the connection ended, if it did.
+    pub end: Option<String>,
 }
 
 /// A bench room.
@@ -79,6 +91,10 @@ pub struct PhaseCounters {
     /// How late the schedule's sends went out (client lag), worst case.
     pub max_send_lag_ns: u64,
     pub last_receive_ns: u64,
+    /// Bench clock at the start of the phase.
+    pub start_ns: u64,
+    /// Latencies by second of the phase (only when `Load::timeline` is set).
+    pub timeline: Vec<Latencies>,
 }
 
 /// The load's state; the [`Handler`] for its connections.
@@ -94,6 +110,10 @@ pub struct Load {
     closed_total: usize,
     /// Time from connect to the 101 answer, per connection.
     pub handshake: Latencies,
+    /// Time from connect to the welcome frame (chatd), per connection.
+    pub welcome: Latencies,
+    /// The server's RSS, sampled by the loops that open members and run phases.
+    pub peak_rss: Option<PeakRss>,
     pub text_size: usize,
     scratch: Vec<u8>,
     /// Logins sharing the loop (the login-storm scenario), with their own connections.
@@ -101,6 +121,8 @@ pub struct Load {
     /// All senders send at the same instants (bursts of one message per sender) instead
     /// of being spread evenly over the interval.
     pub aligned: bool,
+    /// Also keep the latencies by second of the phase, to see when they moved.
+    pub timeline: bool,
 }
 
 impl Load {
@@ -115,15 +137,37 @@ impl Load {
             ready_total: 0,
             closed_total: 0,
             handshake: Latencies::default(),
+            welcome: Latencies::default(),
+            peak_rss: None,
             text_size,
             scratch: Vec::with_capacity(512),
             storm: None,
             aligned: false,
+            timeline: false,
         }
     }
 
     fn member(&mut self, id: usize) -> Option<&mut Member> {
         self.members.get_mut(id).and_then(Option::as_mut)
+    }
+
+    /// Samples the server's RSS if it is being watched and a sample is due.
+    pub fn poll_rss(&mut self) {
+        if let Some(peak) = self.peak_rss.as_mut() {
+            peak.poll();
+        }
+    }
+
+    /// Marks a member as one that stopped reading: it leaves the expected counts (the
+    /// server still has it in the room).
+    pub fn set_slow(&mut self, id: usize) {
+        let Some(m) = self.member(id) else {
+            return;
+        };
+        m.slow = true;
+        if let Some(room) = m.room {
+            self.rooms[room].members.retain(|&member| member != id);
+        }
     }
 
     pub fn ready_count(&self) -> usize {
@@ -170,13 +214,17 @@ impl Load {
             if ids.len() < count && in_flight < concurrency {
                 for _ in 0..(concurrency - in_flight).min(count - ids.len()) {
                     let request = &requests[ids.len() % requests.len()];
+                    let connect_ns = net.now_ns();
                     let id = net
                         .connect(Kind::WebSocket, request)
                         .map_err(|e| format!("connect: {e}"))?;
                     if self.members.len() <= id {
                         self.members.resize_with(id + 1, || None);
                     }
-                    self.members[id] = Some(Member::default());
+                    self.members[id] = Some(Member {
+                        connect_ns,
+                        ..Member::default()
+                    });
                     ids.push(id);
                 }
             } else if ids.len() == count && done == count {
@@ -184,6 +232,7 @@ impl Load {
             }
             net.turn(self, Duration::from_millis(5))
                 .map_err(|e| format!("poll: {e}"))?;
+            self.poll_rss();
         }
         Ok((ids, last_ready.duration_since(start).as_secs_f64()))
     }
@@ -229,6 +278,7 @@ impl Load {
             }
             net.turn(self, Duration::from_millis(5))
                 .map_err(|e| format!("poll: {e}"))?;
+            self.poll_rss();
         }
     }
 
@@ -345,17 +395,18 @@ impl Load {
         self.members
             .iter()
             .flatten()
-            .filter(|m| !m.closed && m.room.is_some())
+            .filter(|m| !m.closed && !m.slow && m.room.is_some())
             .map(|m| m.received)
             .sum()
     }
 
-    fn mark_ready(&mut self, id: usize) {
-        if let Some(m) = self.member(id)
+    fn mark_ready(&mut self, id: usize, now_ns: u64) {
+        if let Some(m) = self.members.get_mut(id).and_then(Option::as_mut)
             && !m.ready
         {
             m.ready = true;
             self.ready_total += 1;
+            self.welcome.record_ns(now_ns.saturating_sub(m.connect_ns));
         }
     }
 
@@ -367,7 +418,15 @@ impl Load {
         let c = &mut self.counters;
         c.received += 1;
         c.last_receive_ns = now_ns;
-        c.latency.record_ns(now_ns.saturating_sub(stamp.send_ns));
+        let latency_ns = now_ns.saturating_sub(stamp.send_ns);
+        c.latency.record_ns(latency_ns);
+        if self.timeline {
+            let second = (now_ns.saturating_sub(c.start_ns) / 1_000_000_000) as usize;
+            if c.timeline.len() <= second {
+                c.timeline.resize_with(second + 1, Latencies::default);
+            }
+            c.timeline[second].record_ns(latency_ns);
+        }
         match member.next_seq.get_mut(stamp.sender as usize) {
             Some(next) if stamp.seq == *next => *next += 1,
             Some(next) if stamp.seq > *next => {
@@ -380,14 +439,21 @@ impl Load {
 }
 
 impl Handler for Load {
-    fn on_open(&mut self, id: usize, since_start_ns: u64, _now_ns: u64, _out: &mut Out<'_>) {
+    fn on_open(&mut self, id: usize, since_start_ns: u64, now_ns: u64, _out: &mut Out<'_>) {
         self.handshake.record_ns(since_start_ns);
         if self.mode == Mode::Raw {
-            self.mark_ready(id);
+            self.mark_ready(id, now_ns);
         }
     }
 
     fn on_text(&mut self, id: usize, text: &[u8], now_ns: u64, _out: &mut Out<'_>) {
+        if let Some(m) = self.member(id)
+            && m.slow
+        {
+            m.slow_frames += 1;
+            m.slow_bytes += text.len() as u64;
+            return;
+        }
         if self.mode == Mode::Raw {
             if let Some(stamp) = payload::read_stamp(text) {
                 self.on_message(id, stamp, now_ns);
@@ -422,7 +488,7 @@ impl Handler for Load {
                     *self.counters.send_errors.entry(code).or_default() += 1;
                 }
             }
-            payload::Kind::Welcome => self.mark_ready(id),
+            payload::Kind::Welcome => self.mark_ready(id, now_ns),
             payload::Kind::Presence | payload::Kind::Other => {}
         }
     }
@@ -444,15 +510,20 @@ impl Handler for Load {
         if let Some(storm) = self.storm.as_mut().filter(|s| s.owns(id)) {
             return storm.on_closed(id, reason);
         }
+        let mut slow = false;
         if let Some(m) = self.member(id)
             && !m.closed
         {
             m.closed = true;
+            m.end = Some(reason.to_string());
+            slow = m.slow;
             // A member that closes before it was ready settles its opening too.
             if !m.ready {
                 self.closed_total += 1;
             }
         }
-        *self.counters.closed.entry(reason.to_string()).or_default() += 1;
+        if !slow {
+            *self.counters.closed.entry(reason.to_string()).or_default() += 1;
+        }
     }
 }

@@ -9,8 +9,10 @@
 //! - [`net`]: the event loop and connections (TLS, HTTP upgrade, frames, pings).
 //! - [`frame`], [`http`], [`payload`]: wire formats, pure and unit-tested.
 //! - [`load`]: WebSocket members, rooms and paced senders; [`storm`]: paced logins.
-//! - [`scenarios`]: idle, fanout (and `--max`), rooms, login-storm, ingest, http, static.
-//! - [`measure`], [`procstat`]: CPU and memory of the server, the client and the machine.
+//! - [`scenarios`]: idle, fanout (and `--max`), rooms, login-storm, ingest, http, static,
+//!   and the robustness scenarios slow and burst.
+//! - [`measure`], [`procstat`]: CPU and memory of the server, the client and the machine;
+//!   [`scrape`]: chatd's own counters from `/metrics`.
 //! - [`stats`]: percentiles; [`report`]: the results file and the table.
 //! - [`setup`]: TLS trust, accounts and tokens; [`args`]: flags.
 
@@ -24,6 +26,7 @@ mod payload;
 mod procstat;
 mod report;
 mod scenarios;
+mod scrape;
 mod setup;
 mod stats;
 mod storm;
@@ -40,7 +43,7 @@ use scenarios::Ctx;
 
 const USAGE: &str = "usage: chatbench SCENARIO [--flag value ...]
 
-scenarios: idle, fanout, rooms, login-storm, ingest, http, static
+scenarios: idle, fanout, rooms, login-storm, ingest, http, static, slow, burst
 other commands: accounts (register, log in and cache the tokens), report, free-port
 common flags:
   --addr HOST:PORT       server address (required except for static and report)
@@ -140,6 +143,28 @@ fn scenario_flags(scenario: &str) -> Option<&'static [&'static str]> {
             "warmup",
         ],
         "ingest" => &["connections", "window", "duration", "size", "concurrency"],
+        "slow" => &[
+            "members",
+            "slow",
+            "senders",
+            "rate",
+            "duration",
+            "size",
+            "drain",
+            "concurrency",
+            "warmup",
+            "baseline",
+            "max-outbound-bytes",
+            "resume",
+        ],
+        "burst" => &[
+            "connections",
+            "silent",
+            "hold",
+            "header-timeout",
+            "slack",
+            "timeout",
+        ],
         "http" => &["connections", "duration", "paths"],
         "static" => &["url", "wrk-args"],
         "report" => &["results", "primary"],
@@ -227,6 +252,8 @@ fn run(scenario: &str, args: Args) -> Result<(), String> {
         "ingest" => scenarios::ingest,
         "http" => scenarios::http,
         "static" => scenarios::static_file,
+        "slow" => scenarios::slow,
+        "burst" => scenarios::burst,
         "accounts" => {
             let tokens = ctx.tokens()?;
             println!("{} accounts with tokens", tokens.len());

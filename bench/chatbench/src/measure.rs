@@ -4,7 +4,7 @@
 //! Per-operation server CPU (µs per handshake, per delivery, per request) is the figure
 //! that stays comparable when the client, not the server, is what limits a run.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -149,6 +149,94 @@ impl Costs {
     }
 }
 
+/// The server's peak VmRSS during a phase, sampled every `every` by the loops that run
+/// it (`poll` is cheap between samples). A spike shorter than the interval can fall
+/// between samples; the kernel's high-water mark (`VmHWM`) cannot miss it but covers
+/// the whole life of the process, so it is read at the start and at `finish`: if it rose
+/// in between, the phase set a new lifetime peak and that exact value is the peak.
+#[derive(Debug, Clone)]
+pub struct PeakRss {
+    pids: Vec<u32>,
+    every: Duration,
+    next: Instant,
+    /// Highest summed VmRSS sampled, in KiB.
+    pub sampled_kib: Option<u64>,
+    /// When the highest sample was taken.
+    pub sampled_at: Option<Instant>,
+    pub samples: u64,
+    /// Highest sample in each second since the start, in KiB.
+    pub by_second_kib: Vec<u64>,
+    start: Instant,
+    /// `VmHWM` at the start and at `finish`.
+    pub hwm_start_kib: Option<u64>,
+    pub hwm_end_kib: Option<u64>,
+}
+
+impl PeakRss {
+    pub fn new(pids: &[u32], every: Duration) -> PeakRss {
+        PeakRss {
+            pids: pids.to_vec(),
+            every,
+            next: Instant::now(),
+            sampled_kib: None,
+            sampled_at: None,
+            samples: 0,
+            by_second_kib: Vec::new(),
+            start: Instant::now(),
+            hwm_start_kib: lifetime_peak_rss_kib(pids),
+            hwm_end_kib: None,
+        }
+    }
+
+    /// Samples if the interval has passed.
+    pub fn poll(&mut self) {
+        let now = Instant::now();
+        if now < self.next || self.pids.is_empty() {
+            return;
+        }
+        self.next = now + self.every;
+        let rss: Option<u64> = self.pids.iter().map(|&p| procstat::rss_kib(p)).sum();
+        if let Some(kib) = rss {
+            self.samples += 1;
+            let second = now.duration_since(self.start).as_secs() as usize;
+            if self.by_second_kib.len() <= second {
+                self.by_second_kib.resize(second + 1, 0);
+            }
+            self.by_second_kib[second] = self.by_second_kib[second].max(kib);
+            if self.sampled_kib.is_none_or(|p| kib > p) {
+                self.sampled_kib = Some(kib);
+                self.sampled_at = Some(now);
+            }
+        }
+    }
+
+    /// Ends the phase: one last sample and the closing high-water mark.
+    pub fn finish(&mut self) {
+        self.next = Instant::now();
+        self.poll();
+        self.hwm_end_kib = lifetime_peak_rss_kib(&self.pids);
+    }
+
+    /// The phase's peak: the highest sample, or the high-water mark if the phase raised
+    /// it (only meaningful for one process: a sum of peaks is not a peak of the sum).
+    pub fn peak_kib(&self) -> Option<u64> {
+        match (self.hwm_start_kib, self.hwm_end_kib) {
+            (Some(start), Some(end)) if end > start && self.pids.len() == 1 => {
+                Some(self.sampled_kib.map_or(end, |s| s.max(end)))
+            }
+            _ => self.sampled_kib,
+        }
+    }
+}
+
+/// The servers' `VmHWM` (peak RSS over their whole life), summed, in KiB.
+pub fn lifetime_peak_rss_kib(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| procstat::peak_rss_kib(p)).sum()
+}
+
 /// Rounds to 3 decimals for readable JSON.
 pub fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
@@ -182,6 +270,29 @@ mod tests {
             "machine CPU (2 cores shared)"
         );
         assert_eq!(costs_with(2000.0, 500.0, 0.0).limited_by(2.0), "server CPU");
+        let mut peak = PeakRss::new(&[std::process::id()], Duration::from_secs(3600));
+        peak.poll();
+        peak.poll();
+        assert_eq!(peak.samples, 1, "one sample per interval");
+        peak.finish();
+        assert_eq!(peak.samples, 2, "finish samples once more");
+        assert!(peak.peak_kib().is_some_and(|k| k > 0));
+        peak.sampled_kib = Some(100);
+        peak.hwm_start_kib = Some(500);
+        peak.hwm_end_kib = Some(500);
+        assert_eq!(
+            peak.peak_kib(),
+            Some(100),
+            "an older lifetime peak is not this phase's"
+        );
+        peak.hwm_end_kib = Some(700);
+        assert_eq!(
+            peak.peak_kib(),
+            Some(700),
+            "the phase raised the high-water mark"
+        );
+        assert!(lifetime_peak_rss_kib(&[std::process::id()]).is_some());
+        assert_eq!(lifetime_peak_rss_kib(&[]), None);
         let c = costs_with(500.0, 0.0, 0.0);
         assert_eq!(c.server_us_per(1000), Some(500.0));
         assert_eq!(c.server_us_per(0), None);

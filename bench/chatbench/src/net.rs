@@ -5,9 +5,14 @@
 //! turn are gathered per connection and handed to rustls once, so a turn's output to a
 //! connection becomes as few TLS records and writes as possible. Pings are answered
 //! here; everything else the peer sends goes to the scenario's [`Handler`].
+//!
+//! Two kinds of misbehaving client for the robustness scenarios: a connection whose
+//! reading is paused (its kernel receive buffer fills, the server's queue grows), and a
+//! silent TCP connection that never sends a byte (only its end is recorded).
 
 use std::io::{self, Read};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +26,9 @@ use crate::http;
 
 /// Largest server frame payload accepted.
 const MAX_FRAME: usize = 1 << 20;
+
+/// Tokens of silent connections have this bit set (the others are indexes of `conns`).
+const SILENT: usize = 1 << (usize::BITS - 2);
 
 /// Where connections go and how they are secured.
 #[derive(Clone)]
@@ -66,6 +74,24 @@ struct Conn {
     in_flush_list: bool,
     /// When the connection was started (for the handshake latency).
     started_ns: u64,
+    /// Readable events are ignored: the client behaves as one that stopped reading.
+    reading_paused: bool,
+}
+
+/// A TCP connection that never sends a byte: a client stuck before its TLS handshake.
+struct SilentConn {
+    socket: TcpStream,
+    started_ns: u64,
+}
+
+/// How a silent connection ended, seen from the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SilentEnd {
+    pub id: usize,
+    /// From the connect call to the end.
+    pub after_ns: u64,
+    /// `eof` (the server closed it), `reset`, or what else happened.
+    pub how: String,
 }
 
 /// Lets a handler queue output on the connection it is being told about.
@@ -129,6 +155,11 @@ pub struct Net {
     /// This turn's readiness (token, readable, writable), reused across turns.
     ready: Vec<(usize, bool, bool)>,
     pub counters: NetCounters,
+    silent: Vec<Option<SilentConn>>,
+    /// Silent connections that ended, in the order they did.
+    pub silent_ends: Vec<SilentEnd>,
+    /// TLS client states made ahead of a burst, so `connect` is only the system call.
+    spare_tls: Vec<ClientConnection>,
 }
 
 impl Net {
@@ -145,6 +176,9 @@ impl Net {
             open: 0,
             ready: Vec::new(),
             counters: NetCounters::default(),
+            silent: Vec::new(),
+            silent_ends: Vec::new(),
+            spare_tls: Vec::new(),
         })
     }
 
@@ -157,16 +191,35 @@ impl Net {
         &self.target
     }
 
-    /// Starts a connection: TCP connect, then the TLS handshake with `first` (the
-    /// upgrade request, or a first HTTP request) queued behind it.
-    pub fn connect(&mut self, kind: Kind, first: &[u8]) -> io::Result<usize> {
-        let mut socket = TcpStream::connect(self.target.addr)?;
-        socket.set_nodelay(true)?;
+    fn new_tls(&self) -> io::Result<ClientConnection> {
         let mut tls =
             ClientConnection::new(self.target.tls.clone(), self.target.server_name.clone())
                 .map_err(io::Error::other)?;
         // Our own output is bounded by the scenarios (pacing, windows); never Ok(0).
         tls.set_buffer_limit(None);
+        Ok(tls)
+    }
+
+    /// Makes the TLS state (key share, ClientHello) of the next `n` connections now, so
+    /// that a burst of connects is issued as fast as the system calls go.
+    pub fn prepare_tls(&mut self, n: usize) -> io::Result<()> {
+        self.spare_tls.reserve(n);
+        for _ in 0..n {
+            let tls = self.new_tls()?;
+            self.spare_tls.push(tls);
+        }
+        Ok(())
+    }
+
+    /// Starts a connection: TCP connect, then the TLS handshake with `first` (the
+    /// upgrade request, or a first HTTP request) queued behind it.
+    pub fn connect(&mut self, kind: Kind, first: &[u8]) -> io::Result<usize> {
+        let mut socket = TcpStream::connect(self.target.addr)?;
+        socket.set_nodelay(true)?;
+        let tls = match self.spare_tls.pop() {
+            Some(tls) => tls,
+            None => self.new_tls()?,
+        };
         let id = match self.free.pop() {
             Some(id) => id,
             None => {
@@ -193,9 +246,89 @@ impl Net {
             outbuf: first.to_vec(),
             in_flush_list: false,
             started_ns: self.now_ns(),
+            reading_paused: false,
         });
         self.open += 1;
         Ok(id)
+    }
+
+    /// Opens a TCP connection that will never send anything; the server is expected to
+    /// close it (its end lands in `silent_ends`). Returns its id among silent ones.
+    pub fn connect_silent(&mut self) -> io::Result<usize> {
+        let mut socket = TcpStream::connect(self.target.addr)?;
+        let id = self.silent.len();
+        self.poll
+            .registry()
+            .register(&mut socket, Token(SILENT | id), Interest::READABLE)?;
+        self.silent.push(Some(SilentConn {
+            socket,
+            started_ns: self.now_ns(),
+        }));
+        Ok(id)
+    }
+
+    /// Silent connections not ended yet.
+    pub fn silent_open(&self) -> usize {
+        self.silent.iter().flatten().count()
+    }
+
+    /// Closes every silent connection still open (without recording an end).
+    pub fn close_silent(&mut self) {
+        for slot in &mut self.silent {
+            if let Some(mut conn) = slot.take() {
+                let _ = self.poll.registry().deregister(&mut conn.socket);
+            }
+        }
+    }
+
+    /// Reads from a silent connection that became readable: only its end matters.
+    fn silent_event(&mut self, id: usize) {
+        let Some(conn) = self.silent.get_mut(id).and_then(Option::as_mut) else {
+            return;
+        };
+        let mut sink = [0u8; 512];
+        let how = loop {
+            match conn.socket.read(&mut sink) {
+                Ok(0) => break "eof".to_string(),
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break "reset".to_string(),
+                Err(e) => break format!("read: {e}"),
+            }
+        };
+        let started_ns = conn.started_ns;
+        let after_ns = self.now_ns().saturating_sub(started_ns);
+        if let Some(mut conn) = self.silent[id].take() {
+            let _ = self.poll.registry().deregister(&mut conn.socket);
+        }
+        self.silent_ends.push(SilentEnd { id, after_ns, how });
+    }
+
+    /// Stops reading a connection: the server's frames pile up in the kernel's buffers,
+    /// then in the server's queue for it. Pings go unanswered too.
+    pub fn pause_reading(&mut self, id: usize) {
+        if let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) {
+            conn.reading_paused = true;
+        }
+    }
+
+    /// Reads again, at once: the edges that came while paused are gone.
+    pub fn resume_reading(&mut self, id: usize, handler: &mut dyn Handler) {
+        if let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) {
+            conn.reading_paused = false;
+            self.read(id, handler);
+        }
+    }
+
+    /// Bytes waiting in a connection's kernel receive buffer (`FIONREAD`).
+    pub fn unread_bytes(&self, id: usize) -> Option<u64> {
+        let conn = self.conns.get(id).and_then(Option::as_ref)?;
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int through the pointer, which points at `n`; the
+        // descriptor is the connection's open socket.
+        let rc = unsafe { libc::ioctl(conn.socket.as_raw_fd(), libc::FIONREAD, &mut n) };
+        (rc == 0).then_some(n.max(0) as u64)
     }
 
     /// Queues a masked text frame on an open WebSocket.
@@ -243,6 +376,12 @@ impl Net {
             )
         }));
         for &(id, readable, writable) in &ready {
+            if id & SILENT != 0 {
+                if readable {
+                    self.silent_event(id & !SILENT);
+                }
+                continue;
+            }
             let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else {
                 continue;
             };
@@ -264,7 +403,7 @@ impl Net {
                 }
                 queue_flush(&mut self.flush_list, conn, id);
             }
-            if readable {
+            if readable && !conn.reading_paused {
                 self.read(id, handler);
             }
             if writable && let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) {
@@ -504,5 +643,67 @@ fn queue_flush(list: &mut Vec<usize>, conn: &mut Conn, id: usize) {
     if !conn.in_flush_list {
         conn.in_flush_list = true;
         list.push(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nothing;
+
+    impl Handler for Nothing {
+        fn on_open(&mut self, _: usize, _: u64, _: u64, _: &mut Out<'_>) {}
+        fn on_text(&mut self, _: usize, _: &[u8], _: u64, _: &mut Out<'_>) {}
+        fn on_closed(&mut self, _: usize, _: &str) {}
+    }
+
+    fn target(addr: SocketAddr) -> Target {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        Target {
+            addr,
+            tls: Arc::new(tls),
+            server_name: ServerName::try_from("localhost").unwrap(),
+            host: "localhost".into(),
+        }
+    }
+
+    #[test]
+    fn silent_connections_send_nothing_and_record_their_end() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut net = Net::new(target(listener.local_addr().unwrap()), Instant::now()).unwrap();
+        let first = net.connect_silent().unwrap();
+        let second = net.connect_silent().unwrap();
+        assert_eq!(net.silent_open(), 2);
+        let (mut a, _) = listener.accept().unwrap();
+        let (b, _) = listener.accept().unwrap();
+        for _ in 0..20 {
+            net.turn(&mut Nothing, Duration::from_millis(10)).unwrap();
+        }
+        assert!(net.silent_ends.is_empty(), "open and quiet: no end yet");
+        a.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 16];
+        assert!(
+            matches!(a.read(&mut buf), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+            "a silent connection sends nothing"
+        );
+        drop(b);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while net.silent_ends.is_empty() && Instant::now() < deadline {
+            net.turn(&mut Nothing, Duration::from_millis(10)).unwrap();
+        }
+        assert_eq!(net.silent_ends.len(), 1);
+        let end = &net.silent_ends[0];
+        assert_eq!((end.id, end.how.as_str()), (second, "eof"));
+        assert!(end.after_ns > 0);
+        assert_eq!(net.silent_open(), 1);
+        net.close_silent();
+        assert_eq!(net.silent_open(), 0);
+        assert!(net.silent_ends.iter().all(|e| e.id != first));
     }
 }

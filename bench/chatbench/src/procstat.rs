@@ -28,13 +28,39 @@ pub fn sample_process(pid: u32) -> io::Result<ProcSample> {
 
 /// The `VmRSS:` line of `/proc/PID/status`, in KiB.
 pub fn parse_vm_rss_kib(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let mut words = line["VmRSS:".len()..].split_whitespace();
+    parse_status_kib(status, "VmRSS:")
+}
+
+/// A `Key: <n> kB` line of `/proc/PID/status` (`VmRSS:`, `VmHWM:`), in KiB.
+pub fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    let mut words = line[key.len()..].split_whitespace();
     let value: u64 = words.next()?.parse().ok()?;
     match words.next() {
         Some("kB") | None => Some(value),
         Some(_) => None,
     }
+}
+
+/// A process's VmRSS alone (cheap enough to sample every 100 ms), in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_vm_rss_kib(&status)
+}
+
+/// A process's peak resident set since it started (`VmHWM`), in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status_kib(&status, "VmHWM:")
+}
+
+/// A number from a sysctl file (`net/core/somaxconn`), if readable.
+pub fn sysctl(name: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/sys/{name}"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// utime + stime (fields 14 and 15) of `/proc/PID/stat`, in clock ticks. The command
@@ -148,6 +174,10 @@ mod tests {
             "kernel threads have none"
         );
         assert_eq!(parse_vm_rss_kib("VmRSS:\t12 MB\n"), None);
+        let status = "VmHWM:\t   99999 kB\nVmRSS:\t   12345 kB\n";
+        assert_eq!(parse_status_kib(status, "VmHWM:"), Some(99999));
+        assert_eq!(parse_status_kib(status, "VmRSS:"), Some(12345));
+        assert_eq!(parse_status_kib(status, "VmSwap:"), None);
     }
 
     #[test]
@@ -179,6 +209,10 @@ mod tests {
     fn own_process() {
         let sample = sample_process(std::process::id()).unwrap();
         assert!(sample.rss_kib > 0);
+        let me = std::process::id();
+        assert!(peak_rss_kib(me).unwrap() >= rss_kib(me).unwrap() / 2);
+        assert!(sysctl("net/core/somaxconn").is_some_and(|n| n > 0));
+        assert_eq!(sysctl("net/core/no_such_knob"), None);
         let _ = self_cpu_us();
         assert!(clock_ticks_per_sec() > 0);
     }

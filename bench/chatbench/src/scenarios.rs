@@ -1,5 +1,10 @@
 //! The scenarios. Each is bounded in time, measures the server around its measured
-//! phase, and returns one JSON result object (see `report` for its shape).
+//! phase, and returns one JSON result object (see `report` for its shape). The
+//! robustness scenarios (slow, burst) are in [`robust`].
+
+mod robust;
+
+pub use robust::{burst, slow};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -104,6 +109,17 @@ fn hold(net: &mut Net, handler: &mut dyn Handler, secs: f64) -> Result<(), Strin
     while Instant::now() < until {
         net.turn(handler, Duration::from_millis(50))
             .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// `hold` for a [`Load`], sampling the server's RSS as it goes when that is watched.
+fn hold_load(net: &mut Net, load: &mut Load, secs: f64) -> Result<(), String> {
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    while Instant::now() < until {
+        net.turn(load, Duration::from_millis(50))
+            .map_err(|e| e.to_string())?;
+        load.poll_rss();
     }
     Ok(())
 }
@@ -227,6 +243,8 @@ struct Phase {
     duration_s: f64,
     drain_s: f64,
     max_send_lag_ms: f64,
+    /// Latency by second of the phase, when the load keeps a timeline.
+    timeline: Vec<Summary>,
 }
 
 impl Phase {
@@ -243,7 +261,7 @@ impl Phase {
     }
 
     fn to_json(&self, members_per_message: f64) -> Value {
-        json!({
+        let mut phase = json!({
             "offered_deliveries_per_s": round3(self.offered_per_s(members_per_message)),
             "achieved_deliveries_per_s": round3(self.achieved_per_s()),
             "messages_sent": self.sent,
@@ -262,7 +280,18 @@ impl Phase {
             "latency_ms": latency_json(&self.latency),
             "costs": self.costs.to_json(),
             "limited_by": self.costs.limited_by(1.0),
-        })
+        });
+        if !self.timeline.is_empty() {
+            let per_second = |f: fn(&Summary) -> f64| {
+                self.timeline
+                    .iter()
+                    .map(|s| round3(f(s)))
+                    .collect::<Vec<_>>()
+            };
+            phase["p99_ms_by_second"] = json!(per_second(|s| s.p99_ms));
+            phase["max_ms_by_second"] = json!(per_second(|s| s.max_ms));
+        }
+        phase
     }
 }
 
@@ -282,6 +311,7 @@ fn run_phase(
     let before = ctx.snapshot();
     let start = Instant::now();
     let start_ns = net.now_ns();
+    load.counters.start_ns = start_ns;
     load.start_schedule(rate_per_sender, start_ns);
     let end_ns = start_ns + duration.as_nanos() as u64;
     loop {
@@ -295,6 +325,7 @@ fn run_phase(
         }
         let wait = Duration::from_nanos(next.min(end_ns).saturating_sub(net.now_ns()));
         net.turn(load, wait).map_err(|e| e.to_string())?;
+        load.poll_rss();
     }
     load.stop_schedule();
     let sending_s = start.elapsed().as_secs_f64();
@@ -311,6 +342,7 @@ fn run_phase(
         }
         net.turn(load, Duration::from_millis(2))
             .map_err(|e| e.to_string())?;
+        load.poll_rss();
     }
     // Deliveries counted up to the last one received.
     let last_ns = load.counters.last_receive_ns;
@@ -321,6 +353,7 @@ fn run_phase(
     let after = ctx.snapshot();
     let c = std::mem::take(&mut load.counters);
     let mut latency = c.latency;
+    let timeline = c.timeline.into_iter().map(|mut l| l.summary()).collect();
     Ok(Phase {
         costs: measure::costs(&before, &after),
         latency: latency.summary(),
@@ -334,6 +367,7 @@ fn run_phase(
         duration_s: sending_s,
         drain_s,
         max_send_lag_ms: c.max_send_lag_ns as f64 / 1e6,
+        timeline,
     })
 }
 
