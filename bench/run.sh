@@ -256,7 +256,7 @@ else
     INGEST=(--connections 100 --window 8 --duration 10)
     HTTP=(--connections 50 --duration 10)
     WRK="-t1 -c100 -d10s"
-    STORM=(--members 1000 --senders 10 --rate 2 --duration 10 --login-rate 20)
+    STORM=(--members 1000 --senders 10 --rate 10 --duration 10 --login-rate 20)
     SLOW=(--members 1000 --slow 100 --senders 10 --rate 10 --duration 20)
     BURST=(--connections 10000 --silent 200 --hold 2)
     WARM=(--warmup 2)

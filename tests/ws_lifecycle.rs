@@ -249,20 +249,50 @@ fn a_client_that_never_reads_is_cut_at_max_outbound_bytes() {
             sender.send_json(&json!({"type":"send","room":"lobby","text":text}));
             sent += 1;
         }
-        // The reader keeps up and keeps receiving everything.
+        // The reader keeps up and keeps receiving everything; so does the sender, which
+        // is in the room too (a client that reads nothing is the sleeper alone).
         while received < sent {
             reader.next_of_type("message");
+            sender.next_of_type("message");
             received += 1;
         }
     }
     // Read at once, within the linger the server grants the close frame: behind what
     // the buffers already hold comes the close, not a reset.
-    assert_eq!(
-        sleeper.ended(Duration::from_secs(10)),
-        Ended::Close(1013, "too slow to read".into())
+    let (ended, buffered) = sleeper.ended_after(Duration::from_secs(10));
+    assert_eq!(ended, Ended::Close(1013, "too slow to read".into()));
+    // What the kernel held for the sleeper: a WebSocket's send buffer is capped, so a
+    // client that stops reading pins a bounded amount of kernel memory too (Linux
+    // would otherwise let the buffer grow to several MiB).
+    eprintln!("bytes buffered for the sleeper when it was cut: {buffered}");
+    assert!(
+        buffered < 1536 * 1024,
+        "{buffered} bytes were buffered for a client that did not read"
     );
     sender.ok(json!({"type":"send","room":"lobby","text":"still flowing"}));
     assert_eq!(reader.next_of_type("message")["text"], "still flowing");
+}
+
+#[test]
+fn a_history_page_larger_than_max_outbound_bytes_is_delivered_to_a_reading_client() {
+    let server = TestServer::start("ws_rate = 1000/s burst 1000");
+    let (mut alice, _) = ws::user(&server, "alice");
+    // 100 texts of 4000 four-byte characters: each request fits max_message_bytes, the
+    // page of all of them is 1.6 MB, more than the 1 MiB max_outbound_bytes. The cap
+    // bounds a backlog; one answer the protocol allows must still go out whole.
+    let text = "\u{1F600}".repeat(4000);
+    for _ in 0..100 {
+        alice.ok(json!({"type":"send","room":"lobby","text":text}));
+    }
+    let page = alice.ok(json!({"type":"history","room":"lobby","limit":100}));
+    let messages = page["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 100);
+    assert!(messages.iter().all(|m| m["text"] == text));
+    assert_eq!(
+        alice.ok(json!({"type":"ping"})),
+        json!({}),
+        "still connected"
+    );
 }
 
 #[test]

@@ -20,6 +20,13 @@ use crate::time::Now;
 use crate::ws::frame::{close_frame, ping_frame, pong_frame};
 use crate::ws::{Close, Decoder, WsEvent};
 
+/// The kernel send buffer of an upgraded connection (Linux doubles the value for its
+/// own bookkeeping). Left alone, Linux grows it up to `net.ipv4.tcp_wmem`'s maximum
+/// (4 MiB by default) for a peer that stops reading, so every slow consumer would pin
+/// several MiB of kernel memory besides its `max_outbound_bytes` queue. Chat frames are
+/// small: this much in flight is plenty, and a slow consumer reaches the cap sooner.
+const WS_SEND_BUFFER: usize = 128 * 1024;
+
 /// The chat's id for a connection: slot and generation, so it is never reused.
 fn conn_id(conn_ref: ConnRef) -> ConnId {
     ConnId((u64::from(conn_ref.generation) << 32) | conn_ref.key as u64)
@@ -64,6 +71,9 @@ impl Server {
         };
         conn.phase = Phase::WebSocket;
         conn.request_started = None;
+        if let Err(e) = socket2::SockRef::from(&conn.socket).set_send_buffer_size(WS_SEND_BUFFER) {
+            log::debug!("{}: cannot cap the send buffer: {e}", conn.peer);
+        }
         conn.ws = Some(Box::new(WsConn {
             id,
             decoder: Decoder::new(max_message),
@@ -300,16 +310,20 @@ impl Server {
 
     /// Whether `extra` more bytes may be queued for an open WebSocket: they fit under
     /// `max_outbound_bytes`, or do once the socket has taken what it can. Otherwise the
-    /// connection is closed as a slow consumer (1013).
+    /// connection is closed as a slow consumer (1013). The cap bounds a backlog: one
+    /// frame larger than the cap (a history page of long texts can be) is still taken
+    /// when nothing else waits, so what a connection holds stays below the cap plus one
+    /// frame, and a client that reads gets every answer the protocol allows.
     fn make_room(&mut self, conn_ref: ConnRef, extra: usize) -> bool {
         let cap = self.app.config.max_outbound_bytes;
+        let fits = |queued: usize| queued == 0 || queued + extra <= cap;
         let Some(conn) = self.get(conn_ref) else {
             return false;
         };
         if conn.ws.as_ref().is_none_or(|ws| ws.close_sent_at.is_some()) {
             return false;
         }
-        if conn.out.len() + extra <= cap {
+        if fits(conn.out.len()) {
             return true;
         }
         // Over the cap only counts if the socket cannot take what is queued.
@@ -317,7 +331,7 @@ impl Server {
         let Some(conn) = self.get(conn_ref) else {
             return false;
         };
-        if conn.out.len() + extra <= cap {
+        if fits(conn.out.len()) {
             return true;
         }
         log::info!(

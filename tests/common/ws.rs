@@ -237,23 +237,30 @@ impl Ws {
 
     /// Reads until the connection ends (within `timeout`), skipping data frames.
     pub fn ended(&mut self, timeout: Duration) -> Ended {
+        self.ended_after(timeout).0
+    }
+
+    /// Like `ended`, also counting the bytes of the data frames skipped on the way.
+    pub fn ended_after(&mut self, timeout: Duration) -> (Ended, usize) {
         let deadline = Instant::now() + timeout;
+        let mut skipped = 0;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(!left.is_zero(), "connection still open after {timeout:?}");
             self.set_timeout(left);
             match self.socket.read() {
                 Ok(Message::Close(Some(frame))) => {
-                    return Ended::Close(u16::from(frame.code), frame.reason.to_string());
+                    let code = u16::from(frame.code);
+                    return (Ended::Close(code, frame.reason.to_string()), skipped);
                 }
-                Ok(Message::Close(None)) => return Ended::Close(1005, String::new()),
-                Ok(_) => {}
+                Ok(Message::Close(None)) => return (Ended::Close(1005, String::new()), skipped),
+                Ok(message) => skipped += message.len(),
                 Err(tungstenite::Error::Io(e))
                     if matches!(
                         e.kind(),
                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                     ) => {}
-                Err(_) => return Ended::Dropped,
+                Err(_) => return (Ended::Dropped, skipped),
             }
         }
     }

@@ -697,7 +697,7 @@ pub fn login_storm(ctx: &Ctx) -> Result<Value, String> {
     let a = &ctx.args;
     let members: usize = a.get("members", 1000)?;
     let senders: usize = a.get("senders", 10)?;
-    let rate: f64 = a.get("rate", 2.0)?;
+    let rate: f64 = a.get("rate", 10.0)?;
     let secs: f64 = a.get("duration", 10.0)?;
     let logins_per_s: f64 = a.get("login-rate", 20.0)?;
     let pool: usize = a.get("login-connections", 8)?;
