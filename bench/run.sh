@@ -26,12 +26,8 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 CARGO=${CARGO:-cargo}
 JOBS=${JOBS:-2}
 
-say() { printf '\n== %s\n' "$*" >&2; }
-
-# chatd's defaults, written into the bench config and told to the robustness scenarios
-# (slow compares its memory with max_outbound_bytes, burst waits for the header timeout).
-MAX_OUTBOUND_BYTES=1048576
-HEADER_TIMEOUT_SECS=10
+# say, write_chatd_config, scenario_sizes, wait_port, exited
+source bench/common.sh
 
 if [ -n "${BENCH_NICE:-}" ] && [ "$BENCH_NICE" != 0 ]; then
     # Children inherit it: chatd, the peers, chatbench and wrk all run at this priority.
@@ -79,21 +75,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Waits for "listening on https://HOST:PORT" in a file; prints PORT.
-wait_port() {
-    local file=$1 pid=$2
-    for _ in $(seq 1 200); do
-        if grep -q 'listening on https://' "$file" 2>/dev/null; then
-            grep -o 'listening on https://[^ ]*' "$file" | head -1 | sed 's/.*://'
-            return 0
-        fi
-        kill -0 "$pid" 2>/dev/null || { cat "$file" >&2; return 1; }
-        sleep 0.1
-    done
-    echo "bench: no port from $file" >&2
-    return 1
-}
-
 mkdir -p "$TMP/public" bench/results
 cat > "$TMP/public/index.html" <<'HTML'
 <!doctype html>
@@ -101,30 +82,7 @@ cat > "$TMP/public/index.html" <<'HTML'
 <body><h1>chatd</h1><p>A small static file for the HTTP benchmark: chatd and nginx serve
 the same bytes.</p></body></html>
 HTML
-cat > "$TMP/chatd.conf" <<CONF
-# chatd, bench configuration: loopback, port 0, limits raised so that the bench (one
-# client address, many connections, high request rates) measures the server rather than
-# its abuse protection. Password hashing cost and db_synchronous stay at their defaults.
-host = 127.0.0.1
-port = 0
-cert_file = cert.pem
-key_file = key.pem
-secret_file = jwt.secret
-db_path = chatd.db
-public_dir = public
-max_connections = 16000
-max_connections_per_ip = 16000
-conn_rate_per_ip = 1000000/s burst 1000000
-http_rate_per_ip = 1000000/s burst 1000000
-login_rate_per_ip = 1000000/s burst 1000000
-password_hashes_per_sec = 1000
-ws_rate = 1000000/s burst 1000000
-ws_ping_secs = 5
-access_log = false
-log_level = warn
-max_outbound_bytes = $MAX_OUTBOUND_BYTES
-header_timeout_secs = $HEADER_TIMEOUT_SECS
-CONF
+write_chatd_config "$TMP/chatd.conf" "$CHATD"
 
 # Each scenario gets a fresh chatd (same database, secret and certificate, so the
 # cached tokens stay valid): memory figures start from a clean heap, and every
@@ -143,10 +101,6 @@ start_chatd() {
         STAT_PID=$!
     fi
     CHATD_ARGS=(--addr "127.0.0.1:$CHATD_PORT" --server-pid "$CHATD_PID" --label chatd "${COMMON[@]}")
-}
-# Whether our child PID has exited (gone, or a zombie waiting for `wait`).
-exited() {
-    [ ! -e "/proc/$1" ] || [ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)" = Z ]
 }
 # Stops chatd with SIGTERM: it must exit 0 (within 15 s) and have logged no error.
 stop_chatd() {
@@ -236,31 +190,7 @@ say "nginx master $NGINX_PID worker ${NGINX_WORKER:-?} on 127.0.0.1:$NGINX_PORT 
 
 NODE_ARGS=(--addr "127.0.0.1:$NODE_PORT" --server-pid "$NODE_PID" --label node --mode raw "${COMMON[@]}")
 
-if [ "$QUICK" = 1 ]; then
-    IDLE=(--connections 500 --hold 6)
-    FANOUT=(--members 100 --senders 5 --rate 20 --duration 3)
-    FANMAX=(--members 100 --senders 5 --duration 2 --max true --max-start 20000 --max-limit 400000 --max-steps 6)
-    ROOMS=(--rooms 50 --room-size 10 --rate 5 --duration 3)
-    INGEST=(--connections 20 --window 8 --duration 3)
-    HTTP=(--connections 20 --duration 3)
-    WRK="-t1 -c100 -d3s"
-    STORM=(--members 100 --senders 5 --rate 20 --duration 3)
-    SLOW=(--members 100 --slow 10 --senders 10 --rate 20 --duration 10 --baseline 2)
-    BURST=(--connections 1000 --silent 50 --hold 1)
-    WARM=(--warmup 1)
-else
-    IDLE=(--connections 10000 --hold 8)
-    FANOUT=(--members 1000 --senders 10 --rate 10 --duration 10)
-    FANMAX=(--members 1000 --senders 10 --duration 5 --max true --max-start 100000 --max-limit 8000000)
-    ROOMS=(--rooms 1000 --room-size 10 --rate 5 --duration 10)
-    INGEST=(--connections 100 --window 8 --duration 10)
-    HTTP=(--connections 50 --duration 10)
-    WRK="-t1 -c100 -d10s"
-    STORM=(--members 1000 --senders 10 --rate 10 --duration 10 --login-rate 20)
-    SLOW=(--members 1000 --slow 100 --senders 10 --rate 10 --duration 20)
-    BURST=(--connections 10000 --silent 200 --hold 2)
-    WARM=(--warmup 2)
-fi
+scenario_sizes "$QUICK"
 
 # BENCH_PERF=<scenario> (1 means fanout): perf record on chatd during that scenario, top
 # functions to bench/results/perf-<scenario>.txt. BENCH_PERF_ARGS adds perf record flags
@@ -397,6 +327,10 @@ fi
 
 say "results ($RESULTS)"
 "$BENCH" report --results "$RESULTS"
+if [ "$REPEAT" -gt 1 ]; then
+    say "medians of the $REPEAT runs of each chatd scenario"
+    "$BENCH" report --results "$RESULTS" --median true
+fi
 
 # --- stop the peers by PID -------------------------------------------------------------
 kill -QUIT "$NGINX_PID" 2>/dev/null || true

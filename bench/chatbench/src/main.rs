@@ -44,7 +44,8 @@ use scenarios::Ctx;
 const USAGE: &str = "usage: chatbench SCENARIO [--flag value ...]
 
 scenarios: idle, fanout, rooms, login-storm, ingest, http, static, slow, burst
-other commands: accounts (register, log in and cache the tokens), report, free-port
+other commands: accounts (register, log in and cache the tokens), free-port,
+  report --results FILE [--primary LABEL] [--median true | --compare true]
 common flags:
   --addr HOST:PORT       server address (required except for static and report)
   --ca PEM               the server's certificate, the only trust root (required)
@@ -167,7 +168,7 @@ fn scenario_flags(scenario: &str) -> Option<&'static [&'static str]> {
         ],
         "http" => &["connections", "duration", "paths"],
         "static" => &["url", "wrk-args"],
-        "report" => &["results", "primary"],
+        "report" => &["results", "primary", "median", "compare"],
         "accounts" => &[],
         "free-port" => &[],
         _ => return None,
@@ -198,7 +199,14 @@ fn run(scenario: &str, args: Args) -> Result<(), String> {
         let primary = args.str_or("primary", "chatd");
         let text =
             std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let results: Vec<Value> = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        let mut results: Vec<Value> = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        if args.get("compare", false)? {
+            print!("{}", report::comparison(&results));
+            return Ok(());
+        }
+        if args.get("median", false)? {
+            results = report::medians(&results);
+        }
         print!("{}", report::table(&results, &primary));
         return Ok(());
     }

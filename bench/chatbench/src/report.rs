@@ -159,6 +159,157 @@ pub fn table(results: &[Value], primary: &str) -> String {
     out
 }
 
+/// Builds side by side (`chatbench report --compare true`, bench/compare.sh): a row per
+/// scenario and figure, a column per label in the order the labels first ran, each the
+/// median of that label's runs, then the ratio of the last label to the first.
+pub fn comparison(results: &[Value]) -> String {
+    let medians = medians(results);
+    let mut labels: Vec<&str> = Vec::new();
+    let mut scenarios: Vec<&str> = Vec::new();
+    for m in &medians {
+        if let Some(label) = m["label"].as_str()
+            && !labels.contains(&label)
+        {
+            labels.push(label);
+        }
+        if let Some(scenario) = m["scenario"].as_str()
+            && !scenarios.contains(&scenario)
+        {
+            scenarios.push(scenario);
+        }
+    }
+    let mut out = String::new();
+    let _ = write!(out, "{:<12} {:<52}", "scenario", "figure");
+    for label in &labels {
+        let _ = write!(out, " {label:>14}");
+    }
+    let _ = writeln!(out, " {:>7}", "ratio");
+    let find = |scenario: &str, label: &str| {
+        medians
+            .iter()
+            .find(|m| m["scenario"] == scenario && m["label"] == label)
+    };
+    for scenario in &scenarios {
+        let Some(first) = labels.iter().find_map(|l| find(scenario, l)) else {
+            continue;
+        };
+        let mut rows: Vec<(String, String)> = first["figures"]
+            .as_array()
+            .map(|fs| {
+                fs.iter()
+                    .map(|f| {
+                        let name = f["name"].as_str().unwrap_or("?").to_string();
+                        (name, f["unit"].as_str().unwrap_or("").to_string())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        rows.push(("p99 ms".into(), String::new()));
+        for (i, (name, unit)) in rows.iter().enumerate() {
+            let values: Vec<Option<f64>> = labels
+                .iter()
+                .map(|l| {
+                    let m = find(scenario, l)?;
+                    if name == "p99 ms" {
+                        m["latency_ms"]["p99_ms"].as_f64()
+                    } else {
+                        figure_of(m, name)?["value"].as_f64()
+                    }
+                })
+                .collect();
+            if values.iter().all(Option::is_none) {
+                continue;
+            }
+            let _ = write!(
+                out,
+                "{:<12} {:<52}",
+                if i == 0 { *scenario } else { "" },
+                name
+            );
+            for v in &values {
+                let text = v.map_or_else(|| "-".into(), |x| fmt_value(&Value::from(x), unit));
+                let _ = write!(out, " {text:>14}");
+            }
+            let ratio = match (
+                values.first().copied().flatten(),
+                values.last().copied().flatten(),
+            ) {
+                (Some(a), Some(b)) if a != 0.0 && values.len() > 1 => format!("{:.2}", b / a),
+                _ => "-".into(),
+            };
+            let _ = writeln!(out, " {ratio:>7}");
+        }
+    }
+    out.push_str("\nmedians of each build's runs; ratio = last column / first column.\n");
+    out
+}
+
+/// One result per (scenario, label), in the order they first ran: each figure, latency
+/// percentile and CPU share the median of that server's runs (a noisy machine is quoted
+/// by medians), `limited_by` the most frequent verdict, `runs` how many there were.
+pub fn medians(results: &[Value]) -> Vec<Value> {
+    let mut groups: Vec<Vec<&Value>> = Vec::new();
+    for r in results {
+        match groups
+            .iter_mut()
+            .find(|g| g[0]["scenario"] == r["scenario"] && g[0]["label"] == r["label"])
+        {
+            Some(group) => group.push(r),
+            None => groups.push(vec![r]),
+        }
+    }
+    groups.into_iter().map(|g| median_of(&g)).collect()
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    })
+}
+
+fn median_of(runs: &[&Value]) -> Value {
+    let mut out = runs[0].clone();
+    let med =
+        |get: &dyn Fn(&Value) -> Option<f64>| median(runs.iter().filter_map(|r| get(r)).collect());
+    if let Some(figures) = out["figures"].as_array_mut() {
+        for f in figures {
+            let name = f["name"].clone();
+            if let Some(m) = med(&|r| figure_of(r, name.as_str()?)?["value"].as_f64()) {
+                f["value"] = Value::from(m);
+            }
+        }
+    }
+    for key in ["p50_ms", "p99_ms"] {
+        if let Some(m) = med(&|r| r["latency_ms"][key].as_f64()) {
+            out["latency_ms"][key] = Value::from(m);
+        }
+    }
+    for key in ["server_cores", "client_cores", "other_cpu_ms", "wall_s"] {
+        if let Some(m) = med(&|r| r["costs"][key].as_f64()) {
+            out["costs"][key] = Value::from(m);
+        }
+    }
+    let verdicts: Vec<&str> = runs
+        .iter()
+        .filter_map(|r| r["limited_by"].as_str())
+        .collect();
+    if let Some(most) = verdicts
+        .iter()
+        .max_by_key(|v| verdicts.iter().filter(|w| w == v).count())
+    {
+        out["limited_by"] = Value::from(*most);
+    }
+    out["runs"] = Value::from(runs.len());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +337,62 @@ mod tests {
         assert!(row.contains("2.00"), "{row}");
         assert!(row.contains("server CPU"), "{row}");
         assert!(t.lines().nth(2).unwrap().contains("4.00"));
+    }
+
+    #[test]
+    fn medians_per_scenario_and_label() {
+        let run = |label: &str, v: f64, p99: f64, limit: &str| {
+            json!({"scenario": "fanout", "label": label,
+                   "figures": [{"name": "server CPU per delivery", "value": v, "unit": "µs"}],
+                   "latency_ms": {"p50_ms": 1.0, "p99_ms": p99},
+                   "costs": {"server_cores": v / 10.0},
+                   "limited_by": limit})
+        };
+        let results = vec![
+            run("chatd", 3.0, 9.0, "offered load"),
+            run("chatd", 1.0, 30.0, "server CPU"),
+            run("node", 8.0, 20.0, "offered load"),
+            run("chatd", 2.0, 10.0, "offered load"),
+        ];
+        let m = medians(&results);
+        assert_eq!(m.len(), 2, "one per scenario and label");
+        assert_eq!(m[0]["label"], "chatd");
+        assert_eq!(m[0]["figures"][0]["value"], 2.0);
+        assert_eq!(m[0]["latency_ms"]["p99_ms"], 10.0);
+        assert_eq!(m[0]["costs"]["server_cores"], 0.2);
+        assert_eq!(m[0]["limited_by"], "offered load");
+        assert_eq!(m[0]["runs"], 3);
+        assert_eq!(m[1]["figures"][0]["value"], 8.0);
+        assert_eq!(median(vec![4.0, 1.0]), Some(2.5));
+        assert_eq!(median(Vec::new()), None);
+    }
+
+    #[test]
+    fn compares_builds_side_by_side() {
+        let run = |label: &str, v: f64| {
+            json!({"scenario": "fanout", "label": label,
+                   "figures": [{"name": "server CPU per delivery", "value": v, "unit": "µs"}],
+                   "latency_ms": {"p99_ms": v * 2.0}})
+        };
+        let results = vec![
+            run("old", 4.0),
+            run("new", 2.0),
+            run("old", 6.0),
+            run("new", 3.0),
+        ];
+        let t = comparison(&results);
+        let header = t.lines().next().unwrap();
+        assert!(
+            header.find("old").unwrap() < header.find("new").unwrap(),
+            "{header}"
+        );
+        let row = t.lines().nth(1).unwrap();
+        assert!(
+            row.contains("5.000 µs") && row.contains("2.500 µs"),
+            "{row}"
+        );
+        assert!(row.trim_end().ends_with("0.50"), "{row}");
+        assert!(t.lines().nth(2).unwrap().contains("p99 ms"));
     }
 
     #[test]
