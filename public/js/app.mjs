@@ -3,7 +3,7 @@
 // the server after every (re)connect, and turns user actions into requests.
 
 import { Api, isAuthError } from './api.mjs';
-import { describeApiError, describeChatError, dmKey, roomKey, textProblem, validRoomName, validUsername } from './logic.mjs';
+import { describeApiError, describeChatError, displayNameProblem, dmKey, roomKey, textProblem, validRoomName, validUsername } from './logic.mjs';
 import { ChatSocket } from './socket.mjs';
 import { ChatState } from './state.mjs';
 import { historyTarget, resync } from './sync.mjs';
@@ -685,6 +685,8 @@ export class App {
       const me = this.state.me;
       els.profileUsername.textContent = `Signed in as ${me.username}`;
       els.displayName.value = me.display_name || me.username;
+      // For password managers: the account whose password is being changed.
+      els.passwordUsername.value = me.username;
       for (const id of ['nameError', 'nameResult', 'passwordError']) setMessage(els[id], '');
       els.passwordForm.reset();
       dialog.showModal();
@@ -696,8 +698,9 @@ export class App {
       setMessage(els.nameError, '');
       setMessage(els.nameResult, '');
       const name = els.displayName.value.trim();
-      if (!name) {
-        setMessage(els.nameError, 'Enter a display name.');
+      const problem = displayNameProblem(name);
+      if (problem) {
+        setMessage(els.nameError, problem);
         return;
       }
       this.ui.busy(els.nameForm, true);

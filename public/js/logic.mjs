@@ -256,6 +256,27 @@ export function charCount(s) {
   return n;
 }
 
+/**
+ * Characters the server refuses in a display name besides control characters: they
+ * show nothing or reorder the text around them, so one name could pass for another.
+ */
+const INVISIBLE_OR_BIDI = /[\u200B-\u200F\u202A-\u202E\u2060-\u2064\u2066-\u2069\uFEFF\u061C\u180E]/u;
+
+/**
+ * Why a display name would be refused, in plain words, or '' if it is fine: the
+ * server's rules (1-64 characters counted as it counts them, no control, invisible or
+ * bidirectional formatting characters), checked before asking it.
+ */
+export function displayNameProblem(name, maxChars = 64) {
+  const n = charCount(name);
+  if (n === 0) return 'Enter a display name.';
+  if (n > maxChars) return `A display name can have at most ${maxChars} characters (this one has ${n}).`;
+  if (/\p{Cc}/u.test(name) || INVISIBLE_OR_BIDI.test(name)) {
+    return 'A display name cannot contain control characters or invisible formatting characters.';
+  }
+  return '';
+}
+
 /** Room for the rest of a request frame around its text (type, room or recipient, ref). */
 const FRAME_OVERHEAD_BYTES = 200;
 

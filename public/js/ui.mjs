@@ -29,7 +29,7 @@ const IDS = [
   'subscribe-user', 'subscribe-error', 'notification-list', 'notification-empty', 'scrim',
   'toasts', 'profile-dialog', 'profile-close', 'profile-logout', 'profile-username', 'name-form', 'display-name',
   'name-error', 'name-result', 'password-form', 'current-password', 'new-password',
-  'confirm-password', 'password-error',
+  'confirm-password', 'password-error', 'password-username',
 ];
 
 function camel(id) {

@@ -84,6 +84,18 @@ describe('session: token renewal, tabs, password change', { timeout: 120_000 }, 
     await page.click('#name-form button[type=submit]');
     await page.locator('#name-result', { hasText: 'Saved.' }).waitFor();
     assert.equal(await page.locator('#me-name').textContent(), 'Dave D. (dave)');
+    // Counted as the server counts: 64 emoji are 64 characters, not 128 UTF-16 units.
+    const emoji = '😀'.repeat(64);
+    await page.fill('#display-name', emoji);
+    await page.click('#name-form button[type=submit]');
+    await page.locator('#name-result', { hasText: 'Saved.' }).waitFor();
+    assert.equal(await page.locator('#me-name').textContent(), `${emoji} (dave)`);
+    await page.fill('#display-name', 'ad\u200Bmin');
+    await page.click('#name-form button[type=submit]');
+    await page.locator('#name-error', { hasText: 'invisible formatting' }).waitFor();
+    await page.fill('#display-name', 'Dave D.');
+    await page.click('#name-form button[type=submit]');
+    await page.locator('#name-result', { hasText: 'Saved.' }).waitFor();
     await page.click('#profile-close');
   });
 

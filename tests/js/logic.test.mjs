@@ -12,6 +12,7 @@ import {
   describeChatError,
   describeClose,
   describeRefusedHandshake,
+  displayNameProblem,
   hueIndex,
   mergeMessages,
   parseKey,
@@ -176,4 +177,14 @@ test('small helpers', () => {
   assert.equal(charCount('héllo 😀'), 7);
   assert.equal(hueIndex('alice'), hueIndex('alice'));
   for (const name of ['a', 'bob', 'ünïcödé']) assert.ok(hueIndex(name) >= 0 && hueIndex(name) < 12);
+});
+
+test('display names are checked by the server\'s rules before it is asked', () => {
+  assert.equal(displayNameProblem('Alice'), '');
+  assert.equal(displayNameProblem('😀'.repeat(64)), '', 'an emoji is one character');
+  assert.match(displayNameProblem(''), /Enter a display name/);
+  assert.match(displayNameProblem('x'.repeat(65)), /at most 64 characters \(this one has 65\)/);
+  assert.match(displayNameProblem('ad\u200Bmin'), /invisible/, 'zero-width space');
+  assert.match(displayNameProblem('\u202Eevil'), /invisible/, 'right-to-left override');
+  assert.match(displayNameProblem('tab\there'), /control/);
 });
