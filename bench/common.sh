@@ -35,6 +35,10 @@ log_level = warn
 max_outbound_bytes = $MAX_OUTBOUND_BYTES
 header_timeout_secs = $HEADER_TIMEOUT_SECS
 CONF
+    # BENCH_DB_SYNC=normal measures what the fsync of every commit costs.
+    if [ -n "${BENCH_DB_SYNC:-}" ]; then
+        echo "db_synchronous = $BENCH_DB_SYNC" >> "$file"
+    fi
     if grep -q conn_rate_per_ip "$binary"; then
         echo 'conn_rate_per_ip = 1000000/s burst 1000000' >> "$file"
     fi

@@ -15,10 +15,20 @@
 #   BENCH_REF=0     skip the reference peers (Node.js ws, nginx) while iterating on chatd
 #   BENCH_NICE=-10  run the bench (servers, peers, clients) at this nice value, so other
 #                   load on a shared machine skews the figures less (negative needs root)
+#   BENCH_DB_SYNC=normal  chatd with db_synchronous = normal (what the fsync of every
+#                   commit costs); the default is chatd's own (full)
+#
+# It fails if chatd does not exit 0 on SIGTERM after a scenario, logs an error, or any
+# run lost a delivery or failed a connection (`chatbench check`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 SCENARIO=${SCENARIO:-all}
+SCENARIOS="all idle fanout fanout-aligned fanout-max rooms ingest http static login-storm slow burst"
+case " $SCENARIOS " in
+    *" $SCENARIO "*) ;;
+    *) echo "bench: unknown SCENARIO=$SCENARIO (one of: $SCENARIOS)" >&2; exit 2 ;;
+esac
 QUICK=${BENCH_QUICK:-0}
 REPEAT=${BENCH_REPEAT:-1}
 REF=${BENCH_REF:-1}
@@ -36,21 +46,18 @@ if [ -n "${BENCH_NICE:-}" ] && [ "$BENCH_NICE" != 0 ]; then
 fi
 
 # --- tools ---------------------------------------------------------------------------
+# wrk and nginx for the HTTP reference, Node.js and npm for the ws reference peer
+# (Debian's nodejs is recent enough for it).
+source .ci/apt_install.sh
 need_apt=()
 command -v wrk >/dev/null || need_apt+=(wrk)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        say "installing ${need_apt[*]} (Debian packages)"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
-    else
-        echo "bench: missing ${need_apt[*]}; install them (apt-get install ${need_apt[*]})" >&2
-        exit 1
-    fi
+    apt_install "${need_apt[@]}"
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-command -v node >/dev/null || { echo "bench: node is required for the reference peer" >&2; exit 1; }
 
 say "building release binaries"
 $CARGO build --release -j"$JOBS" -p chatd -p chatbench
@@ -141,11 +148,21 @@ start_chatd
 "$BENCH" accounts --addr "127.0.0.1:$CHATD_PORT" --ca "$TMP/cert.pem" --tokens "$TMP/tokens.json" --users 100
 stop_chatd accounts
 
-node bench/node-ws/server.js "$TMP/cert.pem" "$TMP/key.pem" >"$TMP/node.out" 2>"$TMP/node.err" &
-NODE_PID=$!
-PIDS+=("$NODE_PID")
-NODE_PORT=$(wait_port "$TMP/node.out" "$NODE_PID")
-say "node ws pid $NODE_PID on 127.0.0.1:$NODE_PORT ($(node --version))"
+# The Node.js peer, fresh for each scenario as chatd is (memory figures start from a
+# clean heap): sets NODE_PID and NODE_ARGS.
+start_node() {
+    node bench/node-ws/server.js "$TMP/cert.pem" "$TMP/key.pem" >"$TMP/node.out" 2>"$TMP/node.err" &
+    NODE_PID=$!
+    local port
+    port=$(wait_port "$TMP/node.out" "$NODE_PID")
+    say "node ws pid $NODE_PID on 127.0.0.1:$port ($(node --version))"
+    NODE_ARGS=(--addr "127.0.0.1:$port" --server-pid "$NODE_PID" --label node --mode raw "${COMMON[@]}")
+}
+stop_node() {
+    kill -TERM "$NODE_PID" 2>/dev/null || true
+    wait "$NODE_PID" 2>/dev/null || true
+    NODE_PID=""
+}
 
 NGINX_PORT=$("$BENCH" free-port)
 mkdir -p "$TMP/nginx/logs"
@@ -173,13 +190,16 @@ http {
         ssl_certificate $TMP/cert.pem;
         ssl_certificate_key $TMP/key.pem;
         ssl_protocols TLSv1.2 TLSv1.3;
+        # The suites in chatd's order, the server's choice: like for like.
+        ssl_prefer_server_ciphers on;
+        ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256;
+        ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305;
         root $TMP/public;
     }
 }
 CONF
 "$NGINX" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" &
 NGINX_PID=$!
-PIDS+=("$NGINX_PID")
 NGINX_WORKER=""
 for _ in $(seq 1 50); do
     NGINX_WORKER=$(pgrep -P "$NGINX_PID" | head -1 || true)
@@ -188,7 +208,6 @@ for _ in $(seq 1 50); do
 done
 say "nginx master $NGINX_PID worker ${NGINX_WORKER:-?} on 127.0.0.1:$NGINX_PORT ($("$NGINX" -v 2>&1 | sed 's/.*: //'))"
 
-NODE_ARGS=(--addr "127.0.0.1:$NODE_PORT" --server-pid "$NODE_PID" --label node --mode raw "${COMMON[@]}")
 
 scenario_sizes "$QUICK"
 
@@ -226,7 +245,9 @@ if want idle; then
         stop_chatd idle
     done
     if [ "$REF" = 1 ]; then
+        start_node
         say "idle: node ws"; bench idle "${NODE_ARGS[@]}" "${IDLE[@]}"
+        stop_node
     fi
 fi
 if want fanout; then
@@ -238,7 +259,9 @@ if want fanout; then
         stop_chatd fanout
     done
     if [ "$REF" = 1 ]; then
+        start_node
         say "fanout: node ws"; bench fanout "${NODE_ARGS[@]}" "${FANOUT[@]}" "${WARM[@]}"
+        stop_node
     fi
 fi
 if want fanout-aligned; then
@@ -249,8 +272,10 @@ if want fanout-aligned; then
         stop_chatd fanout-aligned
     done
     if [ "$REF" = 1 ]; then
+        start_node
         say "fanout, senders aligned: node ws"
         bench fanout "${NODE_ARGS[@]}" "${FANOUT[@]}" "${WARM[@]}" --aligned true
+        stop_node
     fi
 fi
 if want fanout-max; then
@@ -260,7 +285,9 @@ if want fanout-max; then
         stop_chatd fanout-max
     done
     if [ "$REF" = 1 ]; then
+        start_node
         say "fanout max: node ws"; bench fanout "${NODE_ARGS[@]}" "${FANMAX[@]}" "${WARM[@]}"
+        stop_node
     fi
 fi
 if want rooms; then
@@ -332,12 +359,16 @@ if [ "$REPEAT" -gt 1 ]; then
     "$BENCH" report --results "$RESULTS" --median true
 fi
 
+# Kept: latest.json is replaced by the next run.
+ARCHIVE=bench/results/run-$(date -u +%Y%m%dT%H%M%SZ).json
+cp "$RESULTS" "$ARCHIVE"
+say "results kept as $ARCHIVE"
+"$BENCH" check --results "$RESULTS" || FAILURES+=("a scenario lost deliveries or failed connections")
+
 # --- stop the peers by PID -------------------------------------------------------------
 kill -QUIT "$NGINX_PID" 2>/dev/null || true
-kill -TERM "$NODE_PID" 2>/dev/null || true
 wait "$NGINX_PID" 2>/dev/null || true
-wait "$NODE_PID" 2>/dev/null || true
-NGINX_PID="" NODE_PID=""
+NGINX_PID=""
 if [ ${#FAILURES[@]} -gt 0 ]; then
     printf 'bench: %s\n' "${FAILURES[@]}" >&2
     exit 1

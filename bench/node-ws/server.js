@@ -16,6 +16,11 @@ if (!certFile || !keyFile) {
 const server = https.createServer({
   cert: fs.readFileSync(certFile),
   key: fs.readFileSync(keyFile),
+  // The suites in chatd's order, the server's choice: handshakes and records compare
+  // like with like.
+  ciphers: 'TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:'
+    + 'ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305',
+  honorCipherOrder: true,
 });
 const wss = new WebSocketServer({ server, perMessageDeflate: false });
 

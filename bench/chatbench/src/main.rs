@@ -45,7 +45,8 @@ const USAGE: &str = "usage: chatbench SCENARIO [--flag value ...]
 
 scenarios: idle, fanout, rooms, login-storm, ingest, http, static, slow, burst
 other commands: accounts (register, log in and cache the tokens), free-port,
-  report --results FILE [--primary LABEL] [--median true | --compare true]
+  report --results FILE [--primary LABEL] [--median true | --compare true],
+  check --results FILE (fails if any run lost a delivery or failed a connection)
 common flags:
   --addr HOST:PORT       server address (required except for static and report)
   --ca PEM               the server's certificate, the only trust root (required)
@@ -169,6 +170,7 @@ fn scenario_flags(scenario: &str) -> Option<&'static [&'static str]> {
         "http" => &["connections", "duration", "paths"],
         "static" => &["url", "wrk-args"],
         "report" => &["results", "primary", "median", "compare"],
+        "check" => &["results"],
         "accounts" => &[],
         "free-port" => &[],
         _ => return None,
@@ -193,6 +195,21 @@ fn run(scenario: &str, args: Args) -> Result<(), String> {
             listener.local_addr().map_err(|e| e.to_string())?.port()
         );
         return Ok(());
+    }
+    if scenario == "check" {
+        let path = PathBuf::from(args.required("results")?);
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let results: Vec<Value> = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        let problems = report::problems(&results);
+        if problems.is_empty() {
+            println!("{} results: nothing lost, nothing failed", results.len());
+            return Ok(());
+        }
+        return Err(format!(
+            "results with losses or failures:\n  {}",
+            problems.join("\n  ")
+        ));
     }
     if scenario == "report" {
         let path = PathBuf::from(args.required("results")?);

@@ -73,7 +73,7 @@ pub fn table(results: &[Value], primary: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<12} {:<52} {:>14} {:>14} {:>7} {:>8} {:>8} {:>7} {:>7}  limited by",
+        "{:<14} {:<56} {:>14} {:>14} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}  limited by",
         "scenario",
         "figure",
         primary,
@@ -81,8 +81,10 @@ pub fn table(results: &[Value], primary: &str) -> String {
         "ratio",
         "p50 ms",
         "p99 ms",
+        "max ms",
         "srv cpu",
         "cli cpu",
+        "oth cpu",
     );
     for r in results.iter().filter(|r| r["label"] == primary) {
         let scenario = r["scenario"].as_str().unwrap_or("?");
@@ -105,10 +107,11 @@ pub fn table(results: &[Value], primary: &str) -> String {
                 || "-".to_string(),
                 |o| format!("{} {}", fmt_value(&o["value"], unit), ref_label),
             );
-            let (p50, p99, srv, cli, oth, limited) = if i == 0 {
+            let (p50, p99, max, srv, cli, oth, limited) = if i == 0 {
                 (
                     fmt_opt(&r["latency_ms"]["p50_ms"], 2),
                     fmt_opt(&r["latency_ms"]["p99_ms"], 2),
+                    fmt_opt(&r["latency_ms"]["max_ms"], 2),
                     fmt_opt(&r["costs"]["server_cores"], 2),
                     fmt_opt(&r["costs"]["client_cores"], 2),
                     other_cores(r),
@@ -119,7 +122,7 @@ pub fn table(results: &[Value], primary: &str) -> String {
             };
             let _ = writeln!(
                 out,
-                "{:<12} {:<52} {:>14} {:>14} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7}  {}",
+                "{:<14} {:<56} {:>14} {:>14} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}  {}",
                 if i == 0 { scenario } else { "" },
                 name,
                 fmt_value(&f["value"], unit),
@@ -127,6 +130,7 @@ pub fn table(results: &[Value], primary: &str) -> String {
                 ratio,
                 p50,
                 p99,
+                max,
                 srv,
                 cli,
                 oth,
@@ -136,7 +140,7 @@ pub fn table(results: &[Value], primary: &str) -> String {
         if let Some(o) = reference {
             let _ = writeln!(
                 out,
-                "{:<12} {:<52} {:>14} {:>14} {:>7} {:>8} {:>8} {:>7} {:>7} {:>7}  {}",
+                "{:<14} {:<56} {:>14} {:>14} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}  {}",
                 "",
                 format!("  ({ref_label}: latency, CPU, limit)"),
                 "",
@@ -144,6 +148,7 @@ pub fn table(results: &[Value], primary: &str) -> String {
                 "",
                 fmt_opt(&o["latency_ms"]["p50_ms"], 2),
                 fmt_opt(&o["latency_ms"]["p99_ms"], 2),
+                fmt_opt(&o["latency_ms"]["max_ms"], 2),
                 fmt_opt(&o["costs"]["server_cores"], 2),
                 fmt_opt(&o["costs"]["client_cores"], 2),
                 other_cores(o),
@@ -157,6 +162,42 @@ pub fn table(results: &[Value], primary: &str) -> String {
          phase; a high oth cpu means other load on the machine skewed the figures.\n",
     );
     out
+}
+
+/// Figures that must be zero in every run (`chatbench check`, the end of make bench): a
+/// benchmark that lost a message or failed a connection measured a broken server. A
+/// figure counts when its name starts with one of these.
+const MUST_BE_ZERO: &[&str] = &[
+    "lost deliveries",
+    "readers' lost deliveries",
+    "failed connections",
+    "slow members not closed",
+    "silent ones not closed",
+    "non-2xx responses",
+    "errors (non-2xx + socket)",
+];
+
+/// Every run in which a figure of `MUST_BE_ZERO` is not zero, in words.
+pub fn problems(results: &[Value]) -> Vec<String> {
+    let mut found = Vec::new();
+    for r in results {
+        let Some(figures) = r["figures"].as_array() else {
+            continue;
+        };
+        for f in figures {
+            let name = f["name"].as_str().unwrap_or("");
+            let must_be_zero = MUST_BE_ZERO.iter().any(|z| name.starts_with(z));
+            if must_be_zero && f["value"].as_f64().is_some_and(|v| v != 0.0) {
+                found.push(format!(
+                    "{} ({}): {name} = {}",
+                    r["scenario"].as_str().unwrap_or("?"),
+                    r["label"].as_str().unwrap_or("?"),
+                    f["value"]
+                ));
+            }
+        }
+    }
+    found
 }
 
 /// Builds side by side (`chatbench report --compare true`, bench/compare.sh): a row per
@@ -179,7 +220,7 @@ pub fn comparison(results: &[Value]) -> String {
         }
     }
     let mut out = String::new();
-    let _ = write!(out, "{:<12} {:<52}", "scenario", "figure");
+    let _ = write!(out, "{:<14} {:<56}", "scenario", "figure");
     for label in &labels {
         let _ = write!(out, " {label:>14}");
     }
@@ -222,7 +263,7 @@ pub fn comparison(results: &[Value]) -> String {
             }
             let _ = write!(
                 out,
-                "{:<12} {:<52}",
+                "{:<14} {:<56}",
                 if i == 0 { *scenario } else { "" },
                 name
             );
@@ -286,7 +327,7 @@ fn median_of(runs: &[&Value]) -> Value {
             }
         }
     }
-    for key in ["p50_ms", "p99_ms"] {
+    for key in ["p50_ms", "p99_ms", "max_ms"] {
         if let Some(m) = med(&|r| r["latency_ms"][key].as_f64()) {
             out["latency_ms"][key] = Value::from(m);
         }
@@ -393,6 +434,27 @@ mod tests {
         );
         assert!(row.trim_end().ends_with("0.50"), "{row}");
         assert!(t.lines().nth(2).unwrap().contains("p99 ms"));
+    }
+
+    #[test]
+    fn problems_name_every_run_that_lost_or_failed_something() {
+        let results = vec![
+            json!({"scenario": "fanout", "label": "chatd",
+                   "figures": [{"name": "lost deliveries", "value": 0.0},
+                               {"name": "server CPU per delivery", "value": 2.0}]}),
+            json!({"scenario": "fanout", "label": "node",
+                   "figures": [{"name": "lost deliveries", "value": 3.0}]}),
+            json!({"scenario": "idle", "label": "chatd",
+                   "figures": [{"name": "failed connections", "value": 1.0}]}),
+        ];
+        let p = problems(&results);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p[0].contains("fanout (node): lost deliveries = 3.0"),
+            "{p:?}"
+        );
+        assert!(p[1].contains("idle (chatd): failed connections"), "{p:?}");
+        assert!(problems(&results[..1]).is_empty());
     }
 
     #[test]
