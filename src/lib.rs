@@ -88,6 +88,7 @@ pub fn run(config: Config) -> Result<(), String> {
         config.db_path.display(),
         store.synchronous().map_err(db_error)?
     );
+    warn_if_exposed(&config.db_path, "database")?;
     let app = app::App::new(config, store, &secret)?;
     let server =
         server::Server::bind(app, tls_config).map_err(|e| format!("cannot listen: {e}"))?;
@@ -101,7 +102,7 @@ pub fn run(config: Config) -> Result<(), String> {
     server.run().map_err(|e| format!("event loop failed: {e}"))
 }
 
-/// Warns when a file holding key material is open to other local users.
+/// Warns when a file holding key material or private data is open to other local users.
 fn warn_if_exposed(path: &std::path::Path, what: &str) -> Result<(), String> {
     if let Some(mode) = tls::exposed_mode(path).map_err(|e| e.to_string())? {
         log::warn!(

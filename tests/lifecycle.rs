@@ -320,7 +320,7 @@ fn db_synchronous_is_applied_and_logged_at_start() {
 }
 
 #[test]
-fn the_generated_key_is_0600_whatever_the_umask() {
+fn the_key_the_secret_and_the_database_are_private_whatever_the_umask() {
     // A umask that takes the owner's read bit: a mode given only at creation would leave
     // the key write-only (0200).
     let server = TestServer::start_customized("", |cmd| {
@@ -337,10 +337,18 @@ fn the_generated_key_is_0600_whatever_the_umask() {
     assert_eq!(mode(&server.dir().join("certs/jwt.secret")), 0o600);
     assert_eq!(mode(&server.cert_path()), 0o644);
     assert_eq!(server.connect().get("/healthz").status, 200);
+    // The database holds password hashes and direct messages: private too, and so are
+    // the WAL files SQLite makes beside it.
+    server.register("alice", "password-123");
+    let db = server.db_path();
+    let wal = db.with_file_name("chatd.db-wal");
+    for file in [&db, &wal] {
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
 }
 
 #[test]
-fn key_and_secret_files_readable_by_others_are_warned_about() {
+fn key_secret_and_database_files_readable_by_others_are_warned_about() {
     let mut server = TestServer::start("");
     assert!(
         !server.log().contains("accessible to group or others"),
@@ -351,11 +359,13 @@ fn key_and_secret_files_readable_by_others_are_warned_about() {
     server.stop();
     std::fs::set_permissions(server.key_path(), PermissionsExt::from_mode(0o644)).unwrap();
     std::fs::set_permissions(&secret, PermissionsExt::from_mode(0o640)).unwrap();
+    std::fs::set_permissions(server.db_path(), PermissionsExt::from_mode(0o644)).unwrap();
     server.restart();
     let log = server.log();
     for (what, path, mode) in [
         ("private key", server.key_path(), "0644"),
         ("JWT secret", secret.clone(), "0640"),
+        ("database", server.db_path(), "0644"),
     ] {
         let warning = format!(
             "the {what} file {} is accessible to group or others (mode {mode})",
@@ -368,11 +378,51 @@ fn key_and_secret_files_readable_by_others_are_warned_about() {
     assert_eq!(server.connect().get("/healthz").status, 200);
 }
 
+/// Moves this test's thread into a network namespace of its own whose only interface is
+/// a loopback, brought up here: a server listening on every address (`::`) then listens
+/// on that loopback alone. Needs root (CAP_SYS_ADMIN); false where it is not allowed.
+fn private_network() -> bool {
+    // SAFETY: unshare(CLONE_NEWNET) moves only the calling thread into a new network
+    // namespace (namespaces are per thread; other tests' threads keep theirs). Every
+    // socket of this test is made on this thread and chatd, spawned from it, inherits
+    // the namespace. No memory is shared or handed over.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return false;
+    }
+    // SAFETY: a plain datagram socket used only for the two interface ioctls below and
+    // closed before returning. `ifreq` is plain old data: zeroed it is a valid request
+    // with an empty name; the name copied in is "lo" plus the terminating zero, within
+    // IFNAMSIZ; SIOCGIFFLAGS fills `ifru_flags`, the union member read and written
+    // back for SIOCSIFFLAGS.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        assert!(fd >= 0, "socket in the new namespace");
+        let mut request: libc::ifreq = std::mem::zeroed();
+        for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+            *slot = *byte as libc::c_char;
+        }
+        assert_eq!(
+            libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut request),
+            0,
+            "lo flags"
+        );
+        request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        assert_eq!(libc::ioctl(fd, libc::SIOCSIFFLAGS, &request), 0, "lo up");
+        libc::close(fd);
+    }
+    true
+}
+
 /// `host = ::` takes IPv4 clients too. (Where the system default is already dual-stack,
 /// net.ipv6.bindv6only = 0, this passes by itself; with bindv6only = 1 only chatd's own
-/// setting makes it pass.)
+/// setting makes it pass.) It runs in a network namespace of its own, so listening on
+/// every address exposes nothing beyond a private loopback.
 #[test]
 fn host_unspecified_ipv6_listens_on_ipv4_and_ipv6() {
+    if !private_network() {
+        eprintln!("NOTE: no network namespace of its own (needs root); dual-stack test skipped");
+        return;
+    }
     if std::net::TcpListener::bind("[::]:0").is_err() {
         eprintln!("NOTE: IPv6 is disabled on this machine; dual-stack test skipped");
         return;

@@ -69,6 +69,23 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Creates `path` empty with mode 0600 unless it exists (SQLite takes an empty file as
+/// a new database).
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        // The mode given at creation passes through the umask; set it exactly.
+        Ok(file) => file.set_permissions(std::fs::Permissions::from_mode(0o600)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the database with `synchronous = FULL` and brings its
     /// schema up to date.
@@ -76,11 +93,14 @@ impl Store {
         Store::open_with(path, DbSynchronous::Full)
     }
 
-    /// Opens with the given durability setting.
+    /// Opens with the given durability setting. A new database file is created 0600,
+    /// whatever the umask: it holds password hashes and every direct message. SQLite
+    /// gives the `-wal` and `-shm` files the database file's mode.
     pub fn open_with(path: &Path, synchronous: DbSynchronous) -> Result<Store> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(StoreError::Io)?;
         }
+        create_private(path).map_err(StoreError::Io)?;
         let conn = Connection::open(path)?;
         Store::init(conn, synchronous)
     }
