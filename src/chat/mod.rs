@@ -221,6 +221,8 @@ pub enum Action {
 pub struct ChatConfig {
     pub max_text_chars: usize,
     pub history_max: usize,
+    /// Rooms one connection may be in at once, the lobby included.
+    pub max_rooms_per_connection: usize,
     /// The `limits` object of the welcome frame.
     pub welcome_limits: Value,
 }
@@ -474,6 +476,7 @@ impl Chat {
         match request {
             Request::Ping => Ok(Reply::Now(json!({}))),
             Request::Join { room } => {
+                self.check_room_limits(conn, &room)?;
                 self.join_room(conn, &room, out);
                 let members = self.members(&room);
                 Ok(Reply::Now(json!({"room": room, "members": members})))
@@ -775,6 +778,27 @@ impl Chat {
         names
     }
 
+    /// Refuses a join that would put the connection in more rooms than it may be in.
+    /// A room it is already in is always fine: joining again changes nothing.
+    fn check_room_limits(&self, conn: ConnId, room: &str) -> Result<(), ChatError> {
+        let Some(session) = self.sessions.get(&conn) else {
+            return Ok(());
+        };
+        if session.rooms.iter().any(|r| **r == *room) {
+            return Ok(());
+        }
+        let cap = self.config.max_rooms_per_connection;
+        if session.rooms.len() >= cap {
+            return Err(ChatError::new(
+                ErrorCode::TooManyRooms,
+                format!("a connection may be in at most {cap} rooms; leave one first"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Puts the connection in the room (creating it), with presence; the limits are the
+    /// caller's business, so the automatic lobby join never fails.
     fn join_room(&mut self, conn: ConnId, room: &str, out: &mut Vec<Output>) {
         let Some(session) = self.sessions.get_mut(&conn) else {
             return;

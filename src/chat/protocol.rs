@@ -41,6 +41,8 @@ pub enum ErrorCode {
     NotMember,
     UnknownUser,
     RateLimited,
+    /// A join over the rooms a connection may be in.
+    TooManyRooms,
     Unauthorized,
     TokenExpired,
     InternalError,
@@ -54,6 +56,7 @@ impl ErrorCode {
             ErrorCode::NotMember => "not_member",
             ErrorCode::UnknownUser => "unknown_user",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::TokenExpired => "token_expired",
             ErrorCode::InternalError => "internal_error",

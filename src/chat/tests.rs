@@ -239,6 +239,7 @@ impl World {
                 ChatConfig {
                     max_text_chars: 100,
                     history_max: 100,
+                    max_rooms_per_connection: 100,
                     welcome_limits: json!({"max_text_chars": 100}),
                 },
                 Vec::new(),
@@ -247,6 +248,15 @@ impl World {
             out: Vec::new(),
             actions: Vec::new(),
         }
+    }
+
+    /// A world whose chat has another configuration.
+    fn configured(names: &[&str], change: impl FnOnce(&mut ChatConfig)) -> Self {
+        let mut w = World::new(names);
+        let mut config = w.chat.config.clone();
+        change(&mut config);
+        w.chat = Chat::new(config, Vec::new());
+        w
     }
 
     fn connect(&mut self, conn: u64, user: UserId) {
@@ -416,6 +426,40 @@ fn join_leave_and_membership() {
     assert_eq!(r["error"]["code"], "not_member");
     let r = w.reply(2, json!({"type":"join","room":"no way"}));
     assert_eq!(r["error"]["code"], "invalid_room");
+}
+
+#[test]
+fn a_connection_is_in_at_most_max_rooms_per_connection_the_lobby_included() {
+    let mut w = World::configured(&["alice", "bob"], |c| c.max_rooms_per_connection = 3);
+    w.connect(1, 1);
+    w.connect(2, 1);
+    w.clear();
+    for room in ["a", "b"] {
+        assert_eq!(w.reply(1, json!({"type":"join","room":room}))["ok"], true);
+    }
+    let r = w.reply(1, json!({"type":"join","room":"c","ref":"c"}));
+    assert_eq!(r["ref"], "c");
+    assert_eq!(r["error"]["code"], "too_many_rooms");
+    assert_eq!(w.chat.room_count(), 3, "the refused room was not created");
+    // Joining a room it is in changes nothing, so it is still fine.
+    let r = w.reply(1, json!({"type":"join","room":"a"}));
+    assert_eq!(r["data"], json!({"room":"a","members":["alice"]}));
+    assert_eq!(
+        w.reply(1, json!({"type":"join","room":"lobby"}))["ok"],
+        true
+    );
+    // The count is per connection, not per user.
+    assert_eq!(w.reply(2, json!({"type":"join","room":"c"}))["ok"], true);
+    // Leaving a room, the lobby too, makes room for another.
+    w.reply(1, json!({"type":"leave","room":"a"}));
+    assert_eq!(w.reply(1, json!({"type":"join","room":"c"}))["ok"], true);
+    assert_eq!(
+        w.reply(1, json!({"type":"join","room":"d"}))["error"]["code"],
+        "too_many_rooms"
+    );
+    w.reply(1, json!({"type":"leave","room":"lobby"}));
+    assert_eq!(w.reply(1, json!({"type":"join","room":"d"}))["ok"], true);
+    assert_eq!(w.reply(1, json!({"type":"ping"}))["ok"], true);
 }
 
 #[test]
