@@ -137,6 +137,9 @@ pub struct Config {
     /// Rooms one connection may be in at once, the lobby included: each membership
     /// costs memory, so joins alone must not grow the server without bound.
     pub max_rooms_per_connection: usize,
+    /// Rooms that exist at once (a room exists while it has a member): bounds the
+    /// room table and the `rooms` reply whatever the number of connections.
+    pub max_rooms: usize,
 }
 
 /// Why the configuration was refused. The message says where (file line or environment
@@ -200,6 +203,7 @@ pub const KEYS: &[&str] = &[
     "ws_idle_timeout_secs",
     "history_max",
     "max_rooms_per_connection",
+    "max_rooms",
 ];
 
 impl Default for Config {
@@ -257,6 +261,7 @@ impl Default for Config {
             ws_idle_timeout: Duration::from_secs(60),
             history_max: 100,
             max_rooms_per_connection: 100,
+            max_rooms: 10_000,
         }
     }
 }
@@ -531,6 +536,10 @@ impl Config {
                 // At least 1: every connection starts in the lobby.
                 self.max_rooms_per_connection =
                     parse_count(value, 1, 10_000).ok_or_else(|| bad("an integer 1-10000"))?;
+            }
+            "max_rooms" => {
+                self.max_rooms =
+                    parse_count(value, 1, 1_000_000).ok_or_else(|| bad("an integer 1-1000000"))?;
             }
             _ => {
                 return Err(ConfigError(format!(
@@ -889,6 +898,8 @@ mod tests {
         assert_eq!(d.ws_idle_timeout, Duration::from_secs(60));
         assert_eq!(d.history_max, 100);
         assert_eq!(d.max_rooms_per_connection, 100);
+        assert_eq!(d.max_rooms, 10_000);
+        assert_eq!(parse("max_rooms = 1", &[]).unwrap().max_rooms, 1);
         assert_eq!(d.duplicate_sessions, DuplicateSessions::Allow);
         assert_eq!(
             parse("max_rooms_per_connection = 3", &[])
@@ -904,6 +915,8 @@ mod tests {
             "max_text_chars = 20000",
             "max_rooms_per_connection = 0",
             "max_rooms_per_connection = 10001",
+            "max_rooms = 0",
+            "max_rooms = 1000001",
         ] {
             assert!(parse(bad, &[]).is_err(), "{bad}");
         }

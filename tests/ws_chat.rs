@@ -237,6 +237,45 @@ fn a_connection_is_in_at_most_max_rooms_per_connection() {
 }
 
 #[test]
+fn at_most_max_rooms_exist_and_existing_ones_stay_open_to_all() {
+    let server = TestServer::start("max_rooms = 3");
+    let (mut a, _) = ws::user(&server, "alice");
+    let (mut b, _) = ws::user(&server, "bob");
+    a.ok(json!({"type":"join","room":"one"}));
+    a.ok(json!({"type":"join","room":"two"}));
+    assert_eq!(server.metric("chatd_rooms"), 3, "the lobby counts");
+    assert_eq!(
+        b.error(json!({"type":"join","room":"three"})),
+        "too_many_rooms"
+    );
+    // An existing room can still be joined, and the connection keeps working.
+    assert_eq!(
+        b.ok(json!({"type":"join","room":"one"})),
+        json!({"room":"one","members":["alice","bob"]})
+    );
+    let sent = b.ok(json!({"type":"send","room":"one","text":"still here"}));
+    let message = a.next_of_type("message");
+    assert_eq!(
+        (&message["id"], &message["text"]),
+        (&sent["id"], &json!("still here"))
+    );
+    assert_eq!(
+        a.ok(json!({"type":"rooms"})),
+        json!({"rooms":[{"name":"lobby","members":2},{"name":"one","members":2},{"name":"two","members":1}]})
+    );
+    // Once a room empties, a new one may take its place.
+    a.ok(json!({"type":"leave","room":"two"}));
+    assert_eq!(
+        b.ok(json!({"type":"join","room":"three"})),
+        json!({"room":"three","members":["bob"]})
+    );
+    assert_eq!(
+        a.error(json!({"type":"join","room":"four"})),
+        "too_many_rooms"
+    );
+}
+
+#[test]
 fn presence_join_and_leave_per_user() {
     let server = TestServer::start("");
     let (mut a, _) = ws::user(&server, "alice");

@@ -223,6 +223,8 @@ pub struct ChatConfig {
     pub history_max: usize,
     /// Rooms one connection may be in at once, the lobby included.
     pub max_rooms_per_connection: usize,
+    /// Rooms that exist at once; the lobby is never refused.
+    pub max_rooms: usize,
     /// The `limits` object of the welcome frame.
     pub welcome_limits: Value,
 }
@@ -778,8 +780,10 @@ impl Chat {
         names
     }
 
-    /// Refuses a join that would put the connection in more rooms than it may be in.
-    /// A room it is already in is always fine: joining again changes nothing.
+    /// Refuses a join that would put the connection in more rooms than it may be in, or
+    /// create a room when the server holds as many as it may. A room the connection is
+    /// already in is always fine (joining again changes nothing), and so is any room
+    /// that exists. The lobby may always be created: every connection starts there.
     fn check_room_limits(&self, conn: ConnId, room: &str) -> Result<(), ChatError> {
         let Some(session) = self.sessions.get(&conn) else {
             return Ok(());
@@ -792,6 +796,13 @@ impl Chat {
             return Err(ChatError::new(
                 ErrorCode::TooManyRooms,
                 format!("a connection may be in at most {cap} rooms; leave one first"),
+            ));
+        }
+        let max_rooms = self.config.max_rooms;
+        if room != LOBBY && !self.rooms.contains_key(room) && self.rooms.len() >= max_rooms {
+            return Err(ChatError::new(
+                ErrorCode::TooManyRooms,
+                format!("the server holds at most {max_rooms} rooms at once; join one that exists"),
             ));
         }
         Ok(())

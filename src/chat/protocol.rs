@@ -41,7 +41,8 @@ pub enum ErrorCode {
     NotMember,
     UnknownUser,
     RateLimited,
-    /// A join over the rooms a connection may be in.
+    /// A join over the rooms a connection may be in, or of a new room when the server
+    /// holds as many as it may.
     TooManyRooms,
     Unauthorized,
     TokenExpired,

@@ -240,6 +240,7 @@ impl World {
                     max_text_chars: 100,
                     history_max: 100,
                     max_rooms_per_connection: 100,
+                    max_rooms: 1000,
                     welcome_limits: json!({"max_text_chars": 100}),
                 },
                 Vec::new(),
@@ -460,6 +461,44 @@ fn a_connection_is_in_at_most_max_rooms_per_connection_the_lobby_included() {
     w.reply(1, json!({"type":"leave","room":"lobby"}));
     assert_eq!(w.reply(1, json!({"type":"join","room":"d"}))["ok"], true);
     assert_eq!(w.reply(1, json!({"type":"ping"}))["ok"], true);
+}
+
+#[test]
+fn at_most_max_rooms_exist_and_existing_ones_can_always_be_joined() {
+    let mut w = World::configured(&["alice", "bob"], |c| c.max_rooms = 3);
+    w.connect(1, 1);
+    w.connect(2, 2);
+    w.clear();
+    w.reply(1, json!({"type":"join","room":"a"}));
+    w.reply(1, json!({"type":"join","room":"b"}));
+    assert_eq!(w.chat.room_count(), 3, "the lobby counts");
+    let r = w.reply(2, json!({"type":"join","room":"c","ref":"c"}));
+    assert_eq!(r["ref"], "c");
+    assert_eq!(r["error"]["code"], "too_many_rooms");
+    assert_eq!(w.chat.room_count(), 3);
+    assert!(w.take(1).is_empty(), "nobody hears of a refused join");
+    let r = w.reply(2, json!({"type":"join","room":"a"}));
+    assert_eq!(r["data"], json!({"room":"a","members":["alice","bob"]}));
+    // A room is gone with its last member, which makes room for a new one.
+    w.reply(1, json!({"type":"leave","room":"b"}));
+    assert_eq!(w.reply(2, json!({"type":"join","room":"c"}))["ok"], true);
+    let r = w.reply(1, json!({"type":"join","room":"d"}));
+    assert_eq!(r["error"]["code"], "too_many_rooms");
+    // The lobby may always be created again: every connection starts there.
+    w.reply(1, json!({"type":"leave","room":"lobby"}));
+    w.reply(2, json!({"type":"leave","room":"lobby"}));
+    assert_eq!(w.reply(1, json!({"type":"join","room":"d"}))["ok"], true);
+    assert_eq!(w.chat.room_count(), 3, "a, c and d");
+    w.connect(3, 1);
+    assert_eq!(w.take(3)[0]["rooms"], json!(["lobby"]));
+    assert_eq!(w.chat.room_count(), 4);
+    w.reply(3, json!({"type":"leave","room":"lobby"}));
+    assert_eq!(w.chat.room_count(), 3);
+    let r = w.reply(3, json!({"type":"join","room":"lobby"}));
+    assert_eq!(r["data"], json!({"room":"lobby","members":["alice"]}));
+    assert_eq!(w.reply(3, json!({"type":"join","room":"c"}))["ok"], true);
+    let r = w.reply(3, json!({"type":"join","room":"e"}));
+    assert_eq!(r["error"]["code"], "too_many_rooms");
 }
 
 #[test]
