@@ -88,6 +88,8 @@ fn chat_config(config: &Config) -> ChatConfig {
     ChatConfig {
         max_text_chars: config.max_text_chars,
         history_max: config.history_max,
+        max_rooms_per_connection: config.max_rooms_per_connection,
+        max_rooms: config.max_rooms,
         welcome_limits: json!({
             "max_message_bytes": config.max_message_bytes,
             "max_text_chars": config.max_text_chars,
@@ -95,6 +97,7 @@ fn chat_config(config: &Config) -> ChatConfig {
             "ws_burst": rate.burst,
             "ws_ping_secs": config.ws_ping_interval.as_secs(),
             "history_max": config.history_max,
+            "max_rooms_per_connection": config.max_rooms_per_connection,
         }),
     }
 }

@@ -134,6 +134,12 @@ pub struct Config {
     pub ws_idle_timeout: Duration,
     /// Largest page of a history request.
     pub history_max: usize,
+    /// Rooms one connection may be in at once, the lobby included: each membership
+    /// costs memory, so joins alone must not grow the server without bound.
+    pub max_rooms_per_connection: usize,
+    /// Rooms that exist at once (a room exists while it has a member): bounds the
+    /// room table and the `rooms` reply whatever the number of connections.
+    pub max_rooms: usize,
 }
 
 /// Why the configuration was refused. The message says where (file line or environment
@@ -196,6 +202,8 @@ pub const KEYS: &[&str] = &[
     "ws_ping_secs",
     "ws_idle_timeout_secs",
     "history_max",
+    "max_rooms_per_connection",
+    "max_rooms",
 ];
 
 impl Default for Config {
@@ -252,6 +260,8 @@ impl Default for Config {
             ws_ping_interval: Duration::from_secs(25),
             ws_idle_timeout: Duration::from_secs(60),
             history_max: 100,
+            max_rooms_per_connection: 100,
+            max_rooms: 10_000,
         }
     }
 }
@@ -521,6 +531,15 @@ impl Config {
             "history_max" => {
                 self.history_max =
                     parse_count(value, 1, 1000).ok_or_else(|| bad("an integer 1-1000"))?;
+            }
+            "max_rooms_per_connection" => {
+                // At least 1: every connection starts in the lobby.
+                self.max_rooms_per_connection =
+                    parse_count(value, 1, 10_000).ok_or_else(|| bad("an integer 1-10000"))?;
+            }
+            "max_rooms" => {
+                self.max_rooms =
+                    parse_count(value, 1, 1_000_000).ok_or_else(|| bad("an integer 1-1000000"))?;
             }
             _ => {
                 return Err(ConfigError(format!(
@@ -878,13 +897,26 @@ mod tests {
         assert_eq!(d.ws_ping_interval, Duration::from_secs(25));
         assert_eq!(d.ws_idle_timeout, Duration::from_secs(60));
         assert_eq!(d.history_max, 100);
+        assert_eq!(d.max_rooms_per_connection, 100);
+        assert_eq!(d.max_rooms, 10_000);
+        assert_eq!(parse("max_rooms = 1", &[]).unwrap().max_rooms, 1);
         assert_eq!(d.duplicate_sessions, DuplicateSessions::Allow);
+        assert_eq!(
+            parse("max_rooms_per_connection = 3", &[])
+                .unwrap()
+                .max_rooms_per_connection,
+            3
+        );
         for bad in [
             "allowed_origins = example.com",
             "allowed_origins = https://a.example/path",
             "duplicate_sessions = maybe",
             "ws_idle_timeout_secs = 10\nws_ping_secs = 10",
             "max_text_chars = 20000",
+            "max_rooms_per_connection = 0",
+            "max_rooms_per_connection = 10001",
+            "max_rooms = 0",
+            "max_rooms = 1000001",
         ] {
             assert!(parse(bad, &[]).is_err(), "{bad}");
         }

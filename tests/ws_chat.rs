@@ -191,6 +191,91 @@ fn three_clients_in_two_rooms_see_exactly_their_rooms_in_one_order() {
 }
 
 #[test]
+fn a_connection_is_in_at_most_max_rooms_per_connection() {
+    let server = TestServer::start("max_rooms_per_connection = 3");
+    server.register("alice", "password-123");
+    let token = server.login("alice", "password-123");
+    let (mut a, welcome) = ws::connect(&server, &token);
+    assert_eq!(welcome["limits"]["max_rooms_per_connection"], 3);
+    a.ok(json!({"type":"join","room":"one"}));
+    a.ok(json!({"type":"join","room":"two"}));
+    // The lobby counts: this would be the fourth room.
+    assert_eq!(
+        a.error(json!({"type":"join","room":"three"})),
+        "too_many_rooms"
+    );
+    // The connection keeps working, and a room it is in may be joined again.
+    assert_eq!(a.ok(json!({"type":"ping"})), json!({}));
+    assert_eq!(
+        a.ok(json!({"type":"join","room":"one"})),
+        json!({"room":"one","members":["alice"]})
+    );
+    assert_eq!(
+        a.ok(json!({"type":"rooms"})),
+        json!({"rooms":[{"name":"lobby","members":1},{"name":"one","members":1},{"name":"two","members":1}]})
+    );
+    // Leaving one makes room for another.
+    a.ok(json!({"type":"leave","room":"two"}));
+    assert_eq!(
+        a.ok(json!({"type":"join","room":"three"})),
+        json!({"room":"three","members":["alice"]})
+    );
+    let sent = a.ok(json!({"type":"send","room":"three","text":"in"}));
+    assert_eq!(a.next_of_type("message")["id"], sent["id"]);
+    assert_eq!(
+        a.error(json!({"type":"join","room":"four"})),
+        "too_many_rooms"
+    );
+    // Another connection of the same user has rooms of its own to fill.
+    let (mut a2, _) = ws::connect(&server, &token);
+    a2.ok(json!({"type":"join","room":"four"}));
+    a2.ok(json!({"type":"join","room":"five"}));
+    assert_eq!(
+        a2.error(json!({"type":"join","room":"six"})),
+        "too_many_rooms"
+    );
+}
+
+#[test]
+fn at_most_max_rooms_exist_and_existing_ones_stay_open_to_all() {
+    let server = TestServer::start("max_rooms = 3");
+    let (mut a, _) = ws::user(&server, "alice");
+    let (mut b, _) = ws::user(&server, "bob");
+    a.ok(json!({"type":"join","room":"one"}));
+    a.ok(json!({"type":"join","room":"two"}));
+    assert_eq!(server.metric("chatd_rooms"), 3, "the lobby counts");
+    assert_eq!(
+        b.error(json!({"type":"join","room":"three"})),
+        "too_many_rooms"
+    );
+    // An existing room can still be joined, and the connection keeps working.
+    assert_eq!(
+        b.ok(json!({"type":"join","room":"one"})),
+        json!({"room":"one","members":["alice","bob"]})
+    );
+    let sent = b.ok(json!({"type":"send","room":"one","text":"still here"}));
+    let message = a.next_of_type("message");
+    assert_eq!(
+        (&message["id"], &message["text"]),
+        (&sent["id"], &json!("still here"))
+    );
+    assert_eq!(
+        a.ok(json!({"type":"rooms"})),
+        json!({"rooms":[{"name":"lobby","members":2},{"name":"one","members":2},{"name":"two","members":1}]})
+    );
+    // Once a room empties, a new one may take its place.
+    a.ok(json!({"type":"leave","room":"two"}));
+    assert_eq!(
+        b.ok(json!({"type":"join","room":"three"})),
+        json!({"room":"three","members":["bob"]})
+    );
+    assert_eq!(
+        a.error(json!({"type":"join","room":"four"})),
+        "too_many_rooms"
+    );
+}
+
+#[test]
 fn presence_join_and_leave_per_user() {
     let server = TestServer::start("");
     let (mut a, _) = ws::user(&server, "alice");

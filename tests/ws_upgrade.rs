@@ -27,6 +27,7 @@ fn bearer_header_and_subprotocol_both_work() {
         "ws_burst",
         "ws_ping_secs",
         "history_max",
+        "max_rooms_per_connection",
     ] {
         assert!(
             welcome["limits"][key].is_number(),

@@ -13,19 +13,24 @@
 //! write acknowledged before it), subscription changes reach the in-memory index.
 //!
 //! Lookups use indexes kept here: room -> connections, user -> connections, and the
-//! subscribers of each user. Nothing scans all connections.
+//! subscribers of each user. Nothing scans all connections. The `rooms`, `users` and
+//! `join` replies are kept serialised and rebuilt only after the membership they show
+//! changed, so asking again costs a copy, not a sort of every room or user.
 
 pub mod protocol;
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use indexmap::IndexSet;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::ws::Close;
 use protocol::{
-    ChatError, Conversation, ErrorCode, Frame, HistoryTarget, Item, ItemKind, Page, Request,
+    CachedData, ChatError, Conversation, ErrorCode, Frame, HistoryTarget, Item, ItemKind, Page,
+    Request,
 };
 
 pub type UserId = i64;
@@ -221,6 +226,10 @@ pub enum Action {
 pub struct ChatConfig {
     pub max_text_chars: usize,
     pub history_max: usize,
+    /// Rooms one connection may be in at once, the lobby included.
+    pub max_rooms_per_connection: usize,
+    /// Rooms that exist at once; the lobby is never refused.
+    pub max_rooms: usize,
     /// The `limits` object of the welcome frame.
     pub welcome_limits: Value,
 }
@@ -250,6 +259,32 @@ struct Room {
     conns: IndexSet<ConnId>,
     /// Connections per user in this room: presence changes at 0 <-> 1.
     users: HashMap<UserId, u32>,
+    /// The data of the `join` reply (the sorted members), built on the first join after
+    /// a user came or left: joining again, or another connection of a member joining,
+    /// would otherwise sort every member's name each time.
+    joined: Option<CachedData>,
+}
+
+/// The data of the `rooms` and `users` replies, serialised once and kept until the
+/// membership they show changes: asked for often and changing rarely, they would
+/// otherwise cost a sort of every room or online user per request.
+#[derive(Debug, Default)]
+struct Listings {
+    /// Gone once a room appeared, went away or changed its number of users.
+    rooms: Option<CachedData>,
+    /// Gone once a user came online or went offline.
+    users: Option<CachedData>,
+    rebuilds: Rebuilds,
+}
+
+/// How many times each kept reply was built: requests between two membership changes
+/// build nothing.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Rebuilds {
+    pub rooms: u64,
+    pub users: u64,
+    /// The `join` data of any room.
+    pub members: u64,
 }
 
 /// The chat state of the whole server.
@@ -261,6 +296,7 @@ pub struct Chat {
     rooms: HashMap<Arc<str>, Room>,
     /// target -> users subscribed to them (all accounts, loaded at start).
     subscribers: HashMap<UserId, HashSet<UserId>>,
+    listings: Listings,
 }
 
 impl Chat {
@@ -279,6 +315,7 @@ impl Chat {
             online: HashMap::new(),
             rooms: HashMap::new(),
             subscribers,
+            listings: Listings::default(),
         }
     }
 
@@ -334,6 +371,11 @@ impl Chat {
         self.rooms.len()
     }
 
+    /// How many times the kept `rooms`, `users` and `join` replies were built.
+    pub fn rebuilds(&self) -> Rebuilds {
+        self.listings.rebuilds
+    }
+
     /// A new connection: welcome frame, automatic lobby join (with presence), and with
     /// `replace_older`, the user's older connections closed with 4001.
     pub fn connect(
@@ -348,10 +390,16 @@ impl Chat {
         } else {
             Vec::new()
         };
-        let online = self.online.entry(user.id).or_insert_with(|| OnlineUser {
-            username: Arc::from(user.username.as_str()),
-            conns: Vec::new(),
-        });
+        let online = match self.online.entry(user.id) {
+            Entry::Occupied(online) => online.into_mut(),
+            Entry::Vacant(slot) => {
+                self.listings.users = None;
+                slot.insert(OnlineUser {
+                    username: Arc::from(user.username.as_str()),
+                    conns: Vec::new(),
+                })
+            }
+        };
         online.conns.push(conn);
         self.sessions.insert(
             conn,
@@ -398,6 +446,7 @@ impl Chat {
             online.conns.retain(|c| *c != conn);
             if online.conns.is_empty() {
                 self.online.remove(&session.user);
+                self.listings.users = None;
             }
         }
     }
@@ -449,6 +498,7 @@ impl Chat {
                 user,
                 query,
             })),
+            Ok(Reply::Ready(frame)) => self.deliver(out, Recipients::One(conn), frame),
             Ok(Reply::Sent) => {}
             Err(error) => {
                 self.deliver(
@@ -474,9 +524,10 @@ impl Chat {
         match request {
             Request::Ping => Ok(Reply::Now(json!({}))),
             Request::Join { room } => {
+                self.check_room_limits(conn, &room)?;
                 self.join_room(conn, &room, out);
-                let members = self.members(&room);
-                Ok(Reply::Now(json!({"room": room, "members": members})))
+                let data = self.joined_data(&room)?;
+                Ok(Reply::Ready(protocol::reply_ok(reference, data)))
             }
             Request::Leave { room } => {
                 let in_room = self
@@ -572,22 +623,12 @@ impl Chat {
                 Ok(Reply::Durable(json!({"user": target.username})))
             }
             Request::Rooms => {
-                let mut rooms: Vec<(&str, usize)> = self
-                    .rooms
-                    .iter()
-                    .map(|(name, room)| (&**name, room.users.len()))
-                    .collect();
-                rooms.sort_unstable();
-                let rooms: Vec<Value> = rooms
-                    .into_iter()
-                    .map(|(name, members)| json!({"name": name, "members": members}))
-                    .collect();
-                Ok(Reply::Now(json!({"rooms": rooms})))
+                let data = self.rooms_data()?;
+                Ok(Reply::Ready(protocol::reply_ok(reference, data)))
             }
             Request::Users => {
-                let mut users: Vec<&str> = self.online.values().map(|u| &*u.username).collect();
-                users.sort_unstable();
-                Ok(Reply::Now(json!({"users": users})))
+                let data = self.users_data()?;
+                Ok(Reply::Ready(protocol::reply_ok(reference, data)))
             }
             Request::History {
                 target,
@@ -762,19 +803,88 @@ impl Chat {
             .ok_or_else(|| ChatError::new(ErrorCode::UnknownUser, format!("no user named {name}")))
     }
 
-    /// Distinct usernames in a room, sorted.
-    fn members(&self, room: &str) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .rooms
-            .get(room)
-            .into_iter()
-            .flat_map(|r| r.users.keys())
-            .map(|u| self.username(*u))
-            .collect();
-        names.sort_unstable();
-        names
+    /// The data of the `join` reply for a room that exists: its distinct users, sorted.
+    fn joined_data(&mut self, room: &str) -> Result<&RawValue, ChatError> {
+        let entry = self.rooms.get_mut(room).ok_or_else(ChatError::internal)?;
+        if entry.joined.is_none() {
+            let mut members: Vec<&str> = entry
+                .users
+                .keys()
+                .filter_map(|u| self.online.get(u))
+                .map(|u| &*u.username)
+                .collect();
+            members.sort_unstable();
+            entry.joined = Some(protocol::cache_data(&protocol::Joined { room, members })?);
+            self.listings.rebuilds.members += 1;
+        }
+        entry.joined.as_deref().ok_or_else(ChatError::internal)
     }
 
+    /// The data of the `rooms` reply: every room with its number of users, by name.
+    fn rooms_data(&mut self) -> Result<&RawValue, ChatError> {
+        if self.listings.rooms.is_none() {
+            let mut rooms: Vec<protocol::RoomSummary<'_>> = self
+                .rooms
+                .iter()
+                .map(|(name, room)| protocol::RoomSummary {
+                    name,
+                    members: room.users.len(),
+                })
+                .collect();
+            rooms.sort_unstable_by(|a, b| a.name.cmp(b.name));
+            self.listings.rooms = Some(protocol::cache_data(&protocol::RoomList { rooms })?);
+            self.listings.rebuilds.rooms += 1;
+        }
+        self.listings
+            .rooms
+            .as_deref()
+            .ok_or_else(ChatError::internal)
+    }
+
+    /// The data of the `users` reply: the online usernames, sorted.
+    fn users_data(&mut self) -> Result<&RawValue, ChatError> {
+        if self.listings.users.is_none() {
+            let mut users: Vec<&str> = self.online.values().map(|u| &*u.username).collect();
+            users.sort_unstable();
+            self.listings.users = Some(protocol::cache_data(&protocol::UserList { users })?);
+            self.listings.rebuilds.users += 1;
+        }
+        self.listings
+            .users
+            .as_deref()
+            .ok_or_else(ChatError::internal)
+    }
+
+    /// Refuses a join that would put the connection in more rooms than it may be in, or
+    /// create a room when the server holds as many as it may. A room the connection is
+    /// already in is always fine (joining again changes nothing), and so is any room
+    /// that exists. The lobby may always be created: every connection starts there.
+    fn check_room_limits(&self, conn: ConnId, room: &str) -> Result<(), ChatError> {
+        let Some(session) = self.sessions.get(&conn) else {
+            return Ok(());
+        };
+        if session.rooms.iter().any(|r| **r == *room) {
+            return Ok(());
+        }
+        let cap = self.config.max_rooms_per_connection;
+        if session.rooms.len() >= cap {
+            return Err(ChatError::new(
+                ErrorCode::TooManyRooms,
+                format!("a connection may be in at most {cap} rooms; leave one first"),
+            ));
+        }
+        let max_rooms = self.config.max_rooms;
+        if room != LOBBY && !self.rooms.contains_key(room) && self.rooms.len() >= max_rooms {
+            return Err(ChatError::new(
+                ErrorCode::TooManyRooms,
+                format!("the server holds at most {max_rooms} rooms at once; join one that exists"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Puts the connection in the room (creating it), with presence; the limits are the
+    /// caller's business, so the automatic lobby join never fails.
     fn join_room(&mut self, conn: ConnId, room: &str, out: &mut Vec<Output>) {
         let Some(session) = self.sessions.get_mut(&conn) else {
             return;
@@ -793,6 +903,9 @@ impl Chat {
         let count = entry.users.entry(user).or_insert(0);
         *count += 1;
         if *count == 1 {
+            // A new user in the room (a new room too): both listings show it.
+            entry.joined = None;
+            self.listings.rooms = None;
             self.announce(room, user, true, out);
         }
     }
@@ -823,6 +936,7 @@ impl Chat {
             }
             Some(_) => {
                 entry.users.remove(&user);
+                entry.joined = None;
                 true
             }
             None => false,
@@ -831,6 +945,7 @@ impl Chat {
             self.rooms.remove(room);
         }
         if last {
+            self.listings.rooms = None;
             self.announce(room, user, false, out);
         }
     }
@@ -874,6 +989,8 @@ enum Reply {
     Durable(Value),
     /// A read, answered after the turn's commit.
     Later(Query),
+    /// The complete ok reply, built from kept data.
+    Ready(Frame),
     /// The reply has been queued already (with its fan-out).
     Sent,
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use crate::ws::frame::text_frame;
@@ -41,6 +42,9 @@ pub enum ErrorCode {
     NotMember,
     UnknownUser,
     RateLimited,
+    /// A join over the rooms a connection may be in, or of a new room when the server
+    /// holds as many as it may.
+    TooManyRooms,
     Unauthorized,
     TokenExpired,
     InternalError,
@@ -54,6 +58,7 @@ impl ErrorCode {
             ErrorCode::NotMember => "not_member",
             ErrorCode::UnknownUser => "unknown_user",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::TokenExpired => "token_expired",
             ErrorCode::InternalError => "internal_error",
@@ -450,6 +455,46 @@ pub struct Posted {
     pub delivered: Option<usize>,
 }
 
+/// The data of a reply serialised once and kept, to be sent again as it is.
+pub type CachedData = Box<RawValue>;
+
+/// Serialises the data of a reply for keeping.
+pub fn cache_data(data: &impl Serialize) -> Result<CachedData, ChatError> {
+    serde_json::value::to_raw_value(data).map_err(|e| {
+        log::error!("cannot serialise a reply: {e}");
+        ChatError::internal()
+    })
+}
+
+/// The data of the reply to `join`.
+#[derive(Serialize)]
+pub struct Joined<'a> {
+    pub room: &'a str,
+    /// The distinct usernames in the room, sorted.
+    pub members: Vec<&'a str>,
+}
+
+/// The data of the reply to `rooms`.
+#[derive(Serialize)]
+pub struct RoomList<'a> {
+    /// Every room with a member, sorted by name.
+    pub rooms: Vec<RoomSummary<'a>>,
+}
+
+#[derive(Serialize)]
+pub struct RoomSummary<'a> {
+    pub name: &'a str,
+    /// The number of distinct users in the room.
+    pub members: usize,
+}
+
+/// The data of the reply to `users`.
+#[derive(Serialize)]
+pub struct UserList<'a> {
+    /// The usernames with an open connection, sorted.
+    pub users: Vec<&'a str>,
+}
+
 /// One entry of the `conversations` reply: the other participant and the conversation's
 /// last message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -676,6 +721,29 @@ mod tests {
                 Ok(Request::Conversations { limit })
             );
         }
+    }
+
+    #[test]
+    fn a_reply_with_cached_data_is_the_reply_with_that_data() {
+        let users = cache_data(&UserList {
+            users: vec!["alice", "bob"],
+        })
+        .unwrap();
+        assert_eq!(
+            reply_ok(&json!("u"), &*users),
+            reply_ok(&json!("u"), json!({"users":["alice","bob"]}))
+        );
+        let rooms = cache_data(&RoomList {
+            rooms: vec![RoomSummary {
+                name: "lobby",
+                members: 2,
+            }],
+        })
+        .unwrap();
+        assert_eq!(
+            reply_ok(&json!(3), &*rooms),
+            reply_ok(&json!(3), json!({"rooms":[{"name":"lobby","members":2}]}))
+        );
     }
 
     #[test]

@@ -239,6 +239,8 @@ impl World {
                 ChatConfig {
                     max_text_chars: 100,
                     history_max: 100,
+                    max_rooms_per_connection: 100,
+                    max_rooms: 1000,
                     welcome_limits: json!({"max_text_chars": 100}),
                 },
                 Vec::new(),
@@ -247,6 +249,15 @@ impl World {
             out: Vec::new(),
             actions: Vec::new(),
         }
+    }
+
+    /// A world whose chat has another configuration.
+    fn configured(names: &[&str], change: impl FnOnce(&mut ChatConfig)) -> Self {
+        let mut w = World::new(names);
+        let mut config = w.chat.config.clone();
+        change(&mut config);
+        w.chat = Chat::new(config, Vec::new());
+        w
     }
 
     fn connect(&mut self, conn: u64, user: UserId) {
@@ -416,6 +427,78 @@ fn join_leave_and_membership() {
     assert_eq!(r["error"]["code"], "not_member");
     let r = w.reply(2, json!({"type":"join","room":"no way"}));
     assert_eq!(r["error"]["code"], "invalid_room");
+}
+
+#[test]
+fn a_connection_is_in_at_most_max_rooms_per_connection_the_lobby_included() {
+    let mut w = World::configured(&["alice", "bob"], |c| c.max_rooms_per_connection = 3);
+    w.connect(1, 1);
+    w.connect(2, 1);
+    w.clear();
+    for room in ["a", "b"] {
+        assert_eq!(w.reply(1, json!({"type":"join","room":room}))["ok"], true);
+    }
+    let r = w.reply(1, json!({"type":"join","room":"c","ref":"c"}));
+    assert_eq!(r["ref"], "c");
+    assert_eq!(r["error"]["code"], "too_many_rooms");
+    assert_eq!(w.chat.room_count(), 3, "the refused room was not created");
+    // Joining a room it is in changes nothing, so it is still fine.
+    let r = w.reply(1, json!({"type":"join","room":"a"}));
+    assert_eq!(r["data"], json!({"room":"a","members":["alice"]}));
+    assert_eq!(
+        w.reply(1, json!({"type":"join","room":"lobby"}))["ok"],
+        true
+    );
+    // The count is per connection, not per user.
+    assert_eq!(w.reply(2, json!({"type":"join","room":"c"}))["ok"], true);
+    // Leaving a room, the lobby too, makes room for another.
+    w.reply(1, json!({"type":"leave","room":"a"}));
+    assert_eq!(w.reply(1, json!({"type":"join","room":"c"}))["ok"], true);
+    assert_eq!(
+        w.reply(1, json!({"type":"join","room":"d"}))["error"]["code"],
+        "too_many_rooms"
+    );
+    w.reply(1, json!({"type":"leave","room":"lobby"}));
+    assert_eq!(w.reply(1, json!({"type":"join","room":"d"}))["ok"], true);
+    assert_eq!(w.reply(1, json!({"type":"ping"}))["ok"], true);
+}
+
+#[test]
+fn at_most_max_rooms_exist_and_existing_ones_can_always_be_joined() {
+    let mut w = World::configured(&["alice", "bob"], |c| c.max_rooms = 3);
+    w.connect(1, 1);
+    w.connect(2, 2);
+    w.clear();
+    w.reply(1, json!({"type":"join","room":"a"}));
+    w.reply(1, json!({"type":"join","room":"b"}));
+    assert_eq!(w.chat.room_count(), 3, "the lobby counts");
+    let r = w.reply(2, json!({"type":"join","room":"c","ref":"c"}));
+    assert_eq!(r["ref"], "c");
+    assert_eq!(r["error"]["code"], "too_many_rooms");
+    assert_eq!(w.chat.room_count(), 3);
+    assert!(w.take(1).is_empty(), "nobody hears of a refused join");
+    let r = w.reply(2, json!({"type":"join","room":"a"}));
+    assert_eq!(r["data"], json!({"room":"a","members":["alice","bob"]}));
+    // A room is gone with its last member, which makes room for a new one.
+    w.reply(1, json!({"type":"leave","room":"b"}));
+    assert_eq!(w.reply(2, json!({"type":"join","room":"c"}))["ok"], true);
+    let r = w.reply(1, json!({"type":"join","room":"d"}));
+    assert_eq!(r["error"]["code"], "too_many_rooms");
+    // The lobby may always be created again: every connection starts there.
+    w.reply(1, json!({"type":"leave","room":"lobby"}));
+    w.reply(2, json!({"type":"leave","room":"lobby"}));
+    assert_eq!(w.reply(1, json!({"type":"join","room":"d"}))["ok"], true);
+    assert_eq!(w.chat.room_count(), 3, "a, c and d");
+    w.connect(3, 1);
+    assert_eq!(w.take(3)[0]["rooms"], json!(["lobby"]));
+    assert_eq!(w.chat.room_count(), 4);
+    w.reply(3, json!({"type":"leave","room":"lobby"}));
+    assert_eq!(w.chat.room_count(), 3);
+    let r = w.reply(3, json!({"type":"join","room":"lobby"}));
+    assert_eq!(r["data"], json!({"room":"lobby","members":["alice"]}));
+    assert_eq!(w.reply(3, json!({"type":"join","room":"c"}))["ok"], true);
+    let r = w.reply(3, json!({"type":"join","room":"e"}));
+    assert_eq!(r["error"]["code"], "too_many_rooms");
 }
 
 #[test]
@@ -590,6 +673,164 @@ fn rooms_users_and_ping() {
     w.reply(2, json!({"type":"leave","room":"zz"}));
     w.reply(3, json!({"type":"leave","room":"zz"}));
     assert_eq!(w.chat.room_count(), 1);
+}
+
+/// The `rooms`, `users` and `join` replies kept between changes.
+fn listings(w: &mut World, conn: u64, room: &str) -> (Value, Value, Value) {
+    let rooms = w.reply(conn, json!({"type":"rooms"}))["data"]["rooms"].clone();
+    let users = w.reply(conn, json!({"type":"users"}))["data"]["users"].clone();
+    let members = w.reply(conn, json!({"type":"join","room":room}))["data"]["members"].clone();
+    (rooms, users, members)
+}
+
+#[test]
+fn kept_listings_follow_every_membership_change() {
+    let mut w = World::new(&["alice", "bob", "carol"]);
+    w.connect(1, 1);
+    w.clear();
+    let lobby = |n: usize| json!({"name":"lobby","members":n});
+    let zz = |n: usize| json!({"name":"zz","members":n});
+    assert_eq!(
+        listings(&mut w, 1, "lobby"),
+        (json!([lobby(1)]), json!(["alice"]), json!(["alice"]))
+    );
+    // Each step below follows listings already kept, so a stale one would show.
+    w.connect(2, 2);
+    assert_eq!(
+        listings(&mut w, 1, "lobby"),
+        (
+            json!([lobby(2)]),
+            json!(["alice", "bob"]),
+            json!(["alice", "bob"])
+        ),
+        "a user came online (the lobby join's presence)"
+    );
+    w.reply(2, json!({"type":"join","room":"zz"}));
+    assert_eq!(
+        listings(&mut w, 1, "lobby"),
+        (
+            json!([lobby(2), zz(1)]),
+            json!(["alice", "bob"]),
+            json!(["alice", "bob"])
+        ),
+        "a room appeared"
+    );
+    assert_eq!(
+        listings(&mut w, 1, "zz"),
+        (
+            json!([lobby(2), zz(1)]),
+            json!(["alice", "bob"]),
+            json!(["alice", "bob"])
+        ),
+        "alice joined it: the join reply counts her, the room list before it did not"
+    );
+    assert_eq!(
+        listings(&mut w, 1, "zz").0,
+        json!([lobby(2), zz(2)]),
+        "and the next room list does"
+    );
+    // Bob's second connection: no user came or left anywhere.
+    w.connect(3, 2);
+    w.reply(3, json!({"type":"join","room":"zz"}));
+    w.reply(2, json!({"type":"leave","room":"zz"}));
+    assert_eq!(
+        listings(&mut w, 1, "zz"),
+        (
+            json!([lobby(2), zz(2)]),
+            json!(["alice", "bob"]),
+            json!(["alice", "bob"])
+        )
+    );
+    // Bob's last connection in zz goes; bob stays online in the lobby.
+    w.chat.disconnect(ConnId(3), &mut w.out);
+    assert_eq!(
+        listings(&mut w, 1, "zz"),
+        (
+            json!([lobby(2), zz(1)]),
+            json!(["alice", "bob"]),
+            json!(["alice"])
+        ),
+        "a disconnect left the room"
+    );
+    w.chat.disconnect(ConnId(2), &mut w.out);
+    assert_eq!(
+        listings(&mut w, 1, "zz"),
+        (json!([lobby(1), zz(1)]), json!(["alice"]), json!(["alice"])),
+        "a user went offline"
+    );
+    // A room that empties is gone from the list; made again, its members are new.
+    w.reply(1, json!({"type":"leave","room":"zz"}));
+    assert_eq!(
+        w.reply(1, json!({"type":"rooms"}))["data"]["rooms"],
+        json!([lobby(1)])
+    );
+    w.connect(4, 3);
+    w.reply(4, json!({"type":"join","room":"zz"}));
+    assert_eq!(
+        listings(&mut w, 1, "zz"),
+        (
+            json!([lobby(2), zz(1)]),
+            json!(["alice", "carol"]),
+            json!(["alice", "carol"])
+        )
+    );
+    w.reply(1, json!({"type":"leave","room":"lobby"}));
+    assert_eq!(
+        w.reply(1, json!({"type":"rooms"}))["data"]["rooms"],
+        json!([lobby(1), zz(2)]),
+        "alice left the lobby"
+    );
+    // Every connection of a user closed at once (a password change).
+    w.chat
+        .disconnect_user(3, Close::CredentialsChanged, &mut w.out);
+    assert_eq!(
+        listings(&mut w, 1, "zz"),
+        (json!([zz(1)]), json!(["alice"]), json!(["alice"]))
+    );
+}
+
+#[test]
+fn listings_are_built_once_between_membership_changes() {
+    let mut w = World::new(&["alice", "bob"]);
+    w.connect(1, 1);
+    w.connect(2, 2);
+    w.reply(1, json!({"type":"join","room":"zz"}));
+    w.clear();
+    let before = w.chat.rebuilds();
+    for _ in 0..100 {
+        w.send(1, json!({"type":"rooms"}));
+        w.send(2, json!({"type":"users"}));
+        w.send(1, json!({"type":"join","room":"zz"}));
+    }
+    assert_eq!(w.take(1).len(), 200);
+    assert_eq!(w.take(2).len(), 100);
+    let after = w.chat.rebuilds();
+    assert_eq!(
+        (
+            after.rooms - before.rooms,
+            after.users - before.users,
+            after.members - before.members
+        ),
+        (1, 1, 0),
+        "one build each for 100 requests; zz's members were kept from alice's first join"
+    );
+    // A change rebuilds once, then the new listing is kept again.
+    w.reply(2, json!({"type":"join","room":"zz"}));
+    for _ in 0..100 {
+        w.send(1, json!({"type":"rooms"}));
+        w.send(1, json!({"type":"join","room":"zz"}));
+    }
+    let frames = w.take(1);
+    assert_eq!(
+        frames.last().unwrap()["data"]["members"],
+        json!(["alice", "bob"])
+    );
+    let now = w.chat.rebuilds();
+    assert_eq!(
+        (now.rooms - after.rooms, now.members - after.members),
+        (1, 1)
+    );
+    assert_eq!(now.users, after.users, "nobody came online or left");
 }
 
 #[test]
