@@ -248,6 +248,9 @@ export class App {
         this.renderAll();
         this.refreshLists();
       },
+      refusedRoom: (room, err) => {
+        this.ui.toast(`Could not rejoin #${room}`, describeChatError(err), { kind: 'error' });
+      },
       account: () => {
         this.ui.renderSidebar(state);
         this.ui.renderPeople(state);

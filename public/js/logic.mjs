@@ -164,6 +164,8 @@ export function describeChatError(err) {
       return 'Room names are 1 to 64 letters, digits, "_" or "-".';
     case 'not_member':
       return 'You are not in that room.';
+    case 'too_many_rooms':
+      return err.message ? `${capitalize(err.message)}.` : 'You are in as many rooms as the server allows. Leave one first.';
     case 'unknown_user':
       return err.message ? `${capitalize(err.message)}.` : 'There is no user by that name.';
     case 'rate_limited':

@@ -45,9 +45,13 @@ export const CONVERSATIONS_LIMIT = 50;
  * - changed(key): messages were added to a conversation
  * - joined(): the rooms are rejoined (render, refresh the directory)
  * - account(): subscriptions and conversations are loaded (render)
+ * - refusedRoom(room, err): the server would not rejoin this room (it was dropped)
  * - stale(): whether a newer welcome (or a log out) overtook this resync
  * - historyMax: the largest history page (from the welcome's limits)
  */
+/** Failures of a request that mean the connection went, not that the server said no. */
+const CONNECTION_GONE = new Set(['disconnected', 'timeout']);
+
 export async function resync(state, welcome, deps) {
   markCatchUp(state);
   const { call, stale } = deps;
@@ -65,8 +69,11 @@ export async function resync(state, welcome, deps) {
       if (stale()) return;
       state.joined(room, reply.members);
     } catch (err) {
-      if (err.code !== 'invalid_room') throw err;
+      // A lost connection ends the resync (the next welcome starts over). A refusal
+      // (a bad name, the server's room limits) drops that room and lets the rest go on.
+      if (!err.code || CONNECTION_GONE.has(err.code)) throw err;
       state.remove(roomKey(room));
+      if (deps.refusedRoom) deps.refusedRoom(room, err);
     }
   }
   if (deps.joined) deps.joined();

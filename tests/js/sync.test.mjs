@@ -182,6 +182,47 @@ test('rejoins the rooms, leaves the ones the user left, loads what was never loa
   assert.deepEqual(ids(state.conversation('room:dev')), [1]);
 });
 
+test('a room the server will not rejoin is dropped and reported; the rest of the resync goes on', async () => {
+  const state = new ChatState(me);
+  const server = fakeServer(state);
+  state.joined('dev', []);
+  state.joined('full', []);
+  state.joined('ops', []);
+  server.store('ops', 1);
+  const d = deps(server, state);
+  const refused = [];
+  d.refusedRoom = (room, err) => refused.push(`${room}: ${err.code}`);
+  const realCall = d.call;
+  d.call = (type, fields) => {
+    if (type === 'join' && fields.room === 'full') {
+      const err = new Error('the server holds at most 3 rooms at once; join one that exists');
+      err.code = 'too_many_rooms';
+      return Promise.reject(err);
+    }
+    return realCall(type, fields);
+  };
+  await resync(state, { rooms: ['lobby'] }, d);
+  assert.deepEqual(refused, ['full: too_many_rooms']);
+  assert.equal(state.conversations.has('room:full'), false);
+  assert.ok(server.requests.some((r) => r.type === 'join' && r.room === 'ops'), 'the next room is rejoined');
+  assert.ok(server.requests.some((r) => r.type === 'subscriptions'), 'the account is still loaded');
+  assert.deepEqual(ids(state.conversation('room:ops')), [1], 'and caught up');
+});
+
+test('a connection lost while rejoining ends the resync', async () => {
+  const state = new ChatState(me);
+  const server = fakeServer(state);
+  state.joined('dev', []);
+  const d = deps(server, state);
+  d.call = () => {
+    const err = new Error('gone');
+    err.code = 'disconnected';
+    return Promise.reject(err);
+  };
+  await assert.rejects(resync(state, { rooms: ['lobby'] }, d), { code: 'disconnected' });
+  assert.equal(state.conversations.has('room:dev'), true, 'nothing dropped');
+});
+
 test('a newer welcome stops an older resync', async () => {
   const { state, server } = offlineScenario();
   let stale = false;
