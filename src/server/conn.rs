@@ -192,6 +192,10 @@ pub struct Conn {
     pub tls_checked: bool,
     /// Close once everything queued has been sent.
     pub close_when_flushed: bool,
+    /// Set when the idle timeout decided the close: what is queued must be sent by
+    /// then, or the connection is dropped. A client that reads nothing could otherwise
+    /// hold a connection open for ever, and with it a deadline already past.
+    pub close_deadline: Option<Instant>,
     /// Input processing stopped because too much output is queued (a client that
     /// pipelines requests without reading the answers); resumes after a flush.
     pub input_paused: bool,
@@ -230,6 +234,7 @@ impl Conn {
             linger_until: None,
             tls_checked: false,
             close_when_flushed: false,
+            close_deadline: None,
             input_paused: false,
             in_flush_list: false,
             peer_closed: false,
@@ -250,9 +255,10 @@ impl Conn {
     pub fn deadline(&self, timeouts: &Timeouts) -> Instant {
         match self.phase {
             Phase::Closing => self.linger_until.unwrap_or(self.last_active),
-            Phase::Http => match self.request_started {
-                Some(started) => started + timeouts.header,
-                None => self.last_active + timeouts.idle,
+            Phase::Http => match (self.close_deadline, self.request_started) {
+                (Some(deadline), _) => deadline,
+                (None, Some(started)) => started + timeouts.header,
+                (None, None) => self.last_active + timeouts.idle,
             },
             Phase::WebSocket => match &self.ws {
                 Some(ws) => ws.deadline(timeouts),

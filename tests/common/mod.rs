@@ -373,6 +373,23 @@ impl TestServer {
     pub fn metric(&self, sample: &str) -> u64 {
         self.connect().metric(sample)
     }
+
+    /// CPU time (user + system) the server process has used so far, from
+    /// `/proc/PID/stat`: a loop that spins shows up here, however little it sends.
+    pub fn cpu_time(&self) -> Duration {
+        let stat =
+            fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("read /proc/PID/stat");
+        // The command name (field 2) is in parentheses and may contain spaces: count
+        // the fields after it, where field 3 (the state) comes first.
+        let after_name = &stat[stat.rfind(')').expect("command name") + 1..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks: u64 =
+            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        // SAFETY: sysconf only reads a system constant.
+        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let per_sec = u64::try_from(per_sec).expect("clock ticks per second");
+        Duration::from_millis(ticks * 1000 / per_sec)
+    }
 }
 
 impl Drop for TestServer {
@@ -573,6 +590,22 @@ pub fn new_self_signed_pair() -> (String, String) {
 /// A TCP connection with [`IO_TIMEOUT`] on reads and writes.
 pub fn tcp_connect(addr: SocketAddr) -> io::Result<TcpStream> {
     let sock = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+    sock.set_read_timeout(Some(IO_TIMEOUT))?;
+    sock.set_write_timeout(Some(IO_TIMEOUT))?;
+    sock.set_nodelay(true)?;
+    Ok(sock)
+}
+
+/// Like [`tcp_connect`], with the receive buffer set to `bytes` before connecting, so the
+/// window the server sees is small from the first segment on (set later, it would only
+/// shrink after the kernel advertised a large one). A client that reads nothing then
+/// holds a few KiB: what the server cannot send stays queued in the server.
+pub fn tcp_connect_small_window(addr: SocketAddr, bytes: usize) -> io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_recv_buffer_size(bytes)?;
+    socket.connect_timeout(&addr.into(), IO_TIMEOUT)?;
+    let sock: TcpStream = socket.into();
     sock.set_read_timeout(Some(IO_TIMEOUT))?;
     sock.set_write_timeout(Some(IO_TIMEOUT))?;
     sock.set_nodelay(true)?;
