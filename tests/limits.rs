@@ -242,8 +242,20 @@ fn trickle(
     start: Instant,
     limit: Duration,
 ) -> Option<Duration> {
+    trickle_with(c, bytes, interval, start, limit, |c, b| c.try_send(&[b]))
+}
+
+/// Like [`trickle`], each byte sent by `send`: as plaintext, or as a raw byte of TLS.
+fn trickle_with(
+    c: &mut Client,
+    bytes: &[u8],
+    interval: Duration,
+    start: Instant,
+    limit: Duration,
+    mut send: impl FnMut(&mut Client, u8) -> std::io::Result<()>,
+) -> Option<Duration> {
     for &b in bytes {
-        if c.try_send(&[b]).is_err() {
+        if send(c, b).is_err() {
             return Some(start.elapsed());
         }
         if c.is_closed_within(interval) {
@@ -383,6 +395,46 @@ fn idle_keep_alive_connections_are_closed() {
     assert_eq!(
         server.metric("chatd_connection_errors_total{reason=\"idle_timeout\"}"),
         1
+    );
+}
+
+#[test]
+fn a_tls_record_trickled_in_after_a_request_runs_into_the_idle_timeout() {
+    let idle_timeout = Duration::from_secs(3);
+    let server = TestServer::start("header_timeout_secs = 2\nidle_timeout_secs = 3");
+    let mut c = server.connect();
+    assert_eq!(c.get("/healthz").status, 200);
+    let answered = Instant::now();
+    // The next request, encrypted into one TLS record sent a byte a second: bytes keep
+    // arriving, but no plaintext before the whole record is in, a minute later. No
+    // request has begun, so it is the idle timeout that must cut the client.
+    let request = c.build_request("GET", "/healthz", &[], b"");
+    let record = seal(&mut c.tls.conn, &request);
+    let limit = idle_timeout + Duration::from_secs(2);
+    let closed_after = trickle_with(
+        &mut c,
+        &record,
+        Duration::from_secs(1),
+        answered,
+        limit,
+        |c, b| c.tls.sock.write_all(&[b]),
+    )
+    .expect("the trickling client was never cut off");
+    assert!(
+        closed_after >= idle_timeout - Duration::from_millis(100),
+        "cut off before the idle timeout: {closed_after:?}"
+    );
+    assert!(
+        c.pending().is_empty(),
+        "no response for a record never completed"
+    );
+    assert_eq!(
+        server.metric("chatd_connection_errors_total{reason=\"idle_timeout\"}"),
+        1
+    );
+    assert_eq!(
+        server.metric("chatd_connection_errors_total{reason=\"header_timeout\"}"),
+        0
     );
 }
 

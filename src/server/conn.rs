@@ -98,7 +98,9 @@ pub struct WsConn {
     /// The flood count: each refused request adds one, each allowed one takes one off;
     /// at the burst size the client is considered flooding and closed with 1008.
     pub refusals: u32,
-    /// Last time any byte arrived: the idle deadline counts from here.
+    /// Last time a complete message, ping, pong or close arrived: the idle deadline
+    /// counts from here. Bytes or fragments of one still incomplete do not count, or a
+    /// client trickling one in, a byte now and then, would never be idle.
     pub last_heard: Instant,
     /// Last ping sent.
     pub last_ping: Instant,
@@ -182,7 +184,9 @@ pub struct Conn {
     /// When the request now arriving began (from accept for the first one); None
     /// between requests. Its deadline is `header_timeout` later.
     pub request_started: Option<Instant>,
-    /// Last time bytes moved in either direction; the idle deadline counts from here.
+    /// Last time plaintext arrived or bytes were sent; the idle deadline counts from
+    /// here. Bytes of a TLS record still incomplete do not count: a client sending a
+    /// record a byte at a time has sent nothing yet.
     pub last_active: Instant,
     /// The deadline this connection has in the timer heap, if any.
     pub armed: Option<Instant>,
@@ -290,13 +294,7 @@ impl Conn {
             }
             match result {
                 Ok(0) => return Ok(ReadStatus::Eof),
-                Ok(n) => {
-                    total += n;
-                    self.last_active = now;
-                    if let Some(ws) = self.ws.as_mut() {
-                        ws.last_heard = now;
-                    }
-                }
+                Ok(n) => total += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadStatus::Drained),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(ConnError::Io(e)),
@@ -305,6 +303,7 @@ impl Conn {
             let available = state.plaintext_bytes_to_read();
             let peer_closed = state.peer_has_closed();
             if available > 0 {
+                self.last_active = now;
                 let start = self.inbuf.len();
                 self.inbuf.resize(start + available, 0);
                 self.tls

@@ -612,6 +612,18 @@ pub fn tcp_connect_small_window(addr: SocketAddr, bytes: usize) -> io::Result<Tc
     Ok(sock)
 }
 
+/// Encrypts `plaintext` with the connection's keys into TLS records (one per 16 KiB,
+/// so one for a short request) and returns their bytes instead of sending them: a test
+/// can then deliver a record in pieces, or not at all.
+pub fn seal(conn: &mut ClientConnection, plaintext: &[u8]) -> Vec<u8> {
+    conn.writer().write_all(plaintext).expect("encrypt");
+    let mut records = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut records).expect("take the records");
+    }
+    records
+}
+
 /// Whether an I/O error means "the peer closed or reset the connection".
 fn is_closed_error(e: &io::Error) -> bool {
     matches!(
