@@ -529,6 +529,48 @@ fn a_frame_trickled_in_a_record_per_byte_runs_into_the_idle_timeout() {
 }
 
 #[test]
+fn an_upgrade_that_completes_during_shutdown_is_refused_with_503() {
+    let mut server = TestServer::start("");
+    server.register("alice", "password-123");
+    let token = server.login("alice", "password-123");
+    let mut c = server.connect();
+    let auth = format!("Bearer {token}");
+    let request = c.build_request(
+        "GET",
+        "/ws",
+        &[
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Version", "13"),
+            ("Authorization", &auth),
+        ],
+        b"",
+    );
+    let (first, rest) = request.split_at(request.len() / 2);
+    c.send(first);
+    std::thread::sleep(Duration::from_millis(200));
+    server.signal(libc::SIGTERM);
+    // The listener goes away when the shutdown begins.
+    let addr = server.addr();
+    assert!(
+        common::wait_until(Duration::from_secs(5), || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err()
+        }),
+        "still accepting after SIGTERM"
+    );
+    // The rest of the upgrade arrives after the WebSockets were sent 1001: a new one
+    // would not get it, and would be cut when the server exits.
+    c.send(rest);
+    let r = c.read_response();
+    common::assert_error(&r, 503, "unavailable");
+    assert!(r.closes(), "a refused upgrade closes the connection");
+    c.assert_closed();
+    let status = server.wait_exit(Duration::from_secs(10)).expect("exited");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
 fn sigterm_sends_1001_to_every_websocket() {
     let mut server = TestServer::start("");
     let (mut a, _) = ws::user(&server, "alice");

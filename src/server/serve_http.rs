@@ -67,6 +67,7 @@ impl Server {
                         let client = Client {
                             ip: conn.peer.ip(),
                             now,
+                            shutting_down,
                         };
                         let handled = api::handle(app, &parsed.request, client);
                         let mut response = handled.response;
