@@ -182,7 +182,8 @@ pub struct Conn {
     /// Plaintext output not yet handed to rustls.
     pub out: OutQueue,
     /// When the request now arriving began (from accept for the first one); None
-    /// between requests. Its deadline is `header_timeout` later.
+    /// between requests and while input is paused. Its deadline is `header_timeout`
+    /// later.
     pub request_started: Option<Instant>,
     /// Last time plaintext arrived or bytes were sent; the idle deadline counts from
     /// here. Bytes of a TLS record still incomplete do not count: a client sending a

@@ -734,6 +734,8 @@ pub struct Client {
     buf: Vec<u8>,
     /// Value of the Host header sent.
     host: String,
+    /// Set by [`Client::read_slowly`]: at most this many bytes per read, then a pause.
+    throttle: Option<(usize, Duration)>,
 }
 
 impl Client {
@@ -770,6 +772,7 @@ impl Client {
             tls,
             buf: Vec::new(),
             host: server_name.to_string(),
+            throttle: None,
         })
     }
 
@@ -991,14 +994,26 @@ impl Client {
         }
     }
 
+    /// From now on reads at most `chunk` bytes at a time and pauses `pause` after each
+    /// read: a client that reads slowly but steadily.
+    pub fn read_slowly(&mut self, chunk: usize, pause: Duration) {
+        self.throttle = Some((chunk, pause));
+    }
+
     /// Reads whatever arrives into the buffer; false on EOF.
     fn read_more(&mut self) -> io::Result<bool> {
         let mut chunk = [0u8; 16 * 1024];
+        let (max, pause) = self
+            .throttle
+            .map_or((chunk.len(), Duration::ZERO), |(max, pause)| {
+                (max.min(chunk.len()), pause)
+            });
         loop {
-            match self.tls.read(&mut chunk) {
+            match self.tls.read(&mut chunk[..max]) {
                 Ok(0) => return Ok(false),
                 Ok(n) => {
                     self.buf.extend_from_slice(&chunk[..n]);
+                    std::thread::sleep(pause);
                     return Ok(true);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
