@@ -529,6 +529,74 @@ fn a_frame_trickled_in_a_record_per_byte_runs_into_the_idle_timeout() {
 }
 
 #[test]
+fn a_request_then_a_close_frame_then_the_fin_get_the_reply_and_the_close_echo() {
+    let server = TestServer::start("");
+    let (mut a, _) = ws::user(&server, "alice");
+    let (mut b, _) = ws::user(&server, "bob");
+    assert_eq!(a.next_of_type("presence")["user"], "bob");
+    let request = json!({"type":"send","room":"lobby","text":"last words","ref":"last"});
+    let mut bytes = client_frame(0x1, request.to_string().as_bytes());
+    let mut close = 1000u16.to_be_bytes().to_vec();
+    close.extend_from_slice(b"bye");
+    bytes.extend(client_frame(0x8, &close));
+    let stream = a.socket.get_mut();
+    // Corked, the request, the close frame and the FIN leave in one segment: the
+    // server reads them in one pass, and sees the end of the input at once.
+    let cork: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&stream.sock),
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            (&cork as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_CORK");
+    stream.write_all(&bytes).unwrap();
+    stream.flush().unwrap();
+    stream.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut received = Vec::new();
+    let closed = receive_for(stream, &mut received, Duration::from_secs(5));
+    let frames = server_frames(&received);
+    let texts: Vec<serde_json::Value> = frames
+        .iter()
+        .filter(|(opcode, _)| *opcode == 0x1)
+        .map(|(_, payload)| serde_json::from_slice(payload).unwrap())
+        .collect();
+    let reply = texts
+        .iter()
+        .find(|t| t["type"] == "reply")
+        .unwrap_or_else(|| panic!("no reply before the close; frames: {frames:?}"));
+    assert_eq!(reply["ref"], "last");
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert!(
+        texts
+            .iter()
+            .any(|t| t["type"] == "message" && t["text"] == "last words"),
+        "{texts:?}"
+    );
+    assert_eq!(
+        close_code(&frames),
+        Some(1000),
+        "the close is echoed: {frames:?}"
+    );
+    assert_eq!(
+        frames.last().map(|(opcode, _)| *opcode),
+        Some(8),
+        "close comes last"
+    );
+    assert!(
+        closed,
+        "the server closed the connection after the close frame"
+    );
+    // The message was stored and fanned out.
+    assert_eq!(b.next_of_type("message")["text"], "last words");
+    assert_eq!(b.next_of_type("presence")["event"], "leave");
+}
+
+#[test]
 fn an_upgrade_that_completes_during_shutdown_is_refused_with_503() {
     let mut server = TestServer::start("");
     server.register("alice", "password-123");

@@ -502,12 +502,23 @@ impl Server {
             ReadStatus::Eof if conn.input_paused => {
                 // Answer what is already buffered first; the EOF is seen again later.
             }
-            ReadStatus::Eof => {
-                if conn.phase == Phase::WebSocket {
+            ReadStatus::Eof if conn.phase == Phase::WebSocket => {
+                let closing = conn
+                    .ws
+                    .as_ref()
+                    .is_some_and(|ws| ws.closing || ws.close_sent_at.is_some());
+                if !closing {
                     // The client vanished without a close frame.
                     self.drop_ws(conn_ref);
                     return;
                 }
+                // The close was decided (the client's close frame, a violation) when
+                // the input ended: the turn goes on, so the replies to what came before
+                // and our close frame still go out (the client can still read), then
+                // the close finishes as usual.
+                self.queue_flush(conn_ref);
+            }
+            ReadStatus::Eof => {
                 if conn.inbuf.is_empty() || conn.close_when_flushed {
                     conn.close_when_flushed = true;
                     conn.inbuf = Vec::new();
