@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
@@ -152,6 +152,41 @@ fn large_pipelined_answers_arrive_complete_and_in_order() {
         assert!(r.body == files[n % 3].1, "answer {n} has the wrong body");
     }
     assert_eq!(c.read_response().text(), r#"{"status":"ok"}"#);
+}
+
+#[test]
+fn a_slow_but_steady_reader_of_pipelined_answers_is_not_cut_by_the_header_timeout() {
+    let server = TestServer::start("header_timeout_secs = 1\nidle_timeout_secs = 5");
+    // Larger than what the kernel buffers of both ends take (a send buffer can grow to
+    // MiBs), so that each answer waits in the server's queue for a while.
+    let body: Vec<u8> = (0..6u32 << 20).map(|n| (n % 253) as u8).collect();
+    std::fs::write(server.public_dir().join("big.bin"), &body).unwrap();
+    let sock = tcp_connect_small_window(server.addr(), 16 * 1024).expect("connect");
+    let mut c = Client::handshake(sock, server.client_config(), "localhost").expect("TLS");
+    let mut batch = Vec::new();
+    for _ in 0..2 {
+        batch.extend(c.build_request("GET", "/big.bin", &[], b""));
+    }
+    batch.extend(c.build_request("GET", "/healthz", &[], b""));
+    c.send(&batch);
+    // About 3 MB/s: each answer takes about two seconds to drain, twice the header
+    // timeout, while the requests behind it wait in the server, read but not answered
+    // (its queue is over the high-water mark). The client makes progress all along:
+    // nothing may cut it.
+    let start = Instant::now();
+    c.read_slowly(16 * 1024, Duration::from_millis(5));
+    for n in 0..2 {
+        let r = c
+            .try_read_any_response("GET")
+            .unwrap_or_else(|e| panic!("answer {n} after {:?}: {e}", start.elapsed()));
+        assert_eq!(r.status, 200, "answer {n}");
+        assert!(r.body == body, "answer {n} has the wrong body");
+    }
+    assert_eq!(c.read_response().text(), r#"{"status":"ok"}"#);
+    assert_eq!(
+        server.metric("chatd_connection_errors_total{reason=\"header_timeout\"}"),
+        0
+    );
 }
 
 #[test]

@@ -242,8 +242,20 @@ fn trickle(
     start: Instant,
     limit: Duration,
 ) -> Option<Duration> {
+    trickle_with(c, bytes, interval, start, limit, |c, b| c.try_send(&[b]))
+}
+
+/// Like [`trickle`], each byte sent by `send`: as plaintext, or as a raw byte of TLS.
+fn trickle_with(
+    c: &mut Client,
+    bytes: &[u8],
+    interval: Duration,
+    start: Instant,
+    limit: Duration,
+    mut send: impl FnMut(&mut Client, u8) -> std::io::Result<()>,
+) -> Option<Duration> {
     for &b in bytes {
-        if c.try_send(&[b]).is_err() {
+        if send(c, b).is_err() {
             return Some(start.elapsed());
         }
         if c.is_closed_within(interval) {
@@ -384,6 +396,102 @@ fn idle_keep_alive_connections_are_closed() {
         server.metric("chatd_connection_errors_total{reason=\"idle_timeout\"}"),
         1
     );
+}
+
+#[test]
+fn a_tls_record_trickled_in_after_a_request_runs_into_the_idle_timeout() {
+    let idle_timeout = Duration::from_secs(3);
+    let server = TestServer::start("header_timeout_secs = 2\nidle_timeout_secs = 3");
+    let mut c = server.connect();
+    assert_eq!(c.get("/healthz").status, 200);
+    let answered = Instant::now();
+    // The next request, encrypted into one TLS record sent a byte a second: bytes keep
+    // arriving, but no plaintext before the whole record is in, a minute later. No
+    // request has begun, so it is the idle timeout that must cut the client.
+    let request = c.build_request("GET", "/healthz", &[], b"");
+    let record = seal(&mut c.tls.conn, &request);
+    let limit = idle_timeout + Duration::from_secs(2);
+    let closed_after = trickle_with(
+        &mut c,
+        &record,
+        Duration::from_secs(1),
+        answered,
+        limit,
+        |c, b| c.tls.sock.write_all(&[b]),
+    )
+    .expect("the trickling client was never cut off");
+    assert!(
+        closed_after >= idle_timeout - Duration::from_millis(100),
+        "cut off before the idle timeout: {closed_after:?}"
+    );
+    assert!(
+        c.pending().is_empty(),
+        "no response for a record never completed"
+    );
+    assert_eq!(
+        server.metric("chatd_connection_errors_total{reason=\"idle_timeout\"}"),
+        1
+    );
+    assert_eq!(
+        server.metric("chatd_connection_errors_total{reason=\"header_timeout\"}"),
+        0
+    );
+}
+
+#[test]
+fn clients_that_stop_reading_a_large_response_are_closed_once_without_spinning() {
+    let idle_timeout = Duration::from_secs(2);
+    let server = TestServer::start("idle_timeout_secs = 2");
+    // Several MiB: far more than the kernel buffers of both ends hold.
+    let body: Vec<u8> = (0..6u32 << 20).map(|n| (n % 251) as u8).collect();
+    std::fs::write(server.public_dir().join("big.bin"), &body).expect("write big.bin");
+    // One asks to keep the connection, the other asks for it to be closed after the
+    // answer: either way the close depends on an answer that cannot be sent.
+    let mut stuck: Vec<Client> = (0..2)
+        .map(|_| {
+            let sock = tcp_connect_small_window(server.addr(), 4096).expect("connect");
+            Client::handshake(sock, server.client_config(), "localhost").expect("TLS")
+        })
+        .collect();
+    // Asks every 200 ms, which keeps its own connection from going idle.
+    let mut watcher = server.connect();
+    let idle = "chatd_connection_errors_total{reason=\"idle_timeout\"}";
+    let cpu_before = server.cpu_time();
+    let sent = Instant::now();
+    let keep_alive = stuck[0].build_request("GET", "/big.bin", &[], b"");
+    stuck[0].send(&keep_alive);
+    let close = stuck[1].build_request("GET", "/big.bin", &[("Connection", "close")], b"");
+    stuck[1].send(&close);
+    // They never read: the answers stay stuck in the server's queues. The idle timeout
+    // closes both; the one whose close it decided is given the linger period (2 s) to
+    // send it, which it cannot, then dropped.
+    let limit = idle_timeout + Duration::from_secs(2) + Duration::from_secs(2);
+    while watcher.metric("chatd_open_connections") > 1 {
+        assert!(
+            sent.elapsed() < limit,
+            "stuck connections still open after {:?} (idle timeouts counted: {})",
+            sent.elapsed(),
+            watcher.metric(idle)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let closed_after = sent.elapsed();
+    assert!(
+        closed_after >= idle_timeout - Duration::from_millis(100),
+        "closed before the idle timeout: {closed_after:?}"
+    );
+    let cpu = server.cpu_time() - cpu_before;
+    assert!(
+        cpu < Duration::from_millis(500),
+        "the server used {cpu:?} of CPU in {closed_after:?} for two stuck connections"
+    );
+    assert_eq!(
+        watcher.metric(idle),
+        2,
+        "one idle timeout each, counted once"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(watcher.metric(idle), 2);
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::TestServer;
@@ -406,6 +407,235 @@ fn a_client_ping_gets_a_pong_with_the_same_payload() {
         assert_eq!(&pong[..], payload);
     }
     assert_eq!(a.ok(json!({"type":"ping"})), json!({}));
+}
+
+/// A client frame (masked, as RFC 6455 requires) with this opcode and payload.
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126, "short frames only");
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// The complete server frames at the start of `bytes`: (opcode, payload).
+fn server_frames(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut frames = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 2 {
+        let (len, head) = match rest[1] & 0x7f {
+            126 if rest.len() >= 4 => (usize::from(u16::from_be_bytes([rest[2], rest[3]])), 4),
+            127 if rest.len() >= 10 => {
+                let mut n = [0u8; 8];
+                n.copy_from_slice(&rest[2..10]);
+                (u64::from_be_bytes(n) as usize, 10)
+            }
+            126 | 127 => break,
+            n => (usize::from(n), 2),
+        };
+        if rest.len() < head + len {
+            break;
+        }
+        frames.push((rest[0] & 0x0f, rest[head..head + len].to_vec()));
+        rest = &rest[head + len..];
+    }
+    frames
+}
+
+/// The code of the first close frame among `frames`, if there is one.
+fn close_code(frames: &[(u8, Vec<u8>)]) -> Option<u16> {
+    frames
+        .iter()
+        .find(|(opcode, _)| *opcode == 8)
+        .map(|(_, payload)| u16::from_be_bytes([payload[0], payload[1]]))
+}
+
+/// Reads decrypted bytes into `received` for `wait`; true once the server has closed
+/// (close_notify, FIN or reset).
+fn receive_for(
+    stream: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
+    received: &mut Vec<u8>,
+    wait: Duration,
+) -> bool {
+    let until = Instant::now() + wait;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        stream.sock.set_read_timeout(Some(left)).unwrap();
+        let mut chunk = [0u8; 16 * 1024];
+        match stream.read(&mut chunk) {
+            Ok(0) => return true,
+            Ok(n) => received.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn a_frame_trickled_in_a_record_per_byte_runs_into_the_idle_timeout() {
+    let ws_idle = Duration::from_secs(3);
+    let server = TestServer::start("ws_ping_secs = 1\nws_idle_timeout_secs = 3");
+    let (mut a, _) = ws::user(&server, "alice");
+    let opened = Instant::now();
+    // One request frame, each byte in a TLS record of its own, four records a second:
+    // about 15 s for the frame. Records keep arriving and their bytes reach the frame
+    // decoder, but no frame is complete before the idle timeout, and the server's
+    // pings are not answered: as far as the protocol goes the client is silent.
+    let frame = client_frame(
+        0x1,
+        br#"{"type":"ping","ref":"one byte at a time, four a second"}"#,
+    );
+    let limit = ws_idle + Duration::from_secs(2);
+    let stream = a.socket.get_mut();
+    let mut received = Vec::new();
+    let mut closed = false;
+    for &b in &frame {
+        let record = common::seal(&mut stream.conn, &[b]);
+        closed = stream.sock.write_all(&record).is_err()
+            || receive_for(stream, &mut received, Duration::from_millis(250));
+        if closed || close_code(&server_frames(&received)).is_some() {
+            break;
+        }
+        assert!(
+            opened.elapsed() < limit,
+            "still open after {:?}",
+            opened.elapsed()
+        );
+    }
+    let closed_after = opened.elapsed();
+    let frames = server_frames(&received);
+    assert_eq!(
+        close_code(&frames),
+        Some(4000),
+        "no idle close (server closed the connection: {closed}, frames: {frames:?})"
+    );
+    assert!(
+        closed_after >= ws_idle - Duration::from_millis(500),
+        "closed before the idle timeout: {closed_after:?}"
+    );
+    assert!(
+        frames.iter().all(|(opcode, _)| *opcode != 0x1),
+        "the frame never completed, so nothing was answered: {frames:?}"
+    );
+    assert_eq!(server.metric("chatd_ws_closed_total{reason=\"idle\"}"), 1);
+}
+
+#[test]
+fn a_request_then_a_close_frame_then_the_fin_get_the_reply_and_the_close_echo() {
+    let server = TestServer::start("");
+    let (mut a, _) = ws::user(&server, "alice");
+    let (mut b, _) = ws::user(&server, "bob");
+    assert_eq!(a.next_of_type("presence")["user"], "bob");
+    let request = json!({"type":"send","room":"lobby","text":"last words","ref":"last"});
+    let mut bytes = client_frame(0x1, request.to_string().as_bytes());
+    let mut close = 1000u16.to_be_bytes().to_vec();
+    close.extend_from_slice(b"bye");
+    bytes.extend(client_frame(0x8, &close));
+    let stream = a.socket.get_mut();
+    // Corked, the request, the close frame and the FIN leave in one segment: the
+    // server reads them in one pass, and sees the end of the input at once.
+    let cork: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&stream.sock),
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            (&cork as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_CORK");
+    stream.write_all(&bytes).unwrap();
+    stream.flush().unwrap();
+    stream.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut received = Vec::new();
+    let closed = receive_for(stream, &mut received, Duration::from_secs(5));
+    let frames = server_frames(&received);
+    let texts: Vec<serde_json::Value> = frames
+        .iter()
+        .filter(|(opcode, _)| *opcode == 0x1)
+        .map(|(_, payload)| serde_json::from_slice(payload).unwrap())
+        .collect();
+    let reply = texts
+        .iter()
+        .find(|t| t["type"] == "reply")
+        .unwrap_or_else(|| panic!("no reply before the close; frames: {frames:?}"));
+    assert_eq!(reply["ref"], "last");
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert!(
+        texts
+            .iter()
+            .any(|t| t["type"] == "message" && t["text"] == "last words"),
+        "{texts:?}"
+    );
+    assert_eq!(
+        close_code(&frames),
+        Some(1000),
+        "the close is echoed: {frames:?}"
+    );
+    assert_eq!(
+        frames.last().map(|(opcode, _)| *opcode),
+        Some(8),
+        "close comes last"
+    );
+    assert!(
+        closed,
+        "the server closed the connection after the close frame"
+    );
+    // The message was stored and fanned out.
+    assert_eq!(b.next_of_type("message")["text"], "last words");
+    assert_eq!(b.next_of_type("presence")["event"], "leave");
+}
+
+#[test]
+fn an_upgrade_that_completes_during_shutdown_is_refused_with_503() {
+    let mut server = TestServer::start("");
+    server.register("alice", "password-123");
+    let token = server.login("alice", "password-123");
+    let mut c = server.connect();
+    let auth = format!("Bearer {token}");
+    let request = c.build_request(
+        "GET",
+        "/ws",
+        &[
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Version", "13"),
+            ("Authorization", &auth),
+        ],
+        b"",
+    );
+    let (first, rest) = request.split_at(request.len() / 2);
+    c.send(first);
+    std::thread::sleep(Duration::from_millis(200));
+    server.signal(libc::SIGTERM);
+    // The listener goes away when the shutdown begins.
+    let addr = server.addr();
+    assert!(
+        common::wait_until(Duration::from_secs(5), || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err()
+        }),
+        "still accepting after SIGTERM"
+    );
+    // The rest of the upgrade arrives after the WebSockets were sent 1001: a new one
+    // would not get it, and would be cut when the server exits.
+    c.send(rest);
+    let r = c.read_response();
+    common::assert_error(&r, 503, "unavailable");
+    assert!(r.closes(), "a refused upgrade closes the connection");
+    c.assert_closed();
+    let status = server.wait_exit(Duration::from_secs(10)).expect("exited");
+    assert!(status.success(), "{status:?}");
 }
 
 #[test]

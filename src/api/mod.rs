@@ -23,6 +23,9 @@ use crate::time::Now;
 pub struct Client {
     pub ip: IpAddr,
     pub now: Now,
+    /// A graceful shutdown has begun: new WebSockets are refused, since the server is
+    /// about to close them and they would miss the 1001 the others were sent.
+    pub shutting_down: bool,
 }
 
 /// An accepted WebSocket upgrade: who is connecting, and until when their token holds.
@@ -70,6 +73,12 @@ fn upgrade(
     client: Client,
 ) -> Result<(Response, WsSession), ApiError> {
     allow(req.method, &["GET"])?;
+    if client.shutting_down {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "the server is shutting down; reconnect later",
+        ));
+    }
     let upgrade = crate::ws::handshake::check(req, &app.config.allowed_origins)?;
     let (user, claims) = accounts::authenticate_token(app, upgrade.token, client)?;
     if app.config.duplicate_sessions == DuplicateSessions::Reject && app.chat.is_online(user.id) {

@@ -26,6 +26,7 @@ fn client(ip: &str) -> Client {
     Client {
         ip: ip.parse::<IpAddr>().unwrap(),
         now: Now::read(),
+        shutting_down: false,
     }
 }
 

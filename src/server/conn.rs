@@ -98,7 +98,9 @@ pub struct WsConn {
     /// The flood count: each refused request adds one, each allowed one takes one off;
     /// at the burst size the client is considered flooding and closed with 1008.
     pub refusals: u32,
-    /// Last time any byte arrived: the idle deadline counts from here.
+    /// Last time a complete message, ping, pong or close arrived: the idle deadline
+    /// counts from here. Bytes or fragments of one still incomplete do not count, or a
+    /// client trickling one in, a byte now and then, would never be idle.
     pub last_heard: Instant,
     /// Last ping sent.
     pub last_ping: Instant,
@@ -180,9 +182,12 @@ pub struct Conn {
     /// Plaintext output not yet handed to rustls.
     pub out: OutQueue,
     /// When the request now arriving began (from accept for the first one); None
-    /// between requests. Its deadline is `header_timeout` later.
+    /// between requests and while input is paused. Its deadline is `header_timeout`
+    /// later.
     pub request_started: Option<Instant>,
-    /// Last time bytes moved in either direction; the idle deadline counts from here.
+    /// Last time plaintext arrived or bytes were sent; the idle deadline counts from
+    /// here. Bytes of a TLS record still incomplete do not count: a client sending a
+    /// record a byte at a time has sent nothing yet.
     pub last_active: Instant,
     /// The deadline this connection has in the timer heap, if any.
     pub armed: Option<Instant>,
@@ -192,6 +197,10 @@ pub struct Conn {
     pub tls_checked: bool,
     /// Close once everything queued has been sent.
     pub close_when_flushed: bool,
+    /// Set when the idle timeout decided the close: what is queued must be sent by
+    /// then, or the connection is dropped. A client that reads nothing could otherwise
+    /// hold a connection open for ever, and with it a deadline already past.
+    pub close_deadline: Option<Instant>,
     /// Input processing stopped because too much output is queued (a client that
     /// pipelines requests without reading the answers); resumes after a flush.
     pub input_paused: bool,
@@ -230,6 +239,7 @@ impl Conn {
             linger_until: None,
             tls_checked: false,
             close_when_flushed: false,
+            close_deadline: None,
             input_paused: false,
             in_flush_list: false,
             peer_closed: false,
@@ -250,9 +260,10 @@ impl Conn {
     pub fn deadline(&self, timeouts: &Timeouts) -> Instant {
         match self.phase {
             Phase::Closing => self.linger_until.unwrap_or(self.last_active),
-            Phase::Http => match self.request_started {
-                Some(started) => started + timeouts.header,
-                None => self.last_active + timeouts.idle,
+            Phase::Http => match (self.close_deadline, self.request_started) {
+                (Some(deadline), _) => deadline,
+                (None, Some(started)) => started + timeouts.header,
+                (None, None) => self.last_active + timeouts.idle,
             },
             Phase::WebSocket => match &self.ws {
                 Some(ws) => ws.deadline(timeouts),
@@ -284,13 +295,7 @@ impl Conn {
             }
             match result {
                 Ok(0) => return Ok(ReadStatus::Eof),
-                Ok(n) => {
-                    total += n;
-                    self.last_active = now;
-                    if let Some(ws) = self.ws.as_mut() {
-                        ws.last_heard = now;
-                    }
-                }
+                Ok(n) => total += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadStatus::Drained),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(ConnError::Io(e)),
@@ -299,6 +304,7 @@ impl Conn {
             let available = state.plaintext_bytes_to_read();
             let peer_closed = state.peer_has_closed();
             if available > 0 {
+                self.last_active = now;
                 let start = self.inbuf.len();
                 self.inbuf.resize(start + available, 0);
                 self.tls

@@ -502,12 +502,23 @@ impl Server {
             ReadStatus::Eof if conn.input_paused => {
                 // Answer what is already buffered first; the EOF is seen again later.
             }
-            ReadStatus::Eof => {
-                if conn.phase == Phase::WebSocket {
+            ReadStatus::Eof if conn.phase == Phase::WebSocket => {
+                let closing = conn
+                    .ws
+                    .as_ref()
+                    .is_some_and(|ws| ws.closing || ws.close_sent_at.is_some());
+                if !closing {
                     // The client vanished without a close frame.
                     self.drop_ws(conn_ref);
                     return;
                 }
+                // The close was decided (the client's close frame, a violation) when
+                // the input ended: the turn goes on, so the replies to what came before
+                // and our close frame still go out (the client can still read), then
+                // the close finishes as usual.
+                self.queue_flush(conn_ref);
+            }
+            ReadStatus::Eof => {
                 if conn.inbuf.is_empty() || conn.close_when_flushed {
                     conn.close_when_flushed = true;
                     conn.inbuf = Vec::new();
@@ -627,13 +638,29 @@ impl Server {
             }
             match conn.phase {
                 Phase::Closing => self.remove(conn_ref.key),
+                Phase::Http if conn.close_deadline.is_some() => {
+                    // The idle timeout (already counted) gave the close this long.
+                    log::debug!("{}: close not delivered in time; dropping", conn.peer);
+                    self.remove(conn_ref.key);
+                }
                 Phase::Http if conn.request_started.is_some() => {
                     log::debug!("{}: request not complete in time; closing", conn.peer);
                     self.app.metrics.header_timeouts += 1;
                     self.remove(conn_ref.key);
                 }
+                Phase::Http if conn.close_when_flushed => {
+                    // The close was decided (`Connection: close`, an error, shutdown)
+                    // but the answer before it has not moved for idle_timeout: the
+                    // client stopped reading, and the close cannot be sent either.
+                    log::debug!("{}: answer not taken in time; dropping", conn.peer);
+                    self.app.metrics.idle_timeouts += 1;
+                    self.remove(conn_ref.key);
+                }
                 Phase::Http => {
+                    // A close the client may still be reading towards (the rest of a
+                    // large answer) gets a bounded time to go out.
                     conn.close_when_flushed = true;
+                    conn.close_deadline = Some(now.instant + conn::LINGER);
                     self.app.metrics.idle_timeouts += 1;
                     self.queue_flush(conn_ref);
                 }

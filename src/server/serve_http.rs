@@ -67,6 +67,7 @@ impl Server {
                         let client = Client {
                             ip: conn.peer.ip(),
                             now,
+                            shutting_down,
                         };
                         let handled = api::handle(app, &parsed.request, client);
                         let mut response = handled.response;
@@ -131,6 +132,11 @@ impl Server {
         }
         if conn.close_when_flushed {
             conn.inbuf = Vec::new();
+        } else if conn.input_paused {
+            // The requests behind the queued answers wait unread: a client taking those
+            // answers slowly is not slow to send, and idle_timeout cuts one that stops
+            // taking them. The request timer starts again when input resumes.
+            conn.request_started = None;
         } else if session.is_none() && !conn.inbuf.is_empty() {
             if conn.request_started.is_none() {
                 conn.request_started = Some(now.instant);

@@ -138,6 +138,7 @@ impl Server {
             let Some(event) = event else {
                 break;
             };
+            ws.last_heard = now.instant;
             match event {
                 WsEvent::Text(text) => {
                     app.metrics.ws_messages_in += 1;

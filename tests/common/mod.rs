@@ -373,6 +373,23 @@ impl TestServer {
     pub fn metric(&self, sample: &str) -> u64 {
         self.connect().metric(sample)
     }
+
+    /// CPU time (user + system) the server process has used so far, from
+    /// `/proc/PID/stat`: a loop that spins shows up here, however little it sends.
+    pub fn cpu_time(&self) -> Duration {
+        let stat =
+            fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("read /proc/PID/stat");
+        // The command name (field 2) is in parentheses and may contain spaces: count
+        // the fields after it, where field 3 (the state) comes first.
+        let after_name = &stat[stat.rfind(')').expect("command name") + 1..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let ticks: u64 =
+            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        // SAFETY: sysconf only reads a system constant.
+        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let per_sec = u64::try_from(per_sec).expect("clock ticks per second");
+        Duration::from_millis(ticks * 1000 / per_sec)
+    }
 }
 
 impl Drop for TestServer {
@@ -579,6 +596,34 @@ pub fn tcp_connect(addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(sock)
 }
 
+/// Like [`tcp_connect`], with the receive buffer set to `bytes` before connecting, so the
+/// window the server sees is small from the first segment on (set later, it would only
+/// shrink after the kernel advertised a large one). A client that reads nothing then
+/// holds a few KiB: what the server cannot send stays queued in the server.
+pub fn tcp_connect_small_window(addr: SocketAddr, bytes: usize) -> io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_recv_buffer_size(bytes)?;
+    socket.connect_timeout(&addr.into(), IO_TIMEOUT)?;
+    let sock: TcpStream = socket.into();
+    sock.set_read_timeout(Some(IO_TIMEOUT))?;
+    sock.set_write_timeout(Some(IO_TIMEOUT))?;
+    sock.set_nodelay(true)?;
+    Ok(sock)
+}
+
+/// Encrypts `plaintext` with the connection's keys into TLS records (one per 16 KiB,
+/// so one for a short request) and returns their bytes instead of sending them: a test
+/// can then deliver a record in pieces, or not at all.
+pub fn seal(conn: &mut ClientConnection, plaintext: &[u8]) -> Vec<u8> {
+    conn.writer().write_all(plaintext).expect("encrypt");
+    let mut records = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut records).expect("take the records");
+    }
+    records
+}
+
 /// Whether an I/O error means "the peer closed or reset the connection".
 fn is_closed_error(e: &io::Error) -> bool {
     matches!(
@@ -689,6 +734,8 @@ pub struct Client {
     buf: Vec<u8>,
     /// Value of the Host header sent.
     host: String,
+    /// Set by [`Client::read_slowly`]: at most this many bytes per read, then a pause.
+    throttle: Option<(usize, Duration)>,
 }
 
 impl Client {
@@ -725,6 +772,7 @@ impl Client {
             tls,
             buf: Vec::new(),
             host: server_name.to_string(),
+            throttle: None,
         })
     }
 
@@ -946,14 +994,26 @@ impl Client {
         }
     }
 
+    /// From now on reads at most `chunk` bytes at a time and pauses `pause` after each
+    /// read: a client that reads slowly but steadily.
+    pub fn read_slowly(&mut self, chunk: usize, pause: Duration) {
+        self.throttle = Some((chunk, pause));
+    }
+
     /// Reads whatever arrives into the buffer; false on EOF.
     fn read_more(&mut self) -> io::Result<bool> {
         let mut chunk = [0u8; 16 * 1024];
+        let (max, pause) = self
+            .throttle
+            .map_or((chunk.len(), Duration::ZERO), |(max, pause)| {
+                (max.min(chunk.len()), pause)
+            });
         loop {
-            match self.tls.read(&mut chunk) {
+            match self.tls.read(&mut chunk[..max]) {
                 Ok(0) => return Ok(false),
                 Ok(n) => {
                     self.buf.extend_from_slice(&chunk[..n]);
+                    std::thread::sleep(pause);
                     return Ok(true);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
