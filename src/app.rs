@@ -90,6 +90,7 @@ fn chat_config(config: &Config) -> ChatConfig {
         history_max: config.history_max,
         max_rooms_per_connection: config.max_rooms_per_connection,
         max_rooms: config.max_rooms,
+        max_subscriptions: config.max_subscriptions,
         welcome_limits: json!({
             "max_message_bytes": config.max_message_bytes,
             "max_text_chars": config.max_text_chars,
@@ -98,6 +99,7 @@ fn chat_config(config: &Config) -> ChatConfig {
             "ws_ping_secs": config.ws_ping_interval.as_secs(),
             "history_max": config.history_max,
             "max_rooms_per_connection": config.max_rooms_per_connection,
+            "max_subscriptions": config.max_subscriptions,
         }),
     }
 }

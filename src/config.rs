@@ -140,6 +140,9 @@ pub struct Config {
     /// Rooms that exist at once (a room exists while it has a member): bounds the
     /// room table and the `rooms` reply whatever the number of connections.
     pub max_rooms: usize,
+    /// Users one account may be subscribed to: bounds the stored subscriptions, the
+    /// in-memory index and the `subscriptions` reply per account.
+    pub max_subscriptions: usize,
 }
 
 /// Why the configuration was refused. The message says where (file line or environment
@@ -204,6 +207,7 @@ pub const KEYS: &[&str] = &[
     "history_max",
     "max_rooms_per_connection",
     "max_rooms",
+    "max_subscriptions",
 ];
 
 impl Default for Config {
@@ -262,6 +266,7 @@ impl Default for Config {
             history_max: 100,
             max_rooms_per_connection: 100,
             max_rooms: 10_000,
+            max_subscriptions: 1000,
         }
     }
 }
@@ -540,6 +545,10 @@ impl Config {
             "max_rooms" => {
                 self.max_rooms =
                     parse_count(value, 1, 1_000_000).ok_or_else(|| bad("an integer 1-1000000"))?;
+            }
+            "max_subscriptions" => {
+                self.max_subscriptions =
+                    parse_count(value, 1, 100_000).ok_or_else(|| bad("an integer 1-100000"))?;
             }
             _ => {
                 return Err(ConfigError(format!(
@@ -900,6 +909,13 @@ mod tests {
         assert_eq!(d.max_rooms_per_connection, 100);
         assert_eq!(d.max_rooms, 10_000);
         assert_eq!(parse("max_rooms = 1", &[]).unwrap().max_rooms, 1);
+        assert_eq!(d.max_subscriptions, 1000);
+        assert_eq!(
+            parse("max_subscriptions = 5", &[])
+                .unwrap()
+                .max_subscriptions,
+            5
+        );
         assert_eq!(d.duplicate_sessions, DuplicateSessions::Allow);
         assert_eq!(
             parse("max_rooms_per_connection = 3", &[])
@@ -917,6 +933,8 @@ mod tests {
             "max_rooms_per_connection = 10001",
             "max_rooms = 0",
             "max_rooms = 1000001",
+            "max_subscriptions = 0",
+            "max_subscriptions = 100001",
         ] {
             assert!(parse(bad, &[]).is_err(), "{bad}");
         }

@@ -448,6 +448,57 @@ fn subscriptions_publish_and_persist_across_restart() {
 }
 
 #[test]
+fn an_account_is_subscribed_to_at_most_max_subscriptions_across_devices_and_restarts() {
+    let mut server = TestServer::start("max_subscriptions = 2");
+    for name in ["alice", "bob", "carol", "dave"] {
+        server.register(name, "password-123");
+    }
+    let token = server.login("alice", "password-123");
+    let (mut a, welcome) = ws::connect(&server, &token);
+    assert_eq!(welcome["limits"]["max_subscriptions"], 2);
+    a.ok(json!({"type":"subscribe","user":"bob"}));
+    a.ok(json!({"type":"subscribe","user":"carol"}));
+    assert_eq!(
+        a.error(json!({"type":"subscribe","user":"dave"})),
+        "too_many_subscriptions"
+    );
+    // Subscribing again to someone followed is not one more.
+    assert_eq!(
+        a.ok(json!({"type":"subscribe","user":"bob"})),
+        json!({"user":"bob"})
+    );
+    // The cap belongs to the account: another device is refused as well.
+    let (mut a2, _) = ws::connect(&server, &token);
+    assert_eq!(
+        a2.error(json!({"type":"subscribe","user":"dave"})),
+        "too_many_subscriptions"
+    );
+    assert_eq!(
+        a.ok(json!({"type":"subscriptions"})),
+        json!({"users":["bob","carol"]})
+    );
+    drop((a, a2));
+
+    // The count is rebuilt from the database at start.
+    server.restart();
+    let token = server.login("alice", "password-123");
+    let (mut a, _) = ws::connect(&server, &token);
+    assert_eq!(
+        a.error(json!({"type":"subscribe","user":"dave"})),
+        "too_many_subscriptions"
+    );
+    a.ok(json!({"type":"unsubscribe","user":"carol"}));
+    assert_eq!(
+        a.ok(json!({"type":"subscribe","user":"dave"})),
+        json!({"user":"dave"})
+    );
+    assert_eq!(
+        a.ok(json!({"type":"subscriptions"})),
+        json!({"users":["bob","dave"]})
+    );
+}
+
+#[test]
 fn message_ids_keep_increasing_across_restarts() {
     let mut server = TestServer::start("");
     let (mut a, _) = ws::user(&server, "alice");

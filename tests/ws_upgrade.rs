@@ -28,6 +28,7 @@ fn bearer_header_and_subprotocol_both_work() {
         "ws_ping_secs",
         "history_max",
         "max_rooms_per_connection",
+        "max_subscriptions",
     ] {
         assert!(
             welcome["limits"][key].is_number(),

@@ -166,6 +166,10 @@ export function describeChatError(err) {
       return 'You are not in that room.';
     case 'too_many_rooms':
       return err.message ? `${capitalize(err.message)}.` : 'You are in as many rooms as the server allows. Leave one first.';
+    case 'too_many_subscriptions':
+      return err.message
+        ? `${capitalize(err.message)}.`
+        : 'You follow as many users as the server allows. Unsubscribe from one first.';
     case 'unknown_user':
       return err.message ? `${capitalize(err.message)}.` : 'There is no user by that name.';
     case 'rate_limited':

@@ -170,6 +170,9 @@ pub enum Output {
         subscriber: UserId,
         target: UserId,
         subscribed: bool,
+        /// The subscribe holds one of the subscriber's `max_subscriptions` until it
+        /// settles (a new subscription, not yet committed).
+        reserved: bool,
     },
 }
 
@@ -230,6 +233,8 @@ pub struct ChatConfig {
     pub max_rooms_per_connection: usize,
     /// Rooms that exist at once; the lobby is never refused.
     pub max_rooms: usize,
+    /// Users one account may be subscribed to.
+    pub max_subscriptions: usize,
     /// The `limits` object of the welcome frame.
     pub welcome_limits: Value,
 }
@@ -296,6 +301,12 @@ pub struct Chat {
     rooms: HashMap<Arc<str>, Room>,
     /// target -> users subscribed to them (all accounts, loaded at start).
     subscribers: HashMap<UserId, HashSet<UserId>>,
+    /// subscriber -> how many users they are subscribed to (committed): what
+    /// `max_subscriptions` is checked against, without a second set per account.
+    following: HashMap<UserId, usize>,
+    /// subscriber -> new subscriptions requested but not yet settled, so that several
+    /// in one turn cannot pass the cap together.
+    reserved: HashMap<UserId, usize>,
     listings: Listings,
 }
 
@@ -305,18 +316,20 @@ impl Chat {
         config: ChatConfig,
         subscriptions: impl IntoIterator<Item = (UserId, UserId)>,
     ) -> Self {
-        let mut subscribers: HashMap<UserId, HashSet<UserId>> = HashMap::new();
-        for (subscriber, target) in subscriptions {
-            subscribers.entry(target).or_default().insert(subscriber);
-        }
-        Chat {
+        let mut chat = Chat {
             config,
             sessions: HashMap::new(),
             online: HashMap::new(),
             rooms: HashMap::new(),
-            subscribers,
+            subscribers: HashMap::new(),
+            following: HashMap::new(),
+            reserved: HashMap::new(),
             listings: Listings::default(),
+        };
+        for (subscriber, target) in subscriptions {
+            chat.apply_subscription(subscriber, target, true);
         }
+        chat
     }
 
     pub fn parse_limits(&self) -> protocol::ParseLimits {
@@ -600,13 +613,21 @@ impl Chat {
             }
             Request::Subscribe { user: name } => {
                 let target = self.resolve_user(&name, backend)?;
+                let reserved = !self.is_subscribed(user, target.id);
+                if reserved {
+                    self.check_subscription_limit(user)?;
+                }
                 backend
                     .set_subscription(user, target.id, true)
                     .map_err(internal)?;
+                if reserved {
+                    *self.reserved.entry(user).or_default() += 1;
+                }
                 out.push(Output::Subscription {
                     subscriber: user,
                     target: target.id,
                     subscribed: true,
+                    reserved,
                 });
                 Ok(Reply::Durable(json!({"user": target.username})))
             }
@@ -619,6 +640,7 @@ impl Chat {
                     subscriber: user,
                     target: target.id,
                     subscribed: false,
+                    reserved: false,
                 });
                 Ok(Reply::Durable(json!({"user": target.username})))
             }
@@ -692,7 +714,11 @@ impl Chat {
                 subscriber,
                 target,
                 subscribed,
+                reserved,
             } => {
+                if reserved {
+                    self.release_reservation(subscriber);
+                }
                 if committed {
                     self.apply_subscription(subscriber, target, subscribed);
                 }
@@ -713,16 +739,51 @@ impl Chat {
 
     fn apply_subscription(&mut self, subscriber: UserId, target: UserId, subscribed: bool) {
         if subscribed {
-            self.subscribers
+            let added = self
+                .subscribers
                 .entry(target)
                 .or_default()
                 .insert(subscriber);
+            if added {
+                *self.following.entry(subscriber).or_default() += 1;
+            }
         } else if let Some(set) = self.subscribers.get_mut(&target) {
-            set.remove(&subscriber);
+            let removed = set.remove(&subscriber);
             if set.is_empty() {
                 self.subscribers.remove(&target);
             }
+            if removed {
+                count_down(&mut self.following, subscriber);
+            }
         }
+    }
+
+    fn is_subscribed(&self, subscriber: UserId, target: UserId) -> bool {
+        self.subscribers
+            .get(&target)
+            .is_some_and(|set| set.contains(&subscriber))
+    }
+
+    /// A new subscription is refused once the account has `max_subscriptions`,
+    /// counting those requested earlier and not yet committed; an unsubscribe frees its
+    /// place once committed. Subscribing again to someone is never refused.
+    fn check_subscription_limit(&self, subscriber: UserId) -> Result<(), ChatError> {
+        let held = self.following.get(&subscriber).copied().unwrap_or(0)
+            + self.reserved.get(&subscriber).copied().unwrap_or(0);
+        let cap = self.config.max_subscriptions;
+        if held >= cap {
+            return Err(ChatError::new(
+                ErrorCode::TooManySubscriptions,
+                format!(
+                    "an account may be subscribed to at most {cap} users; unsubscribe from one first"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn release_reservation(&mut self, subscriber: UserId) {
+        count_down(&mut self.reserved, subscriber);
     }
 
     /// Stores a message, then queues the ok reply to the sender and the event to its
@@ -1024,6 +1085,17 @@ fn not_member(room: &str) -> ChatError {
 fn internal(e: BackendError) -> ChatError {
     log::error!("chat storage: {}", e.0);
     ChatError::internal()
+}
+
+/// One less for `key`; a count that reaches zero leaves the map, so accounts that
+/// follow nobody cost nothing.
+fn count_down(counts: &mut HashMap<UserId, usize>, key: UserId) {
+    if let Some(count) = counts.get_mut(&key) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(&key);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -45,6 +45,8 @@ pub enum ErrorCode {
     /// A join over the rooms a connection may be in, or of a new room when the server
     /// holds as many as it may.
     TooManyRooms,
+    /// A subscribe to a new user by an account subscribed to as many as it may be.
+    TooManySubscriptions,
     Unauthorized,
     TokenExpired,
     InternalError,
@@ -59,6 +61,7 @@ impl ErrorCode {
             ErrorCode::UnknownUser => "unknown_user",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::TokenExpired => "token_expired",
             ErrorCode::InternalError => "internal_error",

@@ -241,6 +241,7 @@ impl World {
                     history_max: 100,
                     max_rooms_per_connection: 100,
                     max_rooms: 1000,
+                    max_subscriptions: 1000,
                     welcome_limits: json!({"max_text_chars": 100}),
                 },
                 Vec::new(),
@@ -1128,6 +1129,108 @@ fn subscriptions_change_in_memory_only_once_committed() {
         "the failed unsubscribe left no trace"
     );
     assert_eq!(w.take(2)[0]["text"], "still subscribed");
+}
+
+#[test]
+fn an_account_is_subscribed_to_at_most_max_subscriptions() {
+    let mut w = World::configured(&["alice", "bob", "carol", "dave"], |c| {
+        c.max_subscriptions = 2
+    });
+    w.connect(1, 1);
+    w.connect(2, 1);
+    w.connect(3, 2);
+    w.clear();
+    assert_eq!(
+        w.reply(1, json!({"type":"subscribe","user":"bob"}))["ok"],
+        true
+    );
+    assert_eq!(
+        w.reply(2, json!({"type":"subscribe","user":"carol"}))["ok"],
+        true
+    );
+    let r = w.reply(1, json!({"type":"subscribe","user":"dave","ref":"d"}));
+    assert_eq!(r["ref"], "d");
+    assert_eq!(r["error"]["code"], "too_many_subscriptions");
+    assert_eq!(
+        r["error"]["message"],
+        "an account may be subscribed to at most 2 users; unsubscribe from one first"
+    );
+    assert_eq!(
+        w.backend.subscriptions.len(),
+        2,
+        "nothing stored for the refusal"
+    );
+    // Again to someone followed: not one more.
+    assert_eq!(
+        w.reply(2, json!({"type":"subscribe","user":"bob"}))["ok"],
+        true
+    );
+    // Another account has its own count.
+    assert_eq!(
+        w.reply(3, json!({"type":"subscribe","user":"dave"}))["ok"],
+        true
+    );
+    // An unsubscribe frees a place once committed.
+    assert_eq!(
+        w.reply(1, json!({"type":"unsubscribe","user":"carol"}))["ok"],
+        true
+    );
+    assert_eq!(
+        w.reply(1, json!({"type":"subscribe","user":"dave"}))["ok"],
+        true
+    );
+    let r = w.reply(1, json!({"type":"subscriptions"}));
+    assert_eq!(r["data"]["users"], json!(["bob", "dave"]));
+}
+
+#[test]
+fn subscribes_in_one_turn_cannot_pass_the_cap_together() {
+    let mut w = World::configured(&["alice", "bob", "carol", "dave"], |c| {
+        c.max_subscriptions = 2
+    });
+    w.connect(1, 1);
+    w.clear();
+    for (i, name) in ["bob", "carol", "dave"].into_iter().enumerate() {
+        w.send(1, json!({"type":"subscribe","user":name,"ref":i}));
+    }
+    let codes: Vec<Value> = w
+        .take(1)
+        .iter()
+        .map(|r| r["error"]["code"].clone())
+        .collect();
+    assert_eq!(
+        codes,
+        [Value::Null, Value::Null, json!("too_many_subscriptions")]
+    );
+    let r = w.reply(1, json!({"type":"subscriptions"}));
+    assert_eq!(r["data"]["users"], json!(["bob", "carol"]));
+}
+
+#[test]
+fn a_failed_subscribe_gives_its_place_back() {
+    let mut w = World::configured(&["alice", "bob", "carol"], |c| c.max_subscriptions = 1);
+    w.connect(1, 1);
+    w.clear();
+    w.backend.fail_commit = true;
+    let r = w.reply(1, json!({"type":"subscribe","user":"bob"}));
+    assert_eq!(r["error"]["code"], "internal_error");
+    w.backend.fail_commit = false;
+    assert_eq!(
+        w.reply(1, json!({"type":"subscribe","user":"carol"}))["ok"],
+        true
+    );
+    let r = w.reply(1, json!({"type":"subscribe","user":"bob"}));
+    assert_eq!(r["error"]["code"], "too_many_subscriptions");
+}
+
+#[test]
+fn subscriptions_loaded_at_start_count_towards_the_cap() {
+    let mut w = World::configured(&["alice", "bob", "carol"], |c| c.max_subscriptions = 1);
+    w.chat = Chat::new(w.chat.config.clone(), vec![(1, 2)]);
+    w.connect(1, 1);
+    w.clear();
+    let r = w.reply(1, json!({"type":"subscribe","user":"carol"}));
+    assert_eq!(r["error"]["code"], "too_many_subscriptions");
 }
 
 #[test]

@@ -127,6 +127,11 @@ test('describeChatError speaks plainly', () => {
   assert.match(describeChatError({ code: 'invalid_room' }), /1 to 64/);
   assert.equal(describeChatError({ code: 'too_many_rooms', message: 'a connection may be in at most 100 rooms; leave one first' }), 'A connection may be in at most 100 rooms; leave one first.');
   assert.match(describeChatError({ code: 'too_many_rooms' }), /Leave one first/);
+  assert.equal(
+    describeChatError({ code: 'too_many_subscriptions', message: 'an account may be subscribed to at most 2 users; unsubscribe from one first' }),
+    'An account may be subscribed to at most 2 users; unsubscribe from one first.',
+  );
+  assert.match(describeChatError({ code: 'too_many_subscriptions' }), /Unsubscribe from one first/);
   assert.equal(describeChatError({ code: 'unknown_user', message: 'no user named zed' }), 'No user named zed.');
   assert.match(describeChatError({ code: 'rate_limited' }), /too fast/);
   assert.match(describeChatError({ code: 'disconnected' }), /Not connected/);
