@@ -60,6 +60,7 @@ binary_of() {
 counted_run() {
     local binary=$1 secs=$2 dir=$3 out="$3/callgrind.$2"
     write_chatd_config "$dir/chatd.conf" "$binary"
+    : >"$dir/chatd.out"
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
         "$binary" --config "$dir/chatd.conf" >"$dir/chatd.out" 2>"$dir/chatd.err" &
     CHATD_PID=$!
@@ -93,6 +94,7 @@ for what in "$@"; do
     echo '<!doctype html><title>chatd</title>' > "$dir/public/index.html"
     # The accounts first, without valgrind (argon2 under it would take minutes).
     write_chatd_config "$dir/chatd.conf" "$binary"
+    : >"$dir/chatd.out"
     "$binary" --config "$dir/chatd.conf" >"$dir/chatd.out" 2>"$dir/chatd.err" &
     CHATD_PID=$!
     "$BENCH" accounts --addr "127.0.0.1:$(wait_port "$dir/chatd.out" "$CHATD_PID")" \

@@ -73,7 +73,10 @@ scenario_sizes() {
     fi
 }
 
-# Waits for "listening on https://HOST:PORT" in a file; prints PORT.
+# Waits for "listening on https://HOST:PORT" in a file; prints PORT. The caller empties
+# the file before starting the process (`: >FILE`): the `>FILE` of a command started
+# with `&` is applied by the child, possibly after this looks, and a file left from an
+# earlier run would yield that run's port.
 wait_port() {
     local file=$1 pid=$2
     for _ in $(seq 1 200); do

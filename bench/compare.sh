@@ -82,6 +82,7 @@ dir_of() { echo "$TMP/run-$1"; }
 start_chatd() {
     DIR=$(dir_of "$1")
     write_chatd_config "$DIR/chatd.conf" "${BINARIES[$1]}"
+    : >"$DIR/chatd.out"
     "${BINARIES[$1]}" --config "$DIR/chatd.conf" >"$DIR/chatd.out" 2>"$DIR/chatd.err" &
     CHATD_PID=$!
     CHATD_PORT=$(wait_port "$DIR/chatd.out" "$CHATD_PID") || {
@@ -139,6 +140,8 @@ done
 
 say "medians of $ROUNDS runs ($RESULTS)"
 "$BENCH" report --results "$RESULTS" --compare true
+# A run that lost deliveries or failed connections would skew its build's medians.
+"$BENCH" check --results "$RESULTS" || FAILURES+=("a run lost deliveries or failed connections")
 if [ ${#FAILURES[@]} -gt 0 ]; then
     printf 'compare: %s\n' "${FAILURES[@]}" >&2
     exit 1

@@ -151,6 +151,7 @@ stop_chatd accounts
 # The Node.js peer, fresh for each scenario as chatd is (memory figures start from a
 # clean heap): sets NODE_PID and NODE_ARGS.
 start_node() {
+    : >"$TMP/node.out"
     node bench/node-ws/server.js "$TMP/cert.pem" "$TMP/key.pem" >"$TMP/node.out" 2>"$TMP/node.err" &
     NODE_PID=$!
     local port
