@@ -45,13 +45,9 @@ binary_of() {
         echo "$1"
         return
     fi
-    local rev tree
+    local rev
     rev=$(git rev-parse --short "$1^{commit}")
-    tree="$TMP/src-$rev"
-    git worktree add --detach --quiet "$tree" "$rev"
-    (cd "$tree" && CARGO_TARGET_DIR="$TARGET_DIR/compare" $CARGO build --release -j"$JOBS" -p chatd) >&2
-    cp "$TARGET_DIR/compare/release/chatd" "$TMP/chatd-$rev"
-    git worktree remove --force "$tree"
+    build_revision "$rev" "$TMP/src-$rev" "$TMP/chatd-$rev"
     echo "$TMP/chatd-$rev"
 }
 

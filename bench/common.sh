@@ -95,3 +95,15 @@ wait_port() {
 exited() {
     [ ! -e "/proc/$1" ] || [ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)" = Z ]
 }
+
+# Builds chatd as of git revision $1 in a temporary worktree at $2 (release, into
+# $TARGET_DIR/compare, so that revisions share their dependencies' builds) and copies
+# the binary to $3. The worktree is removed whether the build worked or not.
+build_revision() {
+    local rev=$1 tree=$2 dest=$3 rc=0
+    git worktree add --detach --quiet "$tree" "$rev"
+    (cd "$tree" && CARGO_TARGET_DIR="$TARGET_DIR/compare" $CARGO build --release -j"$JOBS" -p chatd) >&2 || rc=$?
+    [ "$rc" != 0 ] || cp "$TARGET_DIR/compare/release/chatd" "$dest" || rc=$?
+    git worktree remove --force "$tree"
+    return "$rc"
+}

@@ -31,16 +31,13 @@ fi
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/chatd-compare.XXXXXX")
 CHATD_PID=""
-WORKTREES=()
 cleanup() {
     if [ -n "$CHATD_PID" ]; then
         kill "$CHATD_PID" 2>/dev/null || true
         wait "$CHATD_PID" 2>/dev/null || true
     fi
-    for tree in "${WORKTREES[@]}"; do
-        git worktree remove --force "$tree" 2>/dev/null || true
-    done
     rm -rf "$TMP"
+    git worktree prune
 }
 trap cleanup EXIT
 
@@ -57,13 +54,8 @@ for what in "$@"; do
     else
         rev=$(git rev-parse --short "$what^{commit}")
         label=$rev
-        tree="$TMP/src-$rev"
         say "building chatd at $what ($rev)"
-        git worktree add --detach --quiet "$tree" "$rev"
-        WORKTREES+=("$tree")
-        (cd "$tree" && CARGO_TARGET_DIR="$TARGET_DIR/compare" $CARGO build --release -j"$JOBS" -p chatd)
-        cp "$TARGET_DIR/compare/release/chatd" "$TMP/chatd-$label"
-        git worktree remove --force "$tree"
+        build_revision "$rev" "$TMP/src-$rev" "$TMP/chatd-$label"
     fi
     BINARIES+=("$TMP/chatd-$label")
     LABELS+=("$label")
