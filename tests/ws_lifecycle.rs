@@ -213,12 +213,7 @@ fn a_steady_flood_is_closed_with_1008_and_the_allowed_rate_never_is() {
                 }
                 Ok(Message::Close(frame)) => break 'flood frame.map(|f| u16::from(f.code)),
                 Ok(_) => {}
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
+                Err(tungstenite::Error::Io(e)) if common::is_timeout(&e) => {
                     break;
                 }
                 Err(e) => panic!("read: {e}"),
@@ -469,11 +464,7 @@ fn receive_for(
         match stream.read(&mut chunk) {
             Ok(0) => return true,
             Ok(n) => received.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if common::is_timeout(&e) => {}
             Err(_) => return true,
         }
     }

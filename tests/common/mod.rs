@@ -635,7 +635,8 @@ fn is_closed_error(e: &io::Error) -> bool {
     )
 }
 
-fn is_timeout(e: &io::Error) -> bool {
+/// A read that ran out of time (the socket's read timeout), not a failure.
+pub fn is_timeout(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut

@@ -144,12 +144,7 @@ impl Ws {
                 Ok(Message::Close(frame)) => panic!("unexpected close: {frame:?}"),
                 Ok(Message::Binary(_)) => panic!("unexpected binary frame"),
                 Ok(_) => {}
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
+                Err(tungstenite::Error::Io(e)) if super::is_timeout(&e) => {
                     self.set_timeout(IO_TIMEOUT);
                     return None;
                 }
@@ -255,11 +250,7 @@ impl Ws {
                 }
                 Ok(Message::Close(None)) => return (Ended::Close(1005, String::new()), skipped),
                 Ok(message) => skipped += message.len(),
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
+                Err(tungstenite::Error::Io(e)) if super::is_timeout(&e) => {}
                 Err(_) => return (Ended::Dropped, skipped),
             }
         }
