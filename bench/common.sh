@@ -1,5 +1,11 @@
-# Shared by bench/run.sh and bench/compare.sh (sourced): the chatd bench configuration,
-# the scenario sizes, and waiting for a server's port or a process's exit.
+# Shared by bench/run.sh, bench/compare.sh and bench/callgrind.sh (sourced from the
+# repository's root): the build settings, the chatd bench configuration, the scenario
+# sizes, building a revision, and waiting for a server's port or a process's exit.
+
+# Build settings, each overridable from the environment.
+TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+CARGO=${CARGO:-cargo}
+JOBS=${JOBS:-2}
 
 say() { printf '\n== %s\n' "$*" >&2; }
 

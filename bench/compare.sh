@@ -16,9 +16,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-CARGO=${CARGO:-cargo}
-JOBS=${JOBS:-2}
 ROUNDS=${COMPARE_ROUNDS:-3}
 IFS=, read -r -a SCENARIOS <<<"${COMPARE_SCENARIOS:-idle,fanout,ingest,http}"
 source bench/common.sh

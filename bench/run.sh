@@ -32,11 +32,8 @@ esac
 QUICK=${BENCH_QUICK:-0}
 REPEAT=${BENCH_REPEAT:-1}
 REF=${BENCH_REF:-1}
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-CARGO=${CARGO:-cargo}
-JOBS=${JOBS:-2}
 
-# say, write_chatd_config, scenario_sizes, wait_port, exited
+# TARGET_DIR, CARGO, JOBS; say, write_chatd_config, scenario_sizes, wait_port, exited
 source bench/common.sh
 
 if [ -n "${BENCH_NICE:-}" ] && [ "$BENCH_NICE" != 0 ]; then
