@@ -143,6 +143,9 @@ pub struct Config {
     /// Users one account may be subscribed to: bounds the stored subscriptions, the
     /// in-memory index and the `subscriptions` reply per account.
     pub max_subscriptions: usize,
+    /// Settings that are accepted but worth a word (e.g. a limit another one makes
+    /// redundant); logged once logging is set up.
+    pub warnings: Vec<String>,
 }
 
 /// Why the configuration was refused. The message says where (file line or environment
@@ -267,6 +270,7 @@ impl Default for Config {
             max_rooms_per_connection: 100,
             max_rooms: 10_000,
             max_subscriptions: 1000,
+            warnings: Vec::new(),
         }
     }
 }
@@ -374,6 +378,7 @@ impl Config {
         }
         config.resolve_paths(base);
         config.validate(&origins)?;
+        config.warn_redundant(&origins);
         Ok(config)
     }
 
@@ -562,13 +567,6 @@ impl Config {
 
     /// Checks that need several keys at once; the message says where each was set.
     fn validate(&self, origins: &Origins) -> Result<(), ConfigError> {
-        if self.max_connections_per_ip > self.max_connections {
-            return Err(ConfigError(format!(
-                "key {} is larger than {}",
-                origins.describe("max_connections_per_ip", self.max_connections_per_ip),
-                origins.describe("max_connections", self.max_connections)
-            )));
-        }
         if self.max_text_chars > self.max_message_bytes {
             return Err(ConfigError(format!(
                 "key {} is larger than {}: such a text could never arrive",
@@ -600,6 +598,20 @@ impl Config {
             )));
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// Overlapping limits are not mistakes (nginx and Redis accept them too): the
+    /// smaller one simply decides. They are named so the operator knows which.
+    fn warn_redundant(&mut self, origins: &Origins) {
+        if self.max_connections_per_ip > self.max_connections {
+            self.warnings.push(format!(
+                "key {} is larger than {}: the server-wide limit applies to one address too",
+                origins.describe("max_connections_per_ip", self.max_connections_per_ip),
+                origins.describe("max_connections", self.max_connections)
+            ));
+        }
     }
 }
 
@@ -956,35 +968,47 @@ mod tests {
             .0;
         assert!(e.contains("OWASP"), "{e}");
         assert!(parse("argon2_memory_kib = 1024\n", &[]).is_err());
-        let e = parse("max_connections = 10\nmax_connections_per_ip = 11\n", &[])
-            .unwrap_err()
-            .0;
-        assert!(e.contains("max_connections_per_ip"), "{e}");
+    }
+
+    #[test]
+    fn a_redundant_limit_is_accepted_with_a_warning() {
+        let c = parse("max_connections = 10\nmax_connections_per_ip = 11\n", &[]).unwrap();
+        assert_eq!((c.max_connections, c.max_connections_per_ip), (10, 11));
+        assert_eq!(
+            c.warnings,
+            vec![
+                "key `max_connections_per_ip` = 11 (test.conf line 2) is larger than \
+                 `max_connections` = 10 (test.conf line 1): the server-wide limit applies to \
+                 one address too"
+                    .to_string()
+            ]
+        );
+        assert!(parse("", &[]).unwrap().warnings.is_empty());
     }
 
     #[test]
     fn cross_key_errors_say_where_each_key_was_set() {
-        let e = parse("max_connections = 10\nmax_connections_per_ip = 11\n", &[])
+        let e = parse("max_message_bytes = 1000\nmax_text_chars = 1001\n", &[])
             .unwrap_err()
             .0;
         assert_eq!(
             e,
-            "key `max_connections_per_ip` = 11 (test.conf line 2) is larger than \
-             `max_connections` = 10 (test.conf line 1)"
+            "key `max_text_chars` = 1001 (test.conf line 2) is larger than \
+             `max_message_bytes` = 1000 (test.conf line 1): such a text could never arrive"
         );
         // The environment overrides the file, and says so; an unset key is a default.
-        let e = parse(
+        let c = parse(
             "# limits\nmax_connections_per_ip = 5\n",
             &[("CHATD_MAX_CONNECTIONS_PER_IP", "20000")],
         )
-        .unwrap_err()
-        .0;
+        .unwrap();
+        let w = c.warnings.join("\n");
         assert!(
-            e.contains(
+            w.contains(
                 "`max_connections_per_ip` = 20000 (environment variable \
                  CHATD_MAX_CONNECTIONS_PER_IP)"
-            ) && e.contains("`max_connections` = 10000 (the default)"),
-            "{e}"
+            ) && w.contains("`max_connections` = 10000 (the default)"),
+            "{w}"
         );
         let e = parse(
             "\nargon2_memory_kib = 8192\n",

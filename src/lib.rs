@@ -42,6 +42,9 @@ use config::Config;
 /// Prints the certificate fingerprint and then `listening on https://HOST:PORT` on
 /// stdout (tests and scripts read the real port from it).
 pub fn run(config: Config) -> Result<(), String> {
+    for warning in &config.warnings {
+        log::warn!("configuration: {warning}");
+    }
     raise_fd_limit();
     if tls::ensure_certificate(&config.cert_file, &config.key_file).map_err(|e| e.to_string())? {
         log::info!(

@@ -88,16 +88,16 @@ fn other_configuration_mistakes_exit_2() {
     let (status, stderr) = run_expecting_exit(&conf("just some words"), &[]);
     assert_config_error(status, &stderr, &["line 4", "key = value"]);
     let (status, stderr) = run_expecting_exit(
-        &conf("max_connections = 10\nmax_connections_per_ip = 11"),
+        &conf("max_message_bytes = 1000\nmax_text_chars = 1001"),
         &[],
     );
     assert_config_error(
         status,
         &stderr,
         &[
-            "`max_connections_per_ip` = 11 (",
+            "`max_text_chars` = 1001 (",
             "server.conf line 5)",
-            "`max_connections` = 10 (",
+            "`max_message_bytes` = 1000 (",
             "server.conf line 4)",
         ],
     );

@@ -71,7 +71,14 @@ fn per_ip_connection_limit_closes_extra_connections_before_tls() {
 
 #[test]
 fn max_connections_limit_is_counted_under_its_own_reason() {
-    let server = TestServer::start("max_connections = 2\nmax_connections_per_ip = 2");
+    // A per-address limit above the server-wide one is redundant, not an error: the
+    // server starts, says so, and the smaller limit decides.
+    let server = TestServer::start("max_connections = 2\nmax_connections_per_ip = 5");
+    assert!(
+        server.wait_for_log("`max_connections_per_ip` = 5 (", Duration::from_secs(10)),
+        "no warning about the redundant limit: {}",
+        server.log()
+    );
     let mut a = server.connect();
     let mut b = server.connect();
     assert_eq!(a.get("/healthz").status, 200);

@@ -87,7 +87,6 @@ fn every_error_code_and_the_connection_stays_open() {
         json!({"room":"x"}),
         json!({"type":"send","room":"lobby"}),
         json!({"type":"send","room":"lobby","text":5}),
-        json!({"type":"send","room":"lobby","text":""}),
         json!({"type":"send","room":"lobby","text":"ééééééééééé"}),
         json!({"type":"history","room":"lobby","limit":0}),
         json!({"type":"history","room":"lobby","limit":101}),
@@ -95,8 +94,26 @@ fn every_error_code_and_the_connection_stays_open() {
     ] {
         assert_eq!(a.error(request.clone()), "bad_request", "{request}");
     }
+    // No visible character: empty_text, for every kind of text, and nothing is sent.
+    for request in [
+        json!({"type":"send","room":"lobby","text":""}),
+        json!({"type":"send","room":"lobby","text":" \u{200B}\u{FEFF}"}),
+        json!({"type":"direct","to":"alice","text":"\u{3000}"}),
+        json!({"type":"publish","text":"\u{2060}\n"}),
+    ] {
+        assert_eq!(a.error(request.clone()), "empty_text", "{request}");
+    }
     // Exactly 10 characters (not bytes) is fine.
     a.ok(json!({"type":"send","room":"lobby","text":"éééééééééé"}));
+    // Of the sends above, only that one was stored.
+    let history = a.ok(json!({"type":"history","room":"lobby"}));
+    let texts: Vec<&str> = history["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["text"].as_str().expect("text"))
+        .collect();
+    assert_eq!(texts, ["éééééééééé"]);
     assert_eq!(
         a.error(json!({"type":"join","room":"bad room"})),
         "invalid_room"

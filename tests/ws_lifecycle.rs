@@ -348,6 +348,36 @@ fn binary_and_oversized_frames_close_with_1003_and_1009() {
 }
 
 #[test]
+fn a_data_frame_inside_a_fragmented_message_closes_with_1002() {
+    use tungstenite::protocol::frame::Frame;
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    let server = TestServer::start("");
+    let (mut a, _) = ws::user(&server, "alice");
+    let first = Frame::message(b"half".to_vec(), OpCode::Data(Data::Text), false);
+    let binary = Frame::message(vec![1, 2], OpCode::Data(Data::Binary), true);
+    a.socket.send(Message::Frame(first)).unwrap();
+    a.socket.send(Message::Frame(binary)).unwrap();
+    assert_eq!(a.close_code(Duration::from_secs(5)), 1002);
+}
+
+#[test]
+fn registered_close_codes_are_echoed_and_others_are_protocol_errors() {
+    use tungstenite::protocol::CloseFrame;
+    let server = TestServer::start("");
+    let (_, token) = ws::user(&server, "alice");
+    for (code, echoed) in [(1014, 1014), (1012, 1012), (3000, 3000), (1015, 1002)] {
+        let (mut c, _) = ws::connect(&server, &token);
+        c.socket
+            .close(Some(CloseFrame {
+                code: code.into(),
+                reason: "".into(),
+            }))
+            .unwrap();
+        assert_eq!(c.close_code(Duration::from_secs(5)), echoed, "{code}");
+    }
+}
+
+#[test]
 fn pings_keep_a_reading_client_alive_and_silence_closes_with_4000() {
     let server = TestServer::start("ws_ping_secs = 1\nws_idle_timeout_secs = 2");
     let (mut quiet, token) = ws::user(&server, "alice");

@@ -162,6 +162,23 @@ fn foreign_origins_are_refused() {
     );
     // Without an Origin (not a browser) the token alone decides.
     assert!(ws::try_connect(&server, &[("Authorization", &auth)]).is_ok());
+    // Two Origins (the first one allowed) are refused: no check may pick one.
+    let refused = ws::try_connect(
+        &server,
+        &[
+            ("Authorization", &auth),
+            ("Origin", &same),
+            ("Origin", "https://evil.example"),
+        ],
+    )
+    .unwrap_err();
+    assert_eq!((refused.status, refused.code()), (400, "bad_request"));
+    let refused = ws::try_connect(
+        &server,
+        &[("Authorization", &auth), ("Authorization", "Bearer x")],
+    )
+    .unwrap_err();
+    assert_eq!((refused.status, refused.code()), (400, "bad_request"));
 }
 
 #[test]

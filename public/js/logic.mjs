@@ -174,6 +174,8 @@ export function describeChatError(err) {
       return err.message ? `${capitalize(err.message)}.` : 'There is no user by that name.';
     case 'rate_limited':
       return 'You are sending too fast. Wait a moment and try again.';
+    case 'empty_text':
+      return 'A message needs at least one visible character.';
     case 'timeout':
       return 'The server did not answer in time. Try again.';
     case 'disconnected':

@@ -37,6 +37,11 @@ pub enum TokenError {
     Invalid,
 }
 
+/// The latest `exp` a token may carry: 9999-12-31T23:59:59Z. Well past any lifetime
+/// chatd issues, and small enough that the milliseconds of it (`exp * 1000`, sent in
+/// replies) and any deadline computed from it cannot overflow.
+pub const MAX_EXP_SECS: i64 = 253_402_300_799;
+
 /// Signing and verification keys and the token lifetime.
 pub struct Tokens {
     encoding: EncodingKey,
@@ -109,7 +114,7 @@ impl Tokens {
             return Err(TokenError::Invalid);
         }
         let claims = data.claims;
-        if claims.user_id().is_none() {
+        if claims.user_id().is_none() || !(0..=MAX_EXP_SECS).contains(&claims.exp) {
             return Err(TokenError::Invalid);
         }
         if now_secs >= claims.exp {
@@ -179,23 +184,41 @@ mod tests {
         }
     }
 
-    #[test]
-    fn non_numeric_subject_is_invalid() {
-        let t = Tokens::new(SECRET, 60);
+    /// A token signed with our key, claims as given.
+    fn signed(sub: &str, exp: i64) -> String {
         let claims = Claims {
-            sub: "root".into(),
+            sub: sub.into(),
             name: "a".into(),
             iat: 0,
-            exp: 100,
+            exp,
             jti: "j".into(),
             ver: 0,
         };
-        let token = jsonwebtoken::encode(
+        jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &claims,
             &EncodingKey::from_secret(SECRET),
         )
-        .unwrap();
-        assert_eq!(t.verify(&token, 1), Err(TokenError::Invalid));
+        .unwrap()
+    }
+
+    #[test]
+    fn non_numeric_subject_is_invalid() {
+        let t = Tokens::new(SECRET, 60);
+        assert_eq!(t.verify(&signed("root", 100), 1), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn an_expiry_no_clock_reaches_is_invalid() {
+        let t = Tokens::new(SECRET, 60);
+        for exp in [i64::MAX, MAX_EXP_SECS + 1, i64::MIN, -1] {
+            assert_eq!(
+                t.verify(&signed("1", exp), 0),
+                Err(TokenError::Invalid),
+                "{exp}"
+            );
+        }
+        let claims = t.verify(&signed("1", MAX_EXP_SECS), 0).unwrap();
+        assert_eq!(claims.exp.checked_mul(1000), Some(253_402_300_799_000));
     }
 }

@@ -674,11 +674,19 @@ impl Chat {
                         "the token belongs to another user",
                     ));
                 }
+                // The backend bounds `exp`; checked again here so that no token can
+                // make this overflow whatever backend verified it.
+                let expires_at_ms = info.expires_at.checked_mul(1000).ok_or_else(|| {
+                    ChatError::new(
+                        ErrorCode::Unauthorized,
+                        "the token's expiry is out of range",
+                    )
+                })?;
                 out.push(Output::TokenRenewed {
                     conn,
                     expires_at: info.expires_at,
                 });
-                Ok(Reply::Now(json!({"expires_at": info.expires_at * 1000})))
+                Ok(Reply::Now(json!({ "expires_at": expires_at_ms })))
             }
         }
     }

@@ -47,6 +47,8 @@ pub enum ErrorCode {
     TooManyRooms,
     /// A subscribe to a new user by an account subscribed to as many as it may be.
     TooManySubscriptions,
+    /// A `send`, `direct` or `publish` whose text has no visible character.
+    EmptyText,
     Unauthorized,
     TokenExpired,
     InternalError,
@@ -62,6 +64,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::EmptyText => "empty_text",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::TokenExpired => "token_expired",
             ErrorCode::InternalError => "internal_error",
@@ -169,8 +172,9 @@ pub struct ParseLimits {
 struct Fields<'a> {
     #[serde(rename = "type", borrow)]
     kind: Option<Cow<'a, str>>,
-    #[serde(rename = "ref")]
-    reference: Option<Value>,
+    /// Kept as received, so a number is checked against its own text (see `echo_ref`).
+    #[serde(rename = "ref", borrow)]
+    reference: Option<&'a RawValue>,
     #[serde(borrow)]
     room: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -198,7 +202,13 @@ pub fn parse_request(text: &str, limits: ParseLimits) -> (Value, Result<Request,
     let (reference, fields) = match serde_json::from_str::<Fields<'_>>(text) {
         Ok(mut fields) => (fields.reference.take(), Ok(fields)),
         Err(_) => match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(obj)) => (obj.get("ref").cloned(), fields_of(&obj)),
+            Ok(Value::Object(obj)) => {
+                // The object is valid JSON, so its `ref` can be read on its own.
+                let reference = serde_json::from_str::<RefOnly<'_>>(text)
+                    .ok()
+                    .and_then(|r| r.reference);
+                (reference, fields_of(&obj))
+            }
             _ => {
                 return (
                     Value::Null,
@@ -207,25 +217,70 @@ pub fn parse_request(text: &str, limits: ParseLimits) -> (Value, Result<Request,
             }
         },
     };
-    let reference = match reference {
-        None | Some(Value::Null) => Value::Null,
-        Some(r @ Value::String(_))
-            if r.as_str()
-                .is_some_and(|s| s.chars().count() <= MAX_REF_CHARS) =>
-        {
-            r
-        }
-        Some(r @ Value::Number(_)) if r.to_string().len() <= MAX_REF_CHARS => r,
-        Some(_) => {
-            return (
-                Value::Null,
-                Err(ChatError::bad_request(
-                    "ref must be a string or number of at most 64 characters",
-                )),
-            );
-        }
+    match echo_ref(reference) {
+        Ok(reference) => (reference, fields.and_then(|f| build(f, limits))),
+        Err(e) => (Value::Null, Err(e)),
+    }
+}
+
+/// Whether a character shows something: not whitespace, not a control character and
+/// not one of Unicode's default-ignorable code points (zero-width spaces and joiners,
+/// the byte order mark, bidirectional marks, variation selectors, fillers, tags), which
+/// render as nothing. The braille blank is counted with them: it renders as a space.
+/// A message made only of these would be an empty line in everyone's history.
+pub fn is_visible(c: char) -> bool {
+    const INVISIBLE: &[(char, char)] = &[
+        ('\u{00AD}', '\u{00AD}'),
+        ('\u{034F}', '\u{034F}'),
+        ('\u{061C}', '\u{061C}'),
+        ('\u{115F}', '\u{1160}'),
+        ('\u{17B4}', '\u{17B5}'),
+        ('\u{180B}', '\u{180F}'),
+        ('\u{200B}', '\u{200F}'),
+        ('\u{202A}', '\u{202E}'),
+        ('\u{2060}', '\u{206F}'),
+        ('\u{2800}', '\u{2800}'),
+        ('\u{3164}', '\u{3164}'),
+        ('\u{FE00}', '\u{FE0F}'),
+        ('\u{FEFF}', '\u{FEFF}'),
+        ('\u{FFA0}', '\u{FFA0}'),
+        ('\u{FFF0}', '\u{FFF8}'),
+        ('\u{1BCA0}', '\u{1BCA3}'),
+        ('\u{1D173}', '\u{1D17A}'),
+        ('\u{E0000}', '\u{E0FFF}'),
+    ];
+    !c.is_whitespace()
+        && !c.is_control()
+        && !INVISIBLE.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))
+}
+
+/// Just the `ref` of a request, for the slow path.
+#[derive(Deserialize)]
+struct RefOnly<'a> {
+    #[serde(rename = "ref", borrow)]
+    reference: Option<&'a RawValue>,
+}
+
+/// The `ref` to answer with: a string of at most `MAX_REF_CHARS` characters, or a number
+/// written the way it will be echoed. A number that would come back changed (beyond
+/// 64-bit integers it turns into a float, `1e2` into `100.0`) is refused rather than
+/// echoed as something the client never sent and cannot match.
+fn echo_ref(raw: Option<&RawValue>) -> Result<Value, ChatError> {
+    let refused = || {
+        ChatError::bad_request(
+            "ref must be a string of at most 64 characters or an integer of at most 64 bits",
+        )
     };
-    (reference, fields.and_then(|f| build(f, limits)))
+    let Some(raw) = raw else {
+        return Ok(Value::Null);
+    };
+    match serde_json::from_str::<Value>(raw.get()).map_err(|_| refused())? {
+        Value::String(s) if s.chars().count() <= MAX_REF_CHARS => Ok(Value::String(s)),
+        Value::Number(n) if n.to_string() == raw.get() && raw.get().len() <= MAX_REF_CHARS => {
+            Ok(Value::Number(n))
+        }
+        _ => Err(refused()),
+    }
 }
 
 /// The slow path: the fields of an object, with an error naming the first one of the
@@ -291,14 +346,17 @@ fn build(f: Fields<'_>, limits: ParseLimits) -> Result<Request, ChatError> {
     let text = |text: Option<Cow<'_, str>>| -> Result<String, ChatError> {
         let text = required(text, "text")?;
         let chars = text.chars().count();
-        if chars == 0 {
-            return Err(ChatError::bad_request("text must not be empty"));
-        }
         if chars > limits.max_text_chars {
             return Err(ChatError::bad_request(format!(
                 "text is longer than {} characters",
                 limits.max_text_chars
             )));
+        }
+        if !text.chars().any(is_visible) {
+            return Err(ChatError::new(
+                ErrorCode::EmptyText,
+                "text must contain at least one visible character",
+            ));
         }
         Ok(text)
     };
@@ -635,6 +693,13 @@ mod tests {
             r#"{"type":"ping","ref":[1]}"#.to_string(),
             r#"{"type":"ping","ref":{"a":1}}"#.to_string(),
             r#"{"type":"ping","ref":true}"#.to_string(),
+            // Numbers that would be echoed changed.
+            r#"{"type":"ping","ref":18446744073709551616}"#.to_string(),
+            format!(r#"{{"type":"ping","ref":1{}}}"#, "0".repeat(64)),
+            r#"{"type":"ping","ref":1e2}"#.to_string(),
+            r#"{"type":"ping","ref":-0}"#.to_string(),
+            // The slow path (a field of the wrong type) checks the ref the same way.
+            r#"{"type":"ping","ref":18446744073709551616,"room":5}"#.to_string(),
         ] {
             let (r, result) = parse(&text);
             assert_eq!(r, Value::Null);
@@ -642,6 +707,63 @@ mod tests {
         }
         let ok = format!(r#"{{"type":"ping","ref":"{}"}}"#, "é".repeat(64));
         assert!(parse(&ok).1.is_ok(), "64 characters (not bytes) is fine");
+    }
+
+    #[test]
+    fn texts_without_a_visible_character_are_refused() {
+        for blank in [
+            "",
+            " ",
+            " \t\r\n ",
+            "\u{200B}",
+            "\u{FEFF}",
+            "\u{00A0}\u{3000}\u{2028}",
+            "\u{200D}\u{2060}\u{FE0F}",
+            "\u{2800}",
+            "\u{0007}",
+            "\u{E0041}",
+        ] {
+            for kind in [
+                r#""type":"send","room":"r""#,
+                r#""type":"direct","to":"bob""#,
+                r#""type":"publish""#,
+            ] {
+                let text = serde_json::to_string(blank).unwrap();
+                let request = format!(r#"{{{kind},"text":{text}}}"#);
+                assert_eq!(code(&request), ErrorCode::EmptyText, "{request}");
+            }
+        }
+        for shown in ["a", " a ", "\u{200B}.", "😀", "\u{0301}", "٠"] {
+            let text = serde_json::to_string(shown).unwrap();
+            let request = format!(r#"{{"type":"send","room":"r","text":{text}}}"#);
+            assert!(parse(&request).1.is_ok(), "{request}");
+        }
+    }
+
+    #[test]
+    fn refs_are_echoed_exactly_as_sent() {
+        for raw in [
+            "18446744073709551615",
+            "-9223372036854775808",
+            "0",
+            "1.5",
+            r#""a\"b""#,
+            r#""é""#,
+        ] {
+            let (r, result) = parse(&format!(r#"{{"type":"ping","ref":{raw}}}"#));
+            assert!(result.is_ok(), "{raw}");
+            assert_eq!(
+                r.to_string(),
+                serde_json::from_str::<Value>(raw).unwrap().to_string()
+            );
+            if !raw.starts_with('"') {
+                assert_eq!(r.to_string(), raw, "a number comes back as it was written");
+            }
+        }
+        // A request refused for another reason still answers with its exact ref.
+        let (r, result) = parse(r#"{"type":"send","room":5,"ref":18446744073709551615}"#);
+        assert_eq!(r.to_string(), "18446744073709551615");
+        assert_eq!(result.unwrap_err().code, ErrorCode::BadRequest);
     }
 
     #[test]
@@ -654,7 +776,6 @@ mod tests {
             r#"{"type":"dance"}"#,
             r#"{"type":"send","room":"r"}"#,
             r#"{"type":"send","room":"r","text":5}"#,
-            r#"{"type":"send","room":"r","text":""}"#,
             r#"{"type":"send","room":"r","text":"123456"}"#,
             r#"{"type":"direct","text":"x"}"#,
             r#"{"type":"history"}"#,

@@ -211,6 +211,12 @@ impl Backend for MemoryBackend {
     }
 
     fn verify_token(&mut self, token: &str, _now_ms: i64) -> Result<TokenInfo, ChatError> {
+        if let Some(id) = token.strip_prefix("forever-") {
+            return Ok(TokenInfo {
+                user_id: id.parse().unwrap(),
+                expires_at: i64::MAX,
+            });
+        }
         match token.strip_prefix("valid-") {
             Some(id) => Ok(TokenInfo {
                 user_id: id.parse().unwrap(),
@@ -889,6 +895,17 @@ fn auth_renews_only_for_the_same_user() {
     assert_eq!(r["error"]["code"], "unauthorized");
     let r = w.reply(1, json!({"type":"auth","token":"junk"}));
     assert_eq!(r["error"]["code"], "unauthorized");
+    // An expiry whose milliseconds overflow is refused, and renews nothing.
+    w.clear();
+    let r = w.reply(1, json!({"type":"auth","token":"forever-1"}));
+    assert_eq!(r["error"]["code"], "unauthorized");
+    assert!(
+        !w.actions
+            .iter()
+            .any(|a| matches!(a, Action::TokenRenewed { .. })),
+        "{:?}",
+        w.actions
+    );
 }
 
 #[test]

@@ -162,12 +162,24 @@ pub fn parse_request<'h, 'b>(
         }
         content_length = Some(value);
     }
-    let host_count = headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("host"))
-        .count();
+    let count = |name: &str| {
+        headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .count()
+    };
+    let host_count = count("host");
     if host_count > 1 || (minor_version == 1 && host_count == 0) {
         return Err(ApiError::bad_request("exactly one Host header is required"));
+    }
+    // Headers that decide who the client is or where it comes from: with two of them,
+    // one check could read the first and another the second.
+    for name in ["Authorization", "Origin"] {
+        if count(name) > 1 {
+            return Err(ApiError::bad_request(format!(
+                "more than one {name} header"
+            )));
+        }
     }
     let body_len = content_length.unwrap_or(0);
     if body_len > limits.max_body_bytes {
@@ -392,6 +404,8 @@ mod tests {
             b"GET http://x/ HTTP/1.1\r\nHost: h\r\n\r\n",
             b"GET / HTTP/1.1\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nOrigin: https://a\r\norigin: https://b\r\n\r\n",
+            b"GET /me HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer x\r\nAUTHORIZATION: Bearer y\r\n\r\n",
             b"GET / HTTP/1.1\r\nBad Header: x\r\nHost: h\r\n\r\n",
             b"\x16\x03\x01\x00",
         ] {

@@ -8,7 +8,7 @@
 use std::io::Cursor;
 
 use tungstenite::protocol::frame::FrameHeader;
-use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use super::Close;
 
@@ -67,10 +67,12 @@ impl Decoder {
                 OpCode::Control(_) if length > 125 || !header.is_final => {
                     return Err(Close::ProtocolError);
                 }
-                OpCode::Data(Data::Binary) => return Err(Close::Unsupported),
-                OpCode::Data(Data::Text) if self.partial.is_some() => {
+                // RFC 6455 §5.4: a new data frame inside a fragmented message is a
+                // protocol error, whatever its type.
+                OpCode::Data(Data::Text | Data::Binary) if self.partial.is_some() => {
                     return Err(Close::ProtocolError);
                 }
+                OpCode::Data(Data::Binary) => return Err(Close::Unsupported),
                 OpCode::Data(Data::Continue) if self.partial.is_none() => {
                     return Err(Close::ProtocolError);
                 }
@@ -139,8 +141,7 @@ fn close_event(payload: &[u8]) -> Result<WsEvent, Close> {
         [_] => Err(Close::ProtocolError),
         [hi, lo, reason @ ..] => {
             let code = u16::from_be_bytes([*hi, *lo]);
-            let allowed = (1000..=4999).contains(&code) && CloseCode::from(code).is_allowed();
-            if !allowed {
+            if !peer_may_send(code) {
                 return Err(Close::ProtocolError);
             }
             let reason = std::str::from_utf8(reason).map_err(|_| Close::InvalidData)?;
@@ -150,6 +151,13 @@ fn close_event(payload: &[u8]) -> Result<WsEvent, Close> {
             })
         }
     }
+}
+
+/// The close codes a peer may send, as the IANA WebSocket close code registry lists
+/// them: 1004-1006 and 1015 are reserved (never on the wire), 1016-2999 unassigned,
+/// 3000-3999 registered for libraries and frameworks, 4000-4999 private use.
+fn peer_may_send(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 fn unmask(payload: &mut [u8], mask: [u8; 4]) {
@@ -318,6 +326,34 @@ mod tests {
             decode_all(&mut d, &buf),
             Err(Close::ProtocolError),
             "text inside fragments"
+        );
+        let mut d = Decoder::new(1024);
+        let mut buf = client_frame(0x01, b"a");
+        buf.extend(client_frame(0x82, b"b"));
+        assert_eq!(
+            decode_all(&mut d, &buf),
+            Err(Close::ProtocolError),
+            "binary inside fragments: a protocol error, not an unsupported type"
+        );
+    }
+
+    #[test]
+    fn every_close_code_the_registry_lets_a_peer_send_is_accepted() {
+        for code in 0..=u16::MAX {
+            let [hi, lo] = code.to_be_bytes();
+            let mut d = Decoder::new(1024);
+            let decoded = decode_all(&mut d, &client_frame(0x88, &[hi, lo]));
+            let expected = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+            assert_eq!(decoded.is_ok(), expected, "close code {code}");
+        }
+        let mut d = Decoder::new(1024);
+        assert_eq!(
+            decode_all(&mut d, &client_frame(0x88, &[0x03, 0xF6])).unwrap(),
+            vec![WsEvent::Close {
+                code: Some(1014),
+                reason: String::new()
+            }],
+            "1014 bad gateway"
         );
     }
 

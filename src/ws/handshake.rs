@@ -39,6 +39,20 @@ pub fn check<'b>(
     req: &Request<'_, 'b>,
     allowed_origins: &[String],
 ) -> Result<Upgrade<'b>, ApiError> {
+    // One key and one version, or the answer would be computed from an arbitrary one
+    // (Host, Origin and Authorization are refused twice already by the HTTP parser).
+    for name in ["Sec-WebSocket-Key", "Sec-WebSocket-Version"] {
+        let count = req
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .count();
+        if count > 1 {
+            return Err(ApiError::bad_request(format!(
+                "more than one {name} header"
+            )));
+        }
+    }
     if let Some(origin) = req.header_str("origin")
         && !origin_allowed(origin, req.header_str("host"), allowed_origins)
     {
@@ -191,6 +205,18 @@ mod tests {
             .is_ok()
         );
         assert!(!origin_allowed("null", Some("h"), &[]));
+    }
+
+    #[test]
+    fn a_second_key_or_version_is_a_bad_request() {
+        for extra in [
+            "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\nAuthorization: Bearer t\r\n",
+            "sec-websocket-version: 13\r\nAuthorization: Bearer t\r\n",
+        ] {
+            let e = check_raw(extra, &[]).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest, "{extra}");
+            assert!(e.message.starts_with("more than one"), "{}", e.message);
+        }
     }
 
     #[test]

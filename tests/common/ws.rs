@@ -73,8 +73,9 @@ pub fn user(server: &TestServer, name: &str) -> (Ws, String) {
 pub fn try_connect(server: &TestServer, headers: &[(&str, &str)]) -> Result<Ws, Refused> {
     let url = format!("wss://localhost:{}/ws", server.addr().port());
     let mut request = url.into_client_request().expect("request");
+    // Appended, not inserted: a header named twice is sent twice.
     for (name, value) in headers {
-        request.headers_mut().insert(
+        request.headers_mut().append(
             tungstenite::http::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
             value.parse().expect("header value"),
         );

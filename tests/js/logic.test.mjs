@@ -125,6 +125,7 @@ test('describeApiError speaks plainly', () => {
 
 test('describeChatError speaks plainly', () => {
   assert.match(describeChatError({ code: 'invalid_room' }), /1 to 64/);
+  assert.equal(describeChatError({ code: 'empty_text', message: 'text must contain at least one visible character' }), 'A message needs at least one visible character.');
   assert.equal(describeChatError({ code: 'too_many_rooms', message: 'a connection may be in at most 100 rooms; leave one first' }), 'A connection may be in at most 100 rooms; leave one first.');
   assert.match(describeChatError({ code: 'too_many_rooms' }), /Leave one first/);
   assert.equal(
