@@ -69,7 +69,7 @@ certs:
 	mkdir -p certs
 	rm -f certs/key.pem certs/cert.pem
 	umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-		-days 825 -subj "/CN=localhost" \
+		-days 397 -subj "/CN=localhost" \
 		-addext "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1" \
 		-keyout certs/key.pem -out certs/cert.pem
 	chmod 644 certs/cert.pem

@@ -46,16 +46,27 @@ pub fn run(config: Config) -> Result<(), String> {
         log::warn!("configuration: {warning}");
     }
     raise_fd_limit();
-    if tls::ensure_certificate(&config.cert_file, &config.key_file).map_err(|e| e.to_string())? {
-        log::info!(
-            "generated a self-signed certificate for localhost, 127.0.0.1 and ::1: {} (key {})",
-            config.cert_file.display(),
-            config.key_file.display()
-        );
+    let now_secs = time::Now::read().unix_secs();
+    let setup = tls::ensure_certificate(&config.cert_file, &config.key_file, now_secs)
+        .map_err(|e| e.to_string())?;
+    let (cert, key) = (config.cert_file.display(), config.key_file.display());
+    match setup {
+        tls::CertificateSetup::Existing => {}
+        tls::CertificateSetup::Generated => log::info!(
+            "generated a self-signed certificate for localhost, 127.0.0.1 and ::1: {cert} \
+             (key {key})"
+        ),
+        tls::CertificateSetup::Regenerated { expired_at } => log::warn!(
+            "the self-signed certificate chatd generated expired on {}: generated a new \
+             one, {cert} (key {key}); clients that pinned the old fingerprint must take \
+             the new one",
+            http::response::http_date(expired_at)
+        ),
     }
     warn_if_exposed(&config.key_file, "private key")?;
     let (tls_config, fingerprint) =
         tls::load_server_config(&config.cert_file, &config.key_file).map_err(|e| e.to_string())?;
+    tls::log_expiry(&config.cert_file, now_secs);
     // var_os: var() would treat a SECRET_KEY that is not UTF-8 as unset and silently
     // fall back to the secret file.
     let env_secret = std::env::var_os("SECRET_KEY")

@@ -1,9 +1,12 @@
 //! Certificates, keys and the JWT secret: loading, first-start generation, fingerprints.
 //!
 //! When neither the certificate nor the key exists, a self-signed ECDSA P-256 pair for
-//! localhost, 127.0.0.1 and ::1 is generated (the key file 0600); one without the other
-//! is refused, never overwritten. The rustls configuration is built here and rebuilt on
-//! SIGHUP; connections keep the configuration they started with.
+//! localhost, 127.0.0.1 and ::1 is generated (the key file 0600), valid for
+//! [`GENERATED_VALIDITY_DAYS`]; one without the other is refused, never overwritten. A
+//! generated certificate (recognised by its subject) is generated again at start once it
+//! has expired; any other certificate is never touched. The rustls configuration is
+//! built here and rebuilt on SIGHUP; connections keep the configuration they started
+//! with.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -57,12 +60,110 @@ fn exists(path: &Path) -> Result<bool, TlsError> {
         .map_err(|e| TlsError(format!("cannot look at {}: {e}", path.display())))
 }
 
-/// Generates a self-signed certificate when neither file exists. Returns whether it
-/// did. Exactly one of them present is an error: generating a pair would overwrite a
-/// file someone put there (a real key, or a certificate for it).
-pub fn ensure_certificate(cert_file: &Path, key_file: &Path) -> Result<bool, TlsError> {
+/// Days a generated certificate is valid: browsers refuse a server certificate valid
+/// for longer than 398 days, and a development certificate should expire like a real
+/// one rather than live for ever.
+pub const GENERATED_VALIDITY_DAYS: i64 = 397;
+
+/// How long before its expiry the certificate in use is warned about at start.
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+
+/// The subject common name of the certificates chatd generates: how chatd knows, at a
+/// later start, that a certificate is its own and may be replaced once expired.
+pub const GENERATED_COMMON_NAME: &str = "chatd self-signed development certificate";
+
+/// What `ensure_certificate` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateSetup {
+    /// Both files existed and were kept.
+    Existing,
+    /// Neither file existed: a pair was generated.
+    Generated,
+    /// The certificate was one chatd generated and had expired at `expired_at` (Unix
+    /// seconds): a new pair replaced it.
+    Regenerated { expired_at: i64 },
+}
+
+/// What chatd reads from the certificate in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertificateFacts {
+    /// End of validity, Unix seconds.
+    pub not_after: i64,
+    /// Self-signed with chatd's own subject: a certificate chatd generated.
+    pub generated: bool,
+}
+
+/// The validity and origin of a DER certificate.
+pub fn certificate_facts(der: &[u8]) -> Result<CertificateFacts, TlsError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| TlsError(format!("cannot parse the certificate: {e}")))?;
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok());
+    Ok(CertificateFacts {
+        not_after: cert.validity().not_after.timestamp(),
+        generated: common_name == Some(GENERATED_COMMON_NAME)
+            && cert.subject().as_raw() == cert.issuer().as_raw(),
+    })
+}
+
+/// The facts of the first certificate in a PEM file.
+fn certificate_file_facts(cert_file: &Path) -> Result<CertificateFacts, TlsError> {
+    let leaf = CertificateDer::pem_file_iter(cert_file)
+        .map_err(|e| TlsError(format!("cannot read {}: {e}", cert_file.display())))?
+        .next()
+        .ok_or_else(|| TlsError(format!("{} holds no certificate", cert_file.display())))?
+        .map_err(|e| TlsError(format!("cannot read {}: {e}", cert_file.display())))?;
+    certificate_facts(&leaf)
+}
+
+/// A new self-signed ECDSA P-256 certificate (PEM) for localhost, 127.0.0.1 and ::1,
+/// valid from an hour before `now_secs` (clocks differ a little) for
+/// [`GENERATED_VALIDITY_DAYS`], and its key (PKCS#8 PEM).
+pub fn generate_pair(now_secs: i64) -> Result<(String, String), TlsError> {
+    let fail = |e: &dyn std::fmt::Display| TlsError(format!("cannot generate a certificate: {e}"));
+    let at = |secs: i64| time::OffsetDateTime::from_unix_timestamp(secs).map_err(|e| fail(&e));
+    let names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    let mut params = rcgen::CertificateParams::new(names).map_err(|e| fail(&e))?;
+    let mut subject = rcgen::DistinguishedName::new();
+    subject.push(rcgen::DnType::CommonName, GENERATED_COMMON_NAME);
+    params.distinguished_name = subject;
+    params.not_before = at(now_secs - 3600)?;
+    params.not_after = at(now_secs + GENERATED_VALIDITY_DAYS * 86_400)?;
+    let key = rcgen::KeyPair::generate().map_err(|e| fail(&e))?;
+    let cert = params.self_signed(&key).map_err(|e| fail(&e))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Makes sure a certificate and key exist. When neither file exists a pair is
+/// generated. Exactly one of them present is an error: generating a pair would
+/// overwrite a file someone put there (a real key, or a certificate for it). A
+/// certificate chatd generated that has expired at `now_secs` is replaced by a new
+/// pair; any other certificate, expired or not, is left as it is.
+pub fn ensure_certificate(
+    cert_file: &Path,
+    key_file: &Path,
+    now_secs: i64,
+) -> Result<CertificateSetup, TlsError> {
     match (exists(cert_file)?, exists(key_file)?) {
-        (true, true) => return Ok(false),
+        (true, true) => {
+            // A certificate that cannot be read is reported by the loading that follows.
+            return match certificate_file_facts(cert_file) {
+                Ok(facts) if facts.generated && facts.not_after <= now_secs => {
+                    replace_pair(cert_file, key_file, now_secs)?;
+                    Ok(CertificateSetup::Regenerated {
+                        expired_at: facts.not_after,
+                    })
+                }
+                _ => Ok(CertificateSetup::Existing),
+            };
+        }
         (false, false) => {}
         (cert_present, _) => {
             let (present, missing) = if cert_present {
@@ -81,24 +182,85 @@ pub fn ensure_certificate(cert_file: &Path, key_file: &Path) -> Result<bool, Tls
             )));
         }
     }
-    let names = vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ];
-    let certified = rcgen::generate_simple_self_signed(names)
-        .map_err(|e| TlsError(format!("cannot generate a certificate: {e}")))?;
-    write_new_file(
-        key_file,
-        certified.signing_key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
-    if let Err(e) = write_new_file(cert_file, certified.cert.pem().as_bytes(), 0o644) {
+    let (cert_pem, key_pem) = generate_pair(now_secs)?;
+    write_new_file(key_file, key_pem.as_bytes(), 0o600)?;
+    if let Err(e) = write_new_file(cert_file, cert_pem.as_bytes(), 0o644) {
         // A key without its certificate would stop every later start.
         let _ = std::fs::remove_file(key_file);
         return Err(e);
     }
-    Ok(true)
+    Ok(CertificateSetup::Generated)
+}
+
+/// Replaces an expired generated pair: the new files are written beside the old ones
+/// (new files, exact modes) and renamed over them, key first, so that no moment leaves
+/// a key without a certificate.
+fn replace_pair(cert_file: &Path, key_file: &Path, now_secs: i64) -> Result<(), TlsError> {
+    let (cert_pem, key_pem) = generate_pair(now_secs)?;
+    let staged = |path: &Path| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".new");
+        std::path::PathBuf::from(name)
+    };
+    let (cert_new, key_new) = (staged(cert_file), staged(key_file));
+    // Left over from a start that stopped half-way: ours to remove.
+    let _ = std::fs::remove_file(&cert_new);
+    let _ = std::fs::remove_file(&key_new);
+    write_new_file(&key_new, key_pem.as_bytes(), 0o600)?;
+    write_new_file(&cert_new, cert_pem.as_bytes(), 0o644)?;
+    let rename = |from: &Path, to: &Path| {
+        std::fs::rename(from, to)
+            .map_err(|e| TlsError(format!("cannot replace {}: {e}", to.display())))
+    };
+    rename(&key_new, key_file)?;
+    rename(&cert_new, cert_file)
+}
+
+/// Logs when the certificate in `cert_file` expires (a warning when soon or past).
+pub fn log_expiry(cert_file: &Path, now_secs: i64) {
+    match certificate_file_facts(cert_file) {
+        Ok(facts) => {
+            let (level, text) = expiry_notice(cert_file, facts, now_secs);
+            log::log!(level, "{text}");
+        }
+        Err(e) => log::warn!("cannot tell when the certificate expires: {e}"),
+    }
+}
+
+/// What to say at start about the certificate's expiry: a warning once it is within
+/// [`EXPIRY_WARNING_DAYS`] of it or past it, otherwise the date for information.
+pub fn expiry_notice(
+    cert_file: &Path,
+    facts: CertificateFacts,
+    now_secs: i64,
+) -> (log::Level, String) {
+    let date = crate::http::response::http_date(facts.not_after);
+    let days_left = (facts.not_after - now_secs).div_euclid(86_400);
+    let file = cert_file.display();
+    if facts.not_after <= now_secs {
+        (
+            log::Level::Warn,
+            format!(
+                "the certificate {file} expired on {date}: clients refuse it; renew it and \
+                 send SIGHUP"
+            ),
+        )
+    } else if days_left < EXPIRY_WARNING_DAYS {
+        let renewal = if facts.generated {
+            "chatd generates a new one at the first start after that"
+        } else {
+            "renew it and send SIGHUP"
+        };
+        (
+            log::Level::Warn,
+            format!("the certificate {file} expires on {date}, in {days_left} days: {renewal}"),
+        )
+    } else {
+        (
+            log::Level::Info,
+            format!("the certificate {file} is valid until {date} ({days_left} days)"),
+        )
+    }
 }
 
 /// The mode of `path` if group or others have any access to it (`mode & 0o077 != 0`):
@@ -238,14 +400,129 @@ pub fn load_secret(
 mod tests {
     use super::*;
 
+    /// 2026-12-07T00:00:00Z.
+    const NOW: i64 = 1_796_601_600;
+    const DAY: i64 = 86_400;
+
+    fn facts_of(cert_file: &Path) -> CertificateFacts {
+        certificate_file_facts(cert_file).unwrap()
+    }
+
+    #[test]
+    fn a_generated_certificate_lives_397_days_and_is_known_as_chatd_s() {
+        let (cert_pem, _) = generate_pair(NOW).unwrap();
+        let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert_eq!(cert.validity().not_before.timestamp(), NOW - 3600);
+        assert_eq!(cert.validity().not_after.timestamp(), NOW + 397 * DAY);
+        let total = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+        assert!(total < 398 * DAY, "browsers refuse more than 398 days");
+        assert_eq!(
+            certificate_facts(&der).unwrap(),
+            CertificateFacts {
+                not_after: NOW + 397 * DAY,
+                generated: true
+            }
+        );
+        // A self-signed certificate from elsewhere (rcgen's own subject) is not ours.
+        let other = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        assert!(!certificate_facts(other.cert.der()).unwrap().generated);
+        assert!(certificate_facts(b"not a certificate").is_err());
+    }
+
+    #[test]
+    fn an_expired_generated_certificate_is_replaced_and_others_are_never_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let long_ago = NOW - 400 * DAY;
+        ensure_certificate(&cert, &key, long_ago).unwrap();
+        let old_cert = std::fs::read(&cert).unwrap();
+        // Still valid on its last day: kept.
+        let last_second = long_ago + 397 * DAY - 1;
+        assert_eq!(
+            ensure_certificate(&cert, &key, last_second).unwrap(),
+            CertificateSetup::Existing
+        );
+        assert_eq!(std::fs::read(&cert).unwrap(), old_cert);
+        // Expired: a new pair, valid from now, loadable, with the key still 0600.
+        assert_eq!(
+            ensure_certificate(&cert, &key, NOW).unwrap(),
+            CertificateSetup::Regenerated {
+                expired_at: long_ago + 397 * DAY
+            }
+        );
+        assert_ne!(std::fs::read(&cert).unwrap(), old_cert);
+        assert_eq!(facts_of(&cert).not_after, NOW + 397 * DAY);
+        assert_eq!(exposed_mode(&key).unwrap(), None);
+        assert!(
+            load_server_config(&cert, &key).is_ok(),
+            "the new pair matches"
+        );
+        assert!(!dir.path().join("cert.pem.new").exists());
+
+        // Someone else's expired certificate stays as it is.
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(NOW - DAY).unwrap();
+        let other_key = rcgen::KeyPair::generate().unwrap();
+        let other = params.self_signed(&other_key).unwrap();
+        std::fs::write(&cert, other.pem()).unwrap();
+        std::fs::write(&key, other_key.serialize_pem()).unwrap();
+        assert_eq!(
+            ensure_certificate(&cert, &key, NOW).unwrap(),
+            CertificateSetup::Existing
+        );
+        assert_eq!(std::fs::read_to_string(&cert).unwrap(), other.pem());
+        // An unreadable certificate is left for the loading to report.
+        std::fs::write(&cert, "garbage").unwrap();
+        assert_eq!(
+            ensure_certificate(&cert, &key, NOW).unwrap(),
+            CertificateSetup::Existing
+        );
+    }
+
+    #[test]
+    fn expiry_is_told_and_warned_about_30_days_ahead() {
+        let file = Path::new("cert.pem");
+        let facts = |days: i64, generated| CertificateFacts {
+            not_after: NOW + days * DAY,
+            generated,
+        };
+        let (level, text) = expiry_notice(file, facts(397, true), NOW);
+        assert_eq!(level, log::Level::Info);
+        assert_eq!(
+            text,
+            "the certificate cert.pem is valid until Sat, 08 Jan 2028 00:00:00 GMT (397 days)"
+        );
+        assert_eq!(
+            expiry_notice(file, facts(30, true), NOW).0,
+            log::Level::Info
+        );
+        let (level, text) = expiry_notice(file, facts(29, true), NOW);
+        assert_eq!(level, log::Level::Warn);
+        assert!(
+            text.contains("in 29 days: chatd generates a new one"),
+            "{text}"
+        );
+        let (level, text) = expiry_notice(file, facts(29, false), NOW);
+        assert_eq!(level, log::Level::Warn);
+        assert!(text.contains("renew it and send SIGHUP"), "{text}");
+        let (level, text) = expiry_notice(file, facts(0, false), NOW);
+        assert_eq!(level, log::Level::Warn);
+        assert!(text.contains("expired on"), "{text}");
+    }
+
     #[test]
     fn generates_loads_and_fingerprints() {
         let dir = tempfile::tempdir().unwrap();
         let cert = dir.path().join("c/cert.pem");
         let key = dir.path().join("c/key.pem");
-        assert!(ensure_certificate(&cert, &key).unwrap());
-        assert!(
-            !ensure_certificate(&cert, &key).unwrap(),
+        assert_eq!(
+            ensure_certificate(&cert, &key, NOW).unwrap(),
+            CertificateSetup::Generated
+        );
+        assert_eq!(
+            ensure_certificate(&cert, &key, NOW).unwrap(),
+            CertificateSetup::Existing,
             "kept when present"
         );
         let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
@@ -264,7 +541,7 @@ mod tests {
         // A key on its own, readable by others: neither replaced nor re-moded.
         std::fs::write(&key, "my real key\n").unwrap();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let e = ensure_certificate(&cert, &key).unwrap_err().0;
+        let e = ensure_certificate(&cert, &key, NOW).unwrap_err().0;
         assert!(
             e.contains(&cert.display().to_string()) && e.contains(&key.display().to_string()),
             "{e}"
@@ -275,7 +552,7 @@ mod tests {
         // A certificate on its own.
         std::fs::remove_file(&key).unwrap();
         std::fs::write(&cert, "my real certificate\n").unwrap();
-        let e = ensure_certificate(&cert, &key).unwrap_err().0;
+        let e = ensure_certificate(&cert, &key, NOW).unwrap_err().0;
         assert!(e.contains("the certificate file"), "{e}");
         assert!(e.contains(&key.display().to_string()), "{e}");
         assert_eq!(
@@ -304,8 +581,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (c1, k1) = (dir.path().join("c1"), dir.path().join("k1"));
         let (c2, k2) = (dir.path().join("c2"), dir.path().join("k2"));
-        ensure_certificate(&c1, &k1).unwrap();
-        ensure_certificate(&c2, &k2).unwrap();
+        ensure_certificate(&c1, &k1, NOW).unwrap();
+        ensure_certificate(&c2, &k2, NOW).unwrap();
         assert!(load_server_config(&c1, &k2).is_err());
         assert!(load_server_config(&dir.path().join("none"), &k1).is_err());
         std::fs::write(dir.path().join("empty"), "").unwrap();

@@ -93,6 +93,59 @@ fn first_start_generates_certificate_key_and_jwt_secret() {
 }
 
 #[test]
+fn the_generated_certificate_expires_and_is_generated_again_once_expired() {
+    let mut server = TestServer::start("");
+    // Valid for 397 days, and the start says until when.
+    let der = cert_der_from_pem(&std::fs::read(server.cert_path()).unwrap());
+    let facts = chatd::tls::certificate_facts(&der).unwrap();
+    assert!(facts.generated);
+    let days = (facts.not_after - unix_now()) as f64 / 86_400.0;
+    assert!((396.9..=397.0).contains(&days), "valid for {days} days");
+    assert!(server.log().contains("is valid until"), "{}", server.log());
+
+    // A pair chatd generated 400 days ago has expired: the next start replaces it.
+    server.stop();
+    let (cert_pem, key_pem) = chatd::tls::generate_pair(unix_now() - 400 * 86_400).unwrap();
+    std::fs::write(server.cert_path(), &cert_pem).unwrap();
+    std::fs::write(server.key_path(), &key_pem).unwrap();
+    let expired = fingerprint(&cert_der_from_pem(cert_pem.as_bytes()));
+    server.restart();
+    assert_ne!(server.fingerprint(), expired);
+    let log = server.log();
+    assert!(
+        log.contains("the self-signed certificate chatd generated expired on"),
+        "{log}"
+    );
+    let der = cert_der_from_pem(&std::fs::read(server.cert_path()).unwrap());
+    assert_eq!(server.connect().peer_cert_der(), der);
+    assert_eq!(mode(&server.key_path()), 0o600);
+
+    // A certificate chatd did not generate is served even when it has expired, and
+    // the start warns about it.
+    server.stop();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_after = time::OffsetDateTime::from_unix_timestamp(unix_now() - 86_400).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let foreign = params.self_signed(&key).unwrap();
+    std::fs::write(server.cert_path(), foreign.pem()).unwrap();
+    std::fs::write(server.key_path(), key.serialize_pem()).unwrap();
+    server.restart();
+    assert_eq!(server.fingerprint(), fingerprint(foreign.der()));
+    assert_eq!(
+        std::fs::read_to_string(server.cert_path()).unwrap(),
+        foreign.pem()
+    );
+    assert!(server.log().contains("expired on"), "{}", server.log());
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[test]
 fn a_secret_key_from_the_environment_is_used_quietly_and_never_printed() {
     let mut server = TestServer::start_with_env("", &[("SECRET_KEY", TEST_SECRET)]);
     let user = server.register("sigrid", "sigrid-password");

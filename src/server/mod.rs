@@ -371,19 +371,20 @@ impl Server {
         let pending: Vec<i32> = self.signals.pending().collect();
         for signal in pending {
             match signal {
-                SIGHUP => self.reload_certificate(),
+                SIGHUP => self.reload_certificate(now),
                 SIGINT | SIGTERM => self.begin_shutdown(now),
                 _ => {}
             }
         }
     }
 
-    fn reload_certificate(&mut self) {
+    fn reload_certificate(&mut self, now: Now) {
         let config = &self.app.config;
         match crate::tls::load_server_config(&config.cert_file, &config.key_file) {
             Ok((tls_config, fingerprint)) => {
                 self.tls_config = tls_config;
                 log::info!("SIGHUP: certificate reloaded, SHA-256 fingerprint {fingerprint}");
+                crate::tls::log_expiry(&config.cert_file, now.unix_secs());
             }
             Err(e) => log::error!("SIGHUP: keeping the current certificate: {e}"),
         }
@@ -702,7 +703,7 @@ mod tests {
 
     fn server(dir: &std::path::Path) -> Server {
         let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-        crate::tls::ensure_certificate(&cert, &key).unwrap();
+        crate::tls::ensure_certificate(&cert, &key, crate::time::Now::read().unix_secs()).unwrap();
         let (tls_config, _) = crate::tls::load_server_config(&cert, &key).unwrap();
         let config = crate::config::Config {
             port: 0,
