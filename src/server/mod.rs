@@ -1,14 +1,17 @@
 //! The event loop: the only code that touches sockets, the poller, signals and the clock.
 //!
 //! One thread, one `mio::Poll`, edge-triggered. A turn of the loop:
-//! 1. wait for readiness, no longer than the earliest deadline;
+//! 1. wait for readiness, no longer than the earliest deadline, then read the clock
+//!    once: that `Now` is passed to everything the turn does;
 //! 2. accept until `WouldBlock`; read every readable connection until it is drained
 //!    (or its read budget is spent) and hand complete requests and frames to the
 //!    protocol code;
-//! 3. commit the turn's database writes in one transaction, then release the chat
+//! 3. fire due deadlines, all from one heap (`timers`): the connections' (request,
+//!    idle, ping, token, linger) and the server's own (housekeeping, pruning, an accept
+//!    retry, the end of a shutdown's grace period);
+//! 4. commit the turn's database writes in one transaction, then release the chat
 //!    frames that depended on them (group commit);
-//! 4. flush every connection that has output, until `WouldBlock`;
-//! 5. fire due deadlines (request, idle, ping, token, linger) and remove connections
+//! 5. flush every connection that has output, until `WouldBlock`, and remove those
 //!    that finished closing.
 //!
 //! Connections cut short by a budget wait in `ready` and are served next turn without
@@ -39,7 +42,7 @@ use crate::limits::Refusal;
 use crate::time::Now;
 use crate::ws::Close;
 use conn::{Conn, ConnError, FlushStatus, Phase, ReadStatus, Timeouts};
-use timers::{ConnRef, Timers};
+use timers::{ConnRef, ServerTimer, TimerKey, Timers};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
@@ -126,10 +129,13 @@ pub struct Server {
     scratch: Vec<u8>,
     /// The Date header value and the second it was made for.
     date: (i64, String),
-    /// Set by SIGINT/SIGTERM: the time by which everything must be closed.
-    shutdown_deadline: Option<Instant>,
-    /// Accepting paused after EMFILE until this time.
-    accept_paused_until: Option<Instant>,
+    /// Set by SIGINT/SIGTERM: no new connections, and the loop ends once every
+    /// connection is closed or the grace period is over.
+    shutting_down: bool,
+    /// The shutdown's grace period is over: the loop ends whatever is still open.
+    shutdown_grace_over: bool,
+    /// Accepting paused after EMFILE, until the AcceptRetry timer fires.
+    accept_paused: bool,
     /// Most connections open since memory was last handed back to the system.
     peak_connections: usize,
 }
@@ -168,8 +174,9 @@ impl Server {
             chat_outputs: Vec::new(),
             scratch: Vec::with_capacity(conn::MAX_RECORD),
             date: (i64::MIN, String::new()),
-            shutdown_deadline: None,
-            accept_paused_until: None,
+            shutting_down: false,
+            shutdown_grace_over: false,
+            accept_paused: false,
             peak_connections: 0,
         })
     }
@@ -182,9 +189,15 @@ impl Server {
     /// Runs until SIGINT/SIGTERM, then closes every connection and the database.
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
-        let mut last_housekeeping = Instant::now();
-        let mut last_prune = Instant::now();
+        let start = Instant::now();
+        self.timers.push(
+            start + HOUSEKEEPING_INTERVAL,
+            TimerKey::Server(ServerTimer::Housekeeping),
+        );
+        self.timers
+            .push(start + PRUNE_INTERVAL, TimerKey::Server(ServerTimer::Prune));
         loop {
+            // The one clock reading outside a turn: how long the poll may sleep.
             let timeout = self.poll_timeout(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -226,25 +239,7 @@ impl Server {
             self.fire_timers(now);
             self.commit_and_dispatch(now);
             self.flush_all(now);
-            if self
-                .accept_paused_until
-                .is_some_and(|until| until <= now.instant)
-            {
-                self.accept_paused_until = None;
-                self.accept_all(now);
-            }
-            if now.instant.duration_since(last_prune) >= PRUNE_INTERVAL {
-                self.app.limits.prune();
-                self.app.passwords.release_if_unused();
-                last_prune = now.instant;
-            }
-            if now.instant.duration_since(last_housekeeping) >= HOUSEKEEPING_INTERVAL {
-                self.housekeeping();
-                last_housekeeping = now.instant;
-            }
-            if let Some(deadline) = self.shutdown_deadline
-                && (self.conns.is_empty() || now.instant >= deadline)
-            {
+            if self.shutting_down && (self.conns.is_empty() || self.shutdown_grace_over) {
                 break;
             }
         }
@@ -257,15 +252,10 @@ impl Server {
         if !self.ready.is_empty() || !self.chat_outputs.is_empty() {
             return Some(Duration::ZERO);
         }
-        let mut next = self.timers.next();
-        for extra in [self.shutdown_deadline, self.accept_paused_until]
-            .into_iter()
-            .flatten()
-        {
-            next = Some(next.map_or(extra, |n| n.min(extra)));
-        }
         // Round up so a deadline is never checked a hair too early and spun on.
-        next.map(|at| at.saturating_duration_since(now) + Duration::from_millis(1))
+        self.timers
+            .next()
+            .map(|at| at.saturating_duration_since(now) + Duration::from_millis(1))
     }
 
     fn update_date(&mut self, now: Now) {
@@ -276,7 +266,7 @@ impl Server {
     }
 
     fn accept_all(&mut self, now: Now) {
-        if self.accept_paused_until.is_some() {
+        if self.accept_paused {
             return;
         }
         loop {
@@ -291,7 +281,11 @@ impl Server {
                     // EMFILE/ENFILE/ENOBUFS: the pending connection stays in the backlog;
                     // with edge triggering no new event will come for it, so retry soon.
                     log::warn!("accept failed: {e}; retrying in {ACCEPT_RETRY:?}");
-                    self.accept_paused_until = Some(now.instant + ACCEPT_RETRY);
+                    self.accept_paused = true;
+                    self.timers.push(
+                        now.instant + ACCEPT_RETRY,
+                        TimerKey::Server(ServerTimer::AcceptRetry),
+                    );
                     return;
                 }
             };
@@ -393,11 +387,15 @@ impl Server {
     /// Stops accepting, sends 1001 to every WebSocket, lets in-flight requests finish
     /// and closes idle connections.
     fn begin_shutdown(&mut self, now: Now) {
-        if self.shutdown_deadline.is_some() {
+        if self.shutting_down {
             return;
         }
         log::info!("shutting down: no new connections, finishing in-flight requests");
-        self.shutdown_deadline = Some(now.instant + SHUTDOWN_GRACE);
+        self.shutting_down = true;
+        self.timers.push(
+            now.instant + SHUTDOWN_GRACE,
+            TimerKey::Server(ServerTimer::ShutdownGrace),
+        );
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
@@ -407,7 +405,7 @@ impl Server {
                 continue;
             };
             match conn.phase {
-                Phase::WebSocket => self.close_ws(conn_ref, Close::GoingAway),
+                Phase::WebSocket => self.close_ws(conn_ref, Close::GoingAway, now),
                 // A request already arriving may finish (its response will close the
                 // connection); idle connections and handshakes in progress close now.
                 Phase::Http if conn.inbuf.is_empty() => {
@@ -461,7 +459,7 @@ impl Server {
         let deadline = conn.deadline(&timeouts);
         if conn.armed.is_none_or(|armed| deadline < armed) {
             conn.armed = Some(deadline);
-            self.timers.push(deadline, conn_ref);
+            self.timers.push(deadline, TimerKey::Conn(conn_ref));
         }
     }
 
@@ -481,11 +479,11 @@ impl Server {
         let status = match conn.read_tls(READ_BUDGET, now.instant) {
             Ok(status) => status,
             Err(ConnError::NotTls) => {
-                self.reject_plaintext(conn_ref.key);
+                self.reject_plaintext(conn_ref.key, now);
                 return;
             }
             Err(e) => {
-                self.drop_on_error(conn_ref, &e);
+                self.drop_on_error(conn_ref, &e, now);
                 return;
             }
         };
@@ -539,14 +537,14 @@ impl Server {
     }
 
     /// Answers plain HTTP on the TLS port with a short plaintext 400 and closes.
-    fn reject_plaintext(&mut self, key: usize) {
+    fn reject_plaintext(&mut self, key: usize, now: Now) {
         self.app.metrics.plaintext_rejected += 1;
         if let Some(conn) = self.conns.get_mut(key) {
             use std::io::Write;
             let _ = conn.socket.write(PLAINTEXT_REPLY);
             conn.shutdown_write();
             conn.phase = Phase::Closing;
-            conn.linger_until = Some(Instant::now() + conn::LINGER);
+            conn.linger_until = Some(now.instant + conn::LINGER);
             let conn_ref = conn.conn_ref(key);
             if conn.discard_input() {
                 self.remove(key);
@@ -556,7 +554,7 @@ impl Server {
         }
     }
 
-    fn drop_on_error(&mut self, conn_ref: ConnRef, error: &ConnError) {
+    fn drop_on_error(&mut self, conn_ref: ConnRef, error: &ConnError, now: Now) {
         if let ConnError::Tls(_) = error {
             self.app.metrics.tls_errors += 1;
         }
@@ -564,7 +562,7 @@ impl Server {
         if let Some(conn) = self.get(conn_ref) {
             // Best effort: send the alert rustls queued, then close.
             let mut scratch = Vec::new();
-            let _ = conn.flush(&mut scratch, Instant::now());
+            let _ = conn.flush(&mut scratch, now.instant);
         }
         self.remove(conn_ref.key);
     }
@@ -625,7 +623,14 @@ impl Server {
     /// Handles every deadline that has passed.
     fn fire_timers(&mut self, now: Now) {
         let timeouts = self.timeouts;
-        while let Some((at, conn_ref)) = self.timers.pop_due(now.instant) {
+        while let Some((at, key)) = self.timers.pop_due(now.instant) {
+            let conn_ref = match key {
+                TimerKey::Conn(conn_ref) => conn_ref,
+                TimerKey::Server(timer) => {
+                    self.server_timer(timer, now);
+                    continue;
+                }
+            };
             let Some(conn) = self.get(conn_ref) else {
                 continue;
             };
@@ -667,6 +672,32 @@ impl Server {
                 }
                 Phase::WebSocket => self.ws_deadline(conn_ref, now),
             }
+        }
+    }
+
+    /// One of the server's own deadlines passed.
+    fn server_timer(&mut self, timer: ServerTimer, now: Now) {
+        match timer {
+            ServerTimer::Housekeeping => {
+                self.housekeeping();
+                self.timers.push(
+                    now.instant + HOUSEKEEPING_INTERVAL,
+                    TimerKey::Server(ServerTimer::Housekeeping),
+                );
+            }
+            ServerTimer::Prune => {
+                self.app.limits.prune();
+                self.app.passwords.release_if_unused();
+                self.timers.push(
+                    now.instant + PRUNE_INTERVAL,
+                    TimerKey::Server(ServerTimer::Prune),
+                );
+            }
+            ServerTimer::AcceptRetry => {
+                self.accept_paused = false;
+                self.accept_all(now);
+            }
+            ServerTimer::ShutdownGrace => self.shutdown_grace_over = true,
         }
     }
 

@@ -177,7 +177,7 @@ impl Server {
             conn.inbuf.drain(..pos);
         }
         conn.release_idle_input();
-        if !pongs.is_empty() && self.make_room(conn_ref, pongs.len()) {
+        if !pongs.is_empty() && self.make_room(conn_ref, pongs.len(), now) {
             if let Some(conn) = self.get(conn_ref) {
                 conn.out.push_owned(pongs);
             }
@@ -188,7 +188,7 @@ impl Server {
     /// Queues a close frame with this code as the last thing the connection sends, and
     /// ends its chat session. A slow consumer's queued frames are dropped first, except
     /// one already partly sent.
-    pub(super) fn close_ws(&mut self, conn_ref: ConnRef, close: Close) {
+    pub(super) fn close_ws(&mut self, conn_ref: ConnRef, close: Close, now: Now) {
         let Some(conn) = self.get(conn_ref) else {
             return;
         };
@@ -198,7 +198,7 @@ impl Server {
         if ws.close_sent_at.is_some() {
             return;
         }
-        ws.close_sent_at = Some(Instant::now());
+        ws.close_sent_at = Some(now.instant);
         let id = ws.id;
         if close == Close::SlowConsumer {
             conn.out.drop_unstarted();
@@ -231,10 +231,10 @@ impl Server {
             // Our close frame could not be delivered in time: give up on the peer.
             self.drop_ws(conn_ref);
         } else if now.instant >= ws.token_expires {
-            self.close_ws(conn_ref, Close::TokenExpired);
+            self.close_ws(conn_ref, Close::TokenExpired, now);
         } else if now.instant >= ws.last_heard + timeouts.ws_idle {
             self.app.metrics.ws_idle_closed += 1;
-            self.close_ws(conn_ref, Close::IdleTimeout);
+            self.close_ws(conn_ref, Close::IdleTimeout, now);
         } else {
             ws.last_ping = now.instant;
             if let Some(conn) = self.get(conn_ref) {
@@ -277,10 +277,12 @@ impl Server {
                     None => {}
                     Some(Action::Send { to, frame }) => {
                         for &id in to.as_slice() {
-                            self.queue_frame(id, &frame);
+                            self.queue_frame(id, &frame, now);
                         }
                     }
-                    Some(Action::Close { conn, close }) => self.close_ws(conn_ref(conn), close),
+                    Some(Action::Close { conn, close }) => {
+                        self.close_ws(conn_ref(conn), close, now);
+                    }
                     Some(Action::TokenRenewed { conn, expires_at }) => {
                         let conn_ref = conn_ref(conn);
                         if let Some(ws) = self.get(conn_ref).and_then(|c| c.ws.as_mut()) {
@@ -297,9 +299,9 @@ impl Server {
     }
 
     /// Queues a shared frame for one connection, or closes it as a slow consumer.
-    fn queue_frame(&mut self, id: ConnId, frame: &Frame) {
+    fn queue_frame(&mut self, id: ConnId, frame: &Frame, now: Now) {
         let conn_ref = conn_ref(id);
-        if !self.make_room(conn_ref, frame.len()) {
+        if !self.make_room(conn_ref, frame.len(), now) {
             return;
         }
         if let Some(conn) = self.get(conn_ref) {
@@ -315,7 +317,7 @@ impl Server {
     /// frame larger than the cap (a history page of long texts can be) is still taken
     /// when nothing else waits, so what a connection holds stays below the cap plus one
     /// frame, and a client that reads gets every answer the protocol allows.
-    fn make_room(&mut self, conn_ref: ConnRef, extra: usize) -> bool {
+    fn make_room(&mut self, conn_ref: ConnRef, extra: usize, now: Now) -> bool {
         let cap = self.app.config.max_outbound_bytes;
         let fits = |queued: usize| queued == 0 || queued + extra <= cap;
         let Some(conn) = self.get(conn_ref) else {
@@ -328,7 +330,7 @@ impl Server {
             return true;
         }
         // Over the cap only counts if the socket cannot take what is queued.
-        self.flush_now(conn_ref, Now::read());
+        self.flush_now(conn_ref, now);
         let Some(conn) = self.get(conn_ref) else {
             return false;
         };
@@ -341,7 +343,7 @@ impl Server {
             conn.out.len()
         );
         self.app.metrics.ws_slow_consumers += 1;
-        self.close_ws(conn_ref, Close::SlowConsumer);
+        self.close_ws(conn_ref, Close::SlowConsumer, now);
         false
     }
 }
