@@ -8,6 +8,8 @@
 //! # Layout
 //! - [`config`]: `server.conf` plus `CHATD_*` overrides, validated.
 //! - [`server`]: the event loop, connections, output queues, deadlines.
+//! - [`session`]: the per-connection protocol, sans-IO (plaintext and `now` in,
+//!   decisions out).
 //! - [`http`]: request parsing, responses, the error contract, static files.
 //! - [`api`]: routing and the account endpoints.
 //! - [`ws`]: the WebSocket upgrade, frame codec and close codes.
@@ -28,6 +30,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod server;
+pub mod session;
 pub mod store;
 pub mod time;
 pub mod tls;

@@ -10,14 +10,12 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
-use governor::DefaultDirectRateLimiter;
 use mio::net::TcpStream;
 use rustls::ServerConnection;
 
 use super::outq::OutQueue;
 use super::timers::ConnRef;
-use crate::chat::ConnId;
-use crate::ws::Decoder;
+use crate::session::{WsSession, WsTimeouts};
 
 /// Largest plaintext handed to rustls at once: one full TLS record.
 pub const MAX_RECORD: usize = 16 * 1024;
@@ -32,8 +30,7 @@ pub const LINGER: Duration = Duration::from_secs(2);
 pub struct Timeouts {
     pub header: Duration,
     pub idle: Duration,
-    pub ws_ping: Duration,
-    pub ws_idle: Duration,
+    pub ws: WsTimeouts,
 }
 
 /// Where a connection is in its life.
@@ -41,7 +38,7 @@ pub struct Timeouts {
 pub enum Phase {
     /// TLS handshake and HTTP/1.1 requests.
     Http,
-    /// Upgraded: WebSocket frames both ways; the state is in `Conn::ws`.
+    /// Upgraded: WebSocket frames both ways; the protocol state is in `Conn::ws`.
     WebSocket,
     /// Our side is finished: close_notify sent and the write half shut down. Input is
     /// read and discarded until EOF or the linger deadline.
@@ -84,45 +81,6 @@ impl std::fmt::Display for ConnError {
             ConnError::Tls(e) => write!(f, "tls: {e}"),
             ConnError::NotTls => f.write_str("not TLS"),
         }
-    }
-}
-
-/// The WebSocket side of an upgraded connection.
-#[derive(Debug)]
-pub struct WsConn {
-    /// The chat's name for this connection.
-    pub id: ConnId,
-    pub decoder: Decoder,
-    /// `ws_rate`: chat requests allowed from this connection.
-    pub limiter: DefaultDirectRateLimiter,
-    /// The flood count: each refused request adds one, each allowed one takes one off;
-    /// at the burst size the client is considered flooding and closed with 1008.
-    pub refusals: u32,
-    /// Last time a complete message, ping, pong or close arrived: the idle deadline
-    /// counts from here. Bytes or fragments of one still incomplete do not count, or a
-    /// client trickling one in, a byte now and then, would never be idle.
-    pub last_heard: Instant,
-    /// Last ping sent.
-    pub last_ping: Instant,
-    /// When the token presented (or renewed with `auth`) expires: close with 4002.
-    pub token_expires: Instant,
-    /// A close was decided while reading (protocol error, flooding, the client's own
-    /// close): no more input is processed; the close frame follows the replies
-    /// already produced.
-    pub closing: bool,
-    /// When our close frame was queued; nothing else may follow it, and the peer has
-    /// LINGER to take it before the connection is dropped.
-    pub close_sent_at: Option<Instant>,
-}
-
-impl WsConn {
-    pub fn deadline(&self, timeouts: &Timeouts) -> Instant {
-        if let Some(sent) = self.close_sent_at {
-            return sent + LINGER;
-        }
-        let idle = self.last_heard + timeouts.ws_idle;
-        let ping = self.last_heard.max(self.last_ping) + timeouts.ws_ping;
-        idle.min(ping).min(self.token_expires)
     }
 }
 
@@ -214,7 +172,7 @@ pub struct Conn {
     pub continue_sent: bool,
     pub requests_served: u64,
     /// Set once upgraded; boxed so plain HTTP connections stay small.
-    pub ws: Option<Box<WsConn>>,
+    pub ws: Option<Box<WsSession>>,
 }
 
 impl Conn {
@@ -266,7 +224,7 @@ impl Conn {
                 (None, None) => self.last_active + timeouts.idle,
             },
             Phase::WebSocket => match &self.ws {
-                Some(ws) => ws.deadline(timeouts),
+                Some(ws) => ws.deadline(&timeouts.ws),
                 None => self.last_active + timeouts.idle,
             },
         }

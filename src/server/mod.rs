@@ -155,8 +155,10 @@ impl Server {
         let timeouts = Timeouts {
             header: app.config.header_timeout,
             idle: app.config.idle_timeout,
-            ws_ping: app.config.ws_ping_interval,
-            ws_idle: app.config.ws_idle_timeout,
+            ws: crate::session::WsTimeouts {
+                ping: app.config.ws_ping_interval,
+                idle: app.config.ws_idle_timeout,
+            },
         };
         Ok(Server {
             poll,
@@ -502,10 +504,7 @@ impl Server {
                 // Answer what is already buffered first; the EOF is seen again later.
             }
             ReadStatus::Eof if conn.phase == Phase::WebSocket => {
-                let closing = conn
-                    .ws
-                    .as_ref()
-                    .is_some_and(|ws| ws.closing || ws.close_sent_at.is_some());
+                let closing = conn.ws.as_ref().is_some_and(|ws| ws.is_closing());
                 if !closing {
                     // The client vanished without a close frame.
                     self.drop_ws(conn_ref);

@@ -1,24 +1,24 @@
-//! The WebSocket side of the loop: frames in, chat outputs out, keepalive, closes.
+//! The WebSocket side of the loop: the connection's session decides, this carries out.
 //!
-//! Decoded text messages go through the connection's rate limit to the chat core; its
-//! outputs wait in `chat_outputs` until the turn's writes are committed, then each
-//! shared frame is queued on its recipients' output queues. A recipient whose queue
-//! would pass `max_outbound_bytes` is closed with 1013 instead of growing; pongs count
-//! against the same cap, so a client that pings without reading is cut off too.
+//! The session ([`crate::session::WsSession`]) decodes frames, applies the request rate
+//! and the flood count, and decides pings and closes; its requests go to the chat core,
+//! whose outputs wait in `chat_outputs` until the turn's writes are committed, then
+//! each shared frame is queued on its recipients' output queues. A recipient whose
+//! queue would pass `max_outbound_bytes` is closed with 1013 instead of growing; pongs
+//! count against the same cap, so a client that pings without reading is cut off too.
 
 use std::time::Instant;
 
-use governor::{Quota, RateLimiter};
-
-use super::conn::{Phase, WsConn};
+use super::conn::Phase;
 use super::{ConnRef, Server};
 use crate::api::WsSession;
 use crate::chat::protocol::Frame;
 use crate::chat::{Action, ConnId, Output};
 use crate::config::DuplicateSessions;
+use crate::session::WsDeadline;
 use crate::time::Now;
-use crate::ws::frame::{close_frame, ping_frame, pong_frame};
-use crate::ws::{Close, Decoder, WsEvent};
+use crate::ws::Close;
+use crate::ws::frame::{close_frame, ping_frame};
 
 /// The kernel send buffer of an upgraded connection (Linux doubles the value for its
 /// own bookkeeping). Left alone, Linux grows it up to `net.ipv4.tcp_wmem`'s maximum
@@ -39,19 +39,6 @@ fn conn_ref(id: ConnId) -> ConnRef {
     }
 }
 
-/// The flood count after one more request: a refused request adds one, an allowed one
-/// takes one off (never below zero). At `ws_burst` the connection is closed with 1008,
-/// so it is never refused more than a burst of requests beyond those it was allowed: a
-/// client that keeps sending at more than twice its rate is closed however its requests
-/// are spread, one that slows down when refused is not.
-fn flood_count(count: u32, allowed: bool) -> u32 {
-    if allowed {
-        count.saturating_sub(1)
-    } else {
-        count.saturating_add(1)
-    }
-}
-
 /// The instant at which a Unix time (seconds) is reached, seen from `now` (checked:
 /// no `exp` in a token can overflow it).
 fn instant_at(unix_secs: i64, now: Now) -> Instant {
@@ -62,8 +49,7 @@ impl Server {
     /// The upgrade was answered with 101: the connection now speaks WebSocket.
     pub(super) fn start_ws(&mut self, conn_ref: ConnRef, session: WsSession, now: Now) {
         let config = &self.app.config;
-        let quota: Quota = crate::limits::quota(config.ws_rate);
-        let max_message = config.max_message_bytes;
+        let (rate, max_message) = (config.ws_rate, config.max_message_bytes);
         let replace = config.duplicate_sessions == DuplicateSessions::Replace;
         let id = conn_id(conn_ref);
         let Some(conn) = self.get(conn_ref) else {
@@ -74,17 +60,13 @@ impl Server {
         if let Err(e) = socket2::SockRef::from(&conn.socket).set_send_buffer_size(WS_SEND_BUFFER) {
             log::debug!("{}: cannot cap the send buffer: {e}", conn.peer);
         }
-        conn.ws = Some(Box::new(WsConn {
+        conn.ws = Some(Box::new(crate::session::WsSession::new(
             id,
-            decoder: Decoder::new(max_message),
-            limiter: RateLimiter::direct(quota),
-            refusals: 0,
-            closing: false,
-            last_heard: now.instant,
-            last_ping: now.instant,
-            token_expires: instant_at(session.token_expires_at, now),
-            close_sent_at: None,
-        }));
+            max_message,
+            rate,
+            instant_at(session.token_expires_at, now),
+            now.instant,
+        )));
         log::debug!(
             "{} opened a WebSocket as {}",
             conn.peer,
@@ -97,9 +79,9 @@ impl Server {
         self.arm(conn_ref);
     }
 
-    /// Decodes every complete frame in the connection's input and acts on it.
+    /// Hands the connection's input to its session and carries out what it decided:
+    /// requests to the chat core, pongs, a close after the replies already produced.
     pub(super) fn process_ws(&mut self, conn_ref: ConnRef, now: Now) {
-        let burst = self.app.config.ws_rate.burst;
         let Server {
             conns,
             app,
@@ -115,68 +97,37 @@ impl Server {
         let Some(ws) = conn.ws.as_mut().filter(|_| conn.phase == Phase::WebSocket) else {
             return;
         };
-        if ws.closing || ws.close_sent_at.is_some() {
-            // Nothing more is read from a closing connection: drop what arrives.
-            conn.inbuf = Vec::new();
-            return;
+        let decoded = ws.on_input(&conn.inbuf, now.instant);
+        let id = ws.id;
+        app.metrics.ws_messages_in += (decoded.requests.len() + decoded.refused.len()) as u64;
+        for text in &decoded.requests {
+            let (chat, mut backend) = app.backend();
+            chat.handle(id, text, &mut backend, now.unix_ms, chat_outputs);
         }
-        let mut pos = 0;
-        let mut close: Option<Close> = None;
-        // Pongs go through the outbound cap after the loop; what they hold is bounded by
-        // the input read this turn.
-        let mut pongs: Vec<u8> = Vec::new();
-        while !ws.closing && ws.close_sent_at.is_none() {
-            let (event, used) = match ws.decoder.decode(&conn.inbuf[pos..]) {
-                Ok(decoded) => decoded,
-                Err(code) => {
-                    log::debug!("{}: closing WebSocket: {}", conn.peer, code.reason());
-                    close = Some(code);
-                    break;
-                }
-            };
-            pos += used;
-            let Some(event) = event else {
-                break;
-            };
-            ws.last_heard = now.instant;
-            match event {
-                WsEvent::Text(text) => {
+        app.metrics.ws_rate_limited += decoded.refused.len() as u64;
+        for text in &decoded.refused {
+            app.chat.reject_rate_limited(id, text, chat_outputs);
+        }
+        if let Some(close) = decoded.close {
+            match close {
+                Close::Policy => {
                     app.metrics.ws_messages_in += 1;
-                    let allowed = ws.limiter.check().is_ok();
-                    ws.refusals = flood_count(ws.refusals, allowed);
-                    if allowed {
-                        let (chat, mut backend) = app.backend();
-                        chat.handle(ws.id, &text, &mut backend, now.unix_ms, chat_outputs);
-                    } else {
-                        app.metrics.ws_rate_limited += 1;
-                        if ws.refusals >= burst {
-                            log::info!("{}: closing WebSocket for flooding", conn.peer);
-                            close = Some(Close::Policy);
-                            break;
-                        }
-                        app.chat.reject_rate_limited(ws.id, &text, chat_outputs);
-                    }
+                    app.metrics.ws_rate_limited += 1;
+                    log::info!("{}: closing WebSocket for flooding", conn.peer);
                 }
-                WsEvent::Ping(payload) => pongs.extend_from_slice(&pong_frame(&payload)),
-                WsEvent::Pong => {}
-                WsEvent::Close { code, .. } => {
-                    // Echo the client's code, as RFC 6455 suggests.
-                    close = Some(Close::Echo(code.unwrap_or(1000)));
-                    break;
-                }
+                Close::Echo(_) => {}
+                _ => log::debug!("{}: closing WebSocket: {}", conn.peer, close.reason()),
             }
-        }
-        if let Some(close) = close {
             // Leave the chat now; the close frame goes out after the replies already
             // produced for this connection (see commit_and_dispatch).
-            ws.closing = true;
-            app.chat.disconnect(ws.id, chat_outputs);
-            chat_outputs.push(Output::Close { conn: ws.id, close });
+            app.chat.disconnect(id, chat_outputs);
+            chat_outputs.push(Output::Close { conn: id, close });
             conn.inbuf = Vec::new();
-        } else if pos > 0 {
-            conn.inbuf.drain(..pos);
+        } else if decoded.consumed > 0 {
+            conn.inbuf.drain(..decoded.consumed);
         }
         conn.release_idle_input();
+        let pongs = decoded.pongs;
         if !pongs.is_empty() && self.make_room(conn_ref, pongs.len(), now) {
             if let Some(conn) = self.get(conn_ref) {
                 conn.out.push_owned(pongs);
@@ -195,10 +146,9 @@ impl Server {
         let Some(ws) = conn.ws.as_mut() else {
             return;
         };
-        if ws.close_sent_at.is_some() {
+        if !ws.begin_close(now.instant) {
             return;
         }
-        ws.close_sent_at = Some(now.instant);
         let id = ws.id;
         if close == Close::SlowConsumer {
             conn.out.drop_unstarted();
@@ -221,27 +171,29 @@ impl Server {
     }
 
     /// A WebSocket deadline passed: token expiry, idle timeout, a ping due, or the end
-    /// of the wait for a close frame to go out.
+    /// of the wait for a close frame to go out; the session decides which.
     pub(super) fn ws_deadline(&mut self, conn_ref: ConnRef, now: Now) {
-        let timeouts = self.timeouts;
+        let timeouts = self.timeouts.ws;
         let Some(ws) = self.get(conn_ref).and_then(|c| c.ws.as_mut()) else {
             return;
         };
-        if ws.close_sent_at.is_some() {
+        match ws.on_deadline(now.instant, &timeouts) {
+            WsDeadline::NotYet => self.arm(conn_ref),
             // Our close frame could not be delivered in time: give up on the peer.
-            self.drop_ws(conn_ref);
-        } else if now.instant >= ws.token_expires {
-            self.close_ws(conn_ref, Close::TokenExpired, now);
-        } else if now.instant >= ws.last_heard + timeouts.ws_idle {
-            self.app.metrics.ws_idle_closed += 1;
-            self.close_ws(conn_ref, Close::IdleTimeout, now);
-        } else {
-            ws.last_ping = now.instant;
-            if let Some(conn) = self.get(conn_ref) {
-                conn.out.push_owned(ping_frame(b""));
+            WsDeadline::Drop => self.drop_ws(conn_ref),
+            WsDeadline::Close(close) => {
+                if close == Close::IdleTimeout {
+                    self.app.metrics.ws_idle_closed += 1;
+                }
+                self.close_ws(conn_ref, close, now);
             }
-            self.queue_flush(conn_ref);
-            self.arm(conn_ref);
+            WsDeadline::Ping => {
+                if let Some(conn) = self.get(conn_ref) {
+                    conn.out.push_owned(ping_frame(b""));
+                }
+                self.queue_flush(conn_ref);
+                self.arm(conn_ref);
+            }
         }
     }
 
@@ -286,7 +238,7 @@ impl Server {
                     Some(Action::TokenRenewed { conn, expires_at }) => {
                         let conn_ref = conn_ref(conn);
                         if let Some(ws) = self.get(conn_ref).and_then(|c| c.ws.as_mut()) {
-                            ws.token_expires = instant_at(expires_at, now);
+                            ws.renew_token(instant_at(expires_at, now));
                             // The new token may expire before the deadline armed now
                             // (arm adds the earlier one); a later deadline is picked up
                             // when the armed entry fires.
@@ -323,7 +275,7 @@ impl Server {
         let Some(conn) = self.get(conn_ref) else {
             return false;
         };
-        if conn.ws.as_ref().is_none_or(|ws| ws.close_sent_at.is_some()) {
+        if conn.ws.as_ref().is_none_or(|ws| ws.close_sent()) {
             return false;
         }
         if fits(conn.out.len()) {
@@ -345,44 +297,5 @@ impl Server {
         self.app.metrics.ws_slow_consumers += 1;
         self.close_ws(conn_ref, Close::SlowConsumer, now);
         false
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Requests refused by a token bucket of `rate` per tick and `burst`, sent `per_tick`
-    /// to a tick for `ticks`: the highest flood count reached.
-    fn highest_flood_count(rate: u32, burst: u32, per_tick: u32, ticks: u32) -> u32 {
-        let (mut tokens, mut count, mut highest) = (burst, 0, 0);
-        for _ in 0..ticks {
-            tokens = (tokens + rate).min(burst);
-            for _ in 0..per_tick {
-                let allowed = tokens > 0;
-                tokens -= u32::from(allowed);
-                count = flood_count(count, allowed);
-                highest = highest.max(count);
-            }
-        }
-        highest
-    }
-
-    #[test]
-    fn a_steady_flood_reaches_the_burst_and_the_allowed_rate_never_counts() {
-        // Five times the rate, spread evenly: never a burst of refusals in a row, yet
-        // the count passes any burst.
-        assert!(highest_flood_count(1, 20, 5, 100) >= 20);
-        assert!(
-            highest_flood_count(2, 20, 5, 100) >= 20,
-            "2.5 times the rate"
-        );
-        assert_eq!(highest_flood_count(1, 20, 1, 1000), 0, "the allowed rate");
-        assert!(
-            highest_flood_count(1, 20, 2, 1000) <= 1,
-            "twice the rate stays low"
-        );
-        assert_eq!(flood_count(0, true), 0);
-        assert_eq!(flood_count(u32::MAX, false), u32::MAX);
     }
 }

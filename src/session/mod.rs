@@ -1,0 +1,14 @@
+//! The per-connection protocol, sans-IO: plaintext and the turn's `now` in, decisions
+//! out. No socket, no clock, no TLS: the event loop in `server/` reads and writes, and
+//! asks a session what the bytes mean and what a deadline that passed calls for, the
+//! way quinn-proto's `Connection` works. Tests drive a session with a fake clock.
+//!
+//! - [`ws`]: an upgraded connection: frames, the request rate and flood count, pings,
+//!   the idle timeout, token expiry and the close handshake.
+//! - [`rate`]: the exact token bucket a WebSocket's requests pass through.
+
+pub mod rate;
+pub mod ws;
+
+pub use rate::TokenBucket;
+pub use ws::{Decoded, WsDeadline, WsSession, WsTimeouts};
