@@ -15,7 +15,7 @@ use rustls::ServerConnection;
 
 use super::outq::OutQueue;
 use super::timers::ConnRef;
-use crate::session::{WsSession, WsTimeouts};
+use crate::session::{HttpSession, HttpTimeouts, WsSession, WsTimeouts};
 
 /// Largest plaintext handed to rustls at once: one full TLS record.
 pub const MAX_RECORD: usize = 16 * 1024;
@@ -28,8 +28,7 @@ pub const LINGER: Duration = Duration::from_secs(2);
 /// The configured durations a connection's deadlines are made of.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
-    pub header: Duration,
-    pub idle: Duration,
+    pub http: HttpTimeouts,
     pub ws: WsTimeouts,
 }
 
@@ -139,10 +138,8 @@ pub struct Conn {
     pub inbuf: Vec<u8>,
     /// Plaintext output not yet handed to rustls.
     pub out: OutQueue,
-    /// When the request now arriving began (from accept for the first one); None
-    /// between requests and while input is paused. Its deadline is `header_timeout`
-    /// later.
-    pub request_started: Option<Instant>,
+    /// The HTTP protocol state: requests, pipelining, the request and idle timers.
+    pub http: HttpSession,
     /// Last time plaintext arrived or bytes were sent; the idle deadline counts from
     /// here. Bytes of a TLS record still incomplete do not count: a client sending a
     /// record a byte at a time has sent nothing yet.
@@ -155,22 +152,12 @@ pub struct Conn {
     pub tls_checked: bool,
     /// Close once everything queued has been sent.
     pub close_when_flushed: bool,
-    /// Set when the idle timeout decided the close: what is queued must be sent by
-    /// then, or the connection is dropped. A client that reads nothing could otherwise
-    /// hold a connection open for ever, and with it a deadline already past.
-    pub close_deadline: Option<Instant>,
-    /// Input processing stopped because too much output is queued (a client that
-    /// pipelines requests without reading the answers); resumes after a flush.
-    pub input_paused: bool,
     /// Already in the turn's list of connections to flush.
     pub in_flush_list: bool,
     /// A readiness event said the peer closed its side (or the socket failed). The FIN
     /// raises no edge of its own after that event, so reads go on past a short read
     /// until they see the EOF (or `WouldBlock`).
     pub peer_closed: bool,
-    /// `100 Continue` was sent for the request now arriving.
-    pub continue_sent: bool,
-    pub requests_served: u64,
     /// Set once upgraded; boxed so plain HTTP connections stay small.
     pub ws: Option<Box<WsSession>>,
 }
@@ -191,18 +178,14 @@ impl Conn {
             phase: Phase::Http,
             inbuf: Vec::new(),
             out: OutQueue::default(),
-            request_started: Some(now),
+            http: HttpSession::new(now),
             last_active: now,
             armed: None,
             linger_until: None,
             tls_checked: false,
             close_when_flushed: false,
-            close_deadline: None,
-            input_paused: false,
             in_flush_list: false,
             peer_closed: false,
-            continue_sent: false,
-            requests_served: 0,
             ws: None,
         }
     }
@@ -218,14 +201,10 @@ impl Conn {
     pub fn deadline(&self, timeouts: &Timeouts) -> Instant {
         match self.phase {
             Phase::Closing => self.linger_until.unwrap_or(self.last_active),
-            Phase::Http => match (self.close_deadline, self.request_started) {
-                (Some(deadline), _) => deadline,
-                (None, Some(started)) => started + timeouts.header,
-                (None, None) => self.last_active + timeouts.idle,
-            },
+            Phase::Http => self.http.deadline(self.last_active, &timeouts.http),
             Phase::WebSocket => match &self.ws {
                 Some(ws) => ws.deadline(&timeouts.ws),
-                None => self.last_active + timeouts.idle,
+                None => self.last_active + timeouts.http.idle,
             },
         }
     }

@@ -153,8 +153,10 @@ impl Server {
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let timeouts = Timeouts {
-            header: app.config.header_timeout,
-            idle: app.config.idle_timeout,
+            http: crate::session::HttpTimeouts {
+                header: app.config.header_timeout,
+                idle: app.config.idle_timeout,
+            },
             ws: crate::session::WsTimeouts {
                 ping: app.config.ws_ping_interval,
                 idle: app.config.ws_idle_timeout,
@@ -475,7 +477,7 @@ impl Server {
             }
             return;
         }
-        if conn.input_paused {
+        if conn.http.is_paused() {
             return;
         }
         let status = match conn.read_tls(READ_BUDGET, now.instant) {
@@ -500,7 +502,7 @@ impl Server {
             return;
         };
         match status {
-            ReadStatus::Eof if conn.input_paused => {
+            ReadStatus::Eof if conn.http.is_paused() => {
                 // Answer what is already buffered first; the EOF is seen again later.
             }
             ReadStatus::Eof if conn.phase == Phase::WebSocket => {
@@ -527,7 +529,7 @@ impl Server {
                     return;
                 }
             }
-            ReadStatus::Budget if !conn.input_paused && !conn.close_when_flushed => {
+            ReadStatus::Budget if !conn.http.is_paused() && !conn.close_when_flushed => {
                 self.ready.push(conn_ref);
             }
             _ => {}
@@ -607,8 +609,7 @@ impl Server {
                 return self.flush_now(conn_ref, now);
             }
         }
-        if conn.input_paused && conn.out.len() <= serve_http::OUTPUT_HIGH_WATER / 2 {
-            conn.input_paused = false;
+        if conn.http.is_paused() && conn.http.try_resume(conn.out.len()) {
             self.ready.push(conn_ref);
         }
         // A WebSocket's deadlines count from what the peer sends, never from our
@@ -643,32 +644,7 @@ impl Server {
             }
             match conn.phase {
                 Phase::Closing => self.remove(conn_ref.key),
-                Phase::Http if conn.close_deadline.is_some() => {
-                    // The idle timeout (already counted) gave the close this long.
-                    log::debug!("{}: close not delivered in time; dropping", conn.peer);
-                    self.remove(conn_ref.key);
-                }
-                Phase::Http if conn.request_started.is_some() => {
-                    log::debug!("{}: request not complete in time; closing", conn.peer);
-                    self.app.metrics.header_timeouts += 1;
-                    self.remove(conn_ref.key);
-                }
-                Phase::Http if conn.close_when_flushed => {
-                    // The close was decided (`Connection: close`, an error, shutdown)
-                    // but the answer before it has not moved for idle_timeout: the
-                    // client stopped reading, and the close cannot be sent either.
-                    log::debug!("{}: answer not taken in time; dropping", conn.peer);
-                    self.app.metrics.idle_timeouts += 1;
-                    self.remove(conn_ref.key);
-                }
-                Phase::Http => {
-                    // A close the client may still be reading towards (the rest of a
-                    // large answer) gets a bounded time to go out.
-                    conn.close_when_flushed = true;
-                    conn.close_deadline = Some(now.instant + conn::LINGER);
-                    self.app.metrics.idle_timeouts += 1;
-                    self.queue_flush(conn_ref);
-                }
+                Phase::Http => self.http_deadline(conn_ref, now),
                 Phase::WebSocket => self.ws_deadline(conn_ref, now),
             }
         }

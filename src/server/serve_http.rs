@@ -1,20 +1,20 @@
-//! Turning a connection's decrypted input into HTTP requests and queued responses.
+//! The HTTP side of the loop: the connection's session decides, this carries out.
 //!
-//! Requests are answered in order (pipelining) as soon as each is complete; an accepted
-//! WebSocket upgrade switches the connection to frames in the middle of its input.
+//! The session ([`crate::session::HttpSession`]) answers the complete requests in the
+//! input in order (pipelining) through the API handlers; this queues the answers,
+//! counts and logs them, starts the WebSocket side after an accepted upgrade (the rest
+//! of the input is frames), and acts on the HTTP deadlines the session decides.
 
-use std::time::Instant;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use super::{ConnRef, Server, conn::Phase};
 use crate::api::{self, Client};
 use crate::app::Effect;
-use crate::http::{self, Body, Response};
+use crate::http::{self, Body};
+use crate::session::{HttpContext, HttpDeadline};
 use crate::time::Now;
 use crate::ws::Close;
-
-/// Queued output above which a connection's further requests wait (HTTP pipelining
-/// without reading the answers must not grow memory).
-pub const OUTPUT_HIGH_WATER: usize = 256 * 1024;
 
 impl Server {
     /// Parses and answers every complete request in the connection's input, in order.
@@ -38,111 +38,73 @@ impl Server {
         if conn.phase != Phase::Http {
             return conn.phase == Phase::WebSocket;
         }
-        let mut consumed = 0;
-        let mut answered = false;
-        let mut session = None;
-        while !conn.close_when_flushed {
-            if conn.out.len() > OUTPUT_HIGH_WATER {
-                conn.input_paused = true;
-                break;
-            }
-            let input = &conn.inbuf[consumed..];
-            if input.is_empty() {
-                break;
-            }
-            let mut headers = [httparse::EMPTY_HEADER; http::MAX_HEADERS];
-            // Handler time for the access log: a measurement, so the real clock.
-            let started = access_log.then(Instant::now);
-            let (response, method, path, len) =
-                match http::parse_request(input, &mut headers, limits) {
-                    Ok(http::ParseStatus::Partial { expects_continue }) => {
-                        if expects_continue && !conn.continue_sent {
-                            conn.continue_sent = true;
-                            conn.out
-                                .push_owned(b"HTTP/1.1 100 Continue\r\n\r\n".to_vec());
-                            answered = true;
-                        }
-                        break;
-                    }
-                    Ok(http::ParseStatus::Complete(parsed)) => {
-                        let client = Client {
-                            ip: conn.peer.ip(),
-                            now,
-                            shutting_down,
-                        };
-                        let handled = api::handle(app, &parsed.request, client);
-                        let mut response = handled.response;
-                        session = handled.upgrade;
-                        if session.is_none() && (!parsed.request.keep_alive() || shutting_down) {
-                            response.close = true;
-                        }
-                        (
-                            response,
-                            parsed.request.method,
-                            parsed.request.path,
-                            parsed.len,
-                        )
-                    }
-                    Err(e) => {
-                        let mut response = Response::error(&e);
-                        response.close = true;
-                        (response, "-", "-", 0)
-                    }
-                };
-            let mut head = Vec::with_capacity(512);
-            response.write_head(&date.1, &mut head);
-            conn.out.push_owned(head);
-            let body_bytes = if response.sends_body() {
-                let n = response.body.len();
-                match response.body {
-                    Body::Empty => {}
-                    Body::Owned(bytes) => conn.out.push_owned(bytes),
-                    Body::Shared(bytes) => conn.out.push_shared(bytes),
-                }
-                n
-            } else {
-                0
-            };
-            app.metrics.count_response(response.status);
-            if access_log {
-                log::info!(
-                    target: "chatd::access",
-                    "{} \"{} {}\" {} {}B {}us",
-                    conn.peer.ip(),
-                    method,
-                    path,
-                    response.status,
-                    body_bytes,
-                    started.map_or(0, |t| t.elapsed().as_micros())
-                );
-            }
-            answered = true;
-            consumed += len;
-            conn.requests_served += 1;
-            conn.continue_sent = false;
-            conn.request_started = None;
-            if response.close {
-                conn.close_when_flushed = true;
-            }
-            if session.is_some() {
-                break;
-            }
-        }
-        if consumed > 0 {
-            conn.inbuf.drain(..consumed);
-        }
         if conn.close_when_flushed {
             conn.inbuf = Vec::new();
-        } else if conn.input_paused {
-            // The requests behind the queued answers wait unread: a client taking those
-            // answers slowly is not slow to send, and idle_timeout cuts one that stops
-            // taking them. The request timer starts again when input resumes.
-            conn.request_started = None;
-        } else if session.is_none() && !conn.inbuf.is_empty() {
-            if conn.request_started.is_none() {
-                conn.request_started = Some(now.instant);
+            return false;
+        }
+        let ip = conn.peer.ip();
+        let turn = conn.http.on_input(
+            &conn.inbuf,
+            conn.out.len(),
+            HttpContext {
+                limits,
+                date: &date.1,
+                shutting_down,
+            },
+            now.instant,
+            |request| {
+                // Handler time for the access log: a measurement, so the real clock.
+                let started = access_log.then(Instant::now);
+                let client = Client {
+                    ip,
+                    now,
+                    shutting_down,
+                };
+                let handled = api::handle(app, request, client);
+                if let Some(started) = started {
+                    let response = &handled.response;
+                    let body = if response.sends_body() {
+                        response.body.len()
+                    } else {
+                        0
+                    };
+                    access_line(
+                        ip,
+                        request.method,
+                        request.path,
+                        response.status,
+                        body,
+                        started.elapsed(),
+                    );
+                }
+                handled
+            },
+        );
+        let answered = !turn.answers.is_empty();
+        for answer in turn.answers {
+            let body_bytes = answer.body.len();
+            conn.out.push_owned(answer.head);
+            match answer.body {
+                Body::Empty => {}
+                Body::Owned(bytes) => conn.out.push_owned(bytes),
+                Body::Shared(bytes) => conn.out.push_shared(bytes),
             }
-        } else {
+            if answer.status == 100 {
+                continue; // not an answer to a request yet
+            }
+            app.metrics.count_response(answer.status);
+            if access_log && !answer.handled {
+                // A request that could not be parsed never reached a handler.
+                access_line(ip, "-", "-", answer.status, body_bytes, Duration::ZERO);
+            }
+        }
+        if turn.consumed > 0 {
+            conn.inbuf.drain(..turn.consumed);
+        }
+        if turn.close {
+            conn.close_when_flushed = true;
+            conn.inbuf = Vec::new();
+        } else if turn.upgrade.is_none() && !conn.http.is_paused() && conn.inbuf.is_empty() {
             conn.release_idle_input();
         }
         if answered {
@@ -150,12 +112,52 @@ impl Server {
             self.queue_flush(conn_ref);
         }
         self.apply_effects();
-        match session {
+        match turn.upgrade {
             Some(session) => {
                 self.start_ws(conn_ref, session, now);
                 true
             }
             None => false,
+        }
+    }
+
+    /// An HTTP deadline passed; the session says which.
+    pub(super) fn http_deadline(&mut self, conn_ref: ConnRef, now: Now) {
+        let timeouts = self.timeouts.http;
+        let Some(conn) = self.get(conn_ref) else {
+            return;
+        };
+        let decision = conn.http.on_deadline(
+            now.instant,
+            conn.last_active,
+            conn.close_when_flushed,
+            &timeouts,
+        );
+        match decision {
+            HttpDeadline::NotYet => self.arm(conn_ref),
+            HttpDeadline::CloseNotDelivered => {
+                // The idle timeout (already counted) gave the close this long.
+                log::debug!("{}: close not delivered in time; dropping", conn.peer);
+                self.remove(conn_ref.key);
+            }
+            HttpDeadline::HeaderTimeout => {
+                log::debug!("{}: request not complete in time; closing", conn.peer);
+                self.app.metrics.header_timeouts += 1;
+                self.remove(conn_ref.key);
+            }
+            HttpDeadline::AnswerNotTaken => {
+                log::debug!("{}: answer not taken in time; dropping", conn.peer);
+                self.app.metrics.idle_timeouts += 1;
+                self.remove(conn_ref.key);
+            }
+            HttpDeadline::IdleClose => {
+                // A close the client may still be reading towards (the rest of a
+                // large answer) gets a bounded time to go out.
+                conn.close_when_flushed = true;
+                self.app.metrics.idle_timeouts += 1;
+                self.queue_flush(conn_ref);
+                self.arm(conn_ref);
+            }
         }
     }
 
@@ -173,4 +175,13 @@ impl Server {
             }
         }
     }
+}
+
+/// One line of the access log.
+fn access_line(ip: IpAddr, method: &str, path: &str, status: u16, body: usize, took: Duration) {
+    log::info!(
+        target: "chatd::access",
+        "{ip} \"{method} {path}\" {status} {body}B {}us",
+        took.as_micros()
+    );
 }

@@ -56,7 +56,7 @@ impl Server {
             return;
         };
         conn.phase = Phase::WebSocket;
-        conn.request_started = None;
+        conn.http.stop_request_timer();
         if let Err(e) = socket2::SockRef::from(&conn.socket).set_send_buffer_size(WS_SEND_BUFFER) {
             log::debug!("{}: cannot cap the send buffer: {e}", conn.peer);
         }
