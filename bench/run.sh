@@ -19,7 +19,8 @@
 #                   commit costs); the default is chatd's own (full)
 #
 # It fails if chatd does not exit 0 on SIGTERM after a scenario, logs an error, or any
-# run lost a delivery or failed a connection (`chatbench check`).
+# run lost a delivery, failed a connection, saw a close it did not expect or lacks its
+# figures (`chatbench check`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -361,7 +362,7 @@ fi
 ARCHIVE=bench/results/run-$(date -u +%Y%m%dT%H%M%SZ).json
 cp "$RESULTS" "$ARCHIVE"
 say "results kept as $ARCHIVE"
-"$BENCH" check --results "$RESULTS" || FAILURES+=("a scenario lost deliveries or failed connections")
+"$BENCH" check --results "$RESULTS" || FAILURES+=("a scenario lost deliveries, failed connections, saw unexpected closes or lacks figures")
 
 # --- stop the peers by PID -------------------------------------------------------------
 kill -QUIT "$NGINX_PID" 2>/dev/null || true

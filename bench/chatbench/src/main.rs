@@ -46,7 +46,8 @@ const USAGE: &str = "usage: chatbench SCENARIO [--flag value ...]
 scenarios: idle, fanout, rooms, login-storm, ingest, http, static, slow, burst
 other commands: accounts (register, log in and cache the tokens), free-port,
   report --results FILE [--primary LABEL] [--median true | --compare true],
-  check --results FILE (fails if any run lost a delivery or failed a connection)
+  check --results FILE (fails if any run lost a delivery, failed a connection, had a
+    connection closed it did not expect, or has a figure that is missing or not a number)
 common flags:
   --addr HOST:PORT       server address (required except for static and report)
   --ca PEM               the server's certificate, the only trust root (required)
@@ -207,7 +208,7 @@ fn run(scenario: &str, args: Args) -> Result<(), String> {
             return Ok(());
         }
         return Err(format!(
-            "results with losses or failures:\n  {}",
+            "results with losses, failures or missing figures:\n  {}",
             problems.join("\n  ")
         ));
     }
