@@ -177,11 +177,15 @@ const MUST_BE_ZERO: &[&str] = &[
     "silent ones not closed",
     "non-2xx responses",
     "errors (non-2xx + socket)",
+    "stuck connections not closed",
+    "idle timeouts beyond one per stuck connection",
 ];
 
-/// Every run in which a figure of `MUST_BE_ZERO` is not zero, in words; also every run
-/// with no figures at all and every figure whose value is not a number (a figure that
-/// could not be computed must not pass for a clean one), and an empty results list.
+/// Every run in which a figure of `MUST_BE_ZERO` is not zero or a figure is above its own
+/// `max` (a bound the scenario sets, e.g. the server's CPU while clients are stuck), in
+/// words; also every run with no figures at all and every figure whose value is not a
+/// number (a figure that could not be computed must not pass for a clean one), and an
+/// empty results list.
 pub fn problems(results: &[Value]) -> Vec<String> {
     let mut found = Vec::new();
     if results.is_empty() {
@@ -209,6 +213,11 @@ pub fn problems(results: &[Value]) -> Vec<String> {
             let must_be_zero = MUST_BE_ZERO.iter().any(|z| name.starts_with(z));
             if must_be_zero && value != 0.0 {
                 found.push(format!("{run}: {name} = {}", f["value"]));
+            }
+            if let Some(max) = f["max"].as_f64()
+                && value > max
+            {
+                found.push(format!("{run}: {name} = {} is above {max}", f["value"]));
             }
         }
     }
@@ -492,6 +501,23 @@ mod tests {
         assert!(p[3].contains("\"requests/s\" is not a number"), "{p:?}");
         assert!(p[4].contains("unexpected closes (readers) = 2.0"), "{p:?}");
         assert_eq!(problems(&[]), ["no results"]);
+    }
+
+    #[test]
+    fn problems_name_figures_above_their_bound() {
+        let run = |cores: f64| {
+            json!({"scenario": "stuck", "label": "chatd",
+                   "figures": [{"name": "server cores while stuck", "value": cores, "max": 0.05},
+                               {"name": "stuck connections not closed", "value": 0.0}]})
+        };
+        assert!(problems(&[run(0.01)]).is_empty());
+        assert!(problems(&[run(0.05)]).is_empty());
+        let p = problems(&[run(0.9)]);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains("stuck (chatd): server cores while stuck = 0.9 is above 0.05"),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! The scenarios. Each is bounded in time, measures the server around its measured
 //! phase, and returns one JSON result object (see `report` for its shape). The
-//! robustness scenarios (slow, burst) are in [`robust`].
+//! robustness scenarios (slow, burst) are in [`robust`], the stuck HTTP readers in
+//! [`stuck`].
 
 mod robust;
+mod stuck;
 
 pub use robust::{burst, slow};
+pub use stuck::stuck;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
