@@ -13,6 +13,8 @@ say() { printf '\n== %s\n' "$*" >&2; }
 # (slow compares its memory with max_outbound_bytes, burst waits for the header timeout).
 MAX_OUTBOUND_BYTES=1048576
 HEADER_TIMEOUT_SECS=10
+# The stuck scenario's chatd runs with this idle_timeout_secs (CHATD_IDLE_TIMEOUT_SECS).
+STUCK_IDLE_SECS=5
 
 # Writes the bench configuration for the chatd binary $2 to the file $1: loopback, port
 # 0, limits raised so that the bench (one client address, many connections, high
@@ -63,6 +65,7 @@ scenario_sizes() {
         STORM=(--members 100 --senders 5 --rate 20 --duration 3)
         SLOW=(--members 100 --slow 10 --senders 10 --rate 20 --duration 10 --baseline 2)
         BURST=(--connections 1000 --silent 50 --hold 1)
+        STUCK=(--connections 4)
         WARM=(--warmup 1)
     else
         IDLE=(--connections 10000 --hold 8)
@@ -75,6 +78,7 @@ scenario_sizes() {
         STORM=(--members 1000 --senders 10 --rate 10 --duration 10 --login-rate 20)
         SLOW=(--members 1000 --slow 100 --senders 10 --rate 10 --duration 20)
         BURST=(--connections 10000 --silent 200 --hold 2)
+        STUCK=(--connections 10)
         WARM=(--warmup 2)
     fi
 }

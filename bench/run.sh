@@ -4,7 +4,7 @@
 # table and writes bench/results/latest.json. Everything listens on 127.0.0.1, every
 # run is bounded in time, every process started here is stopped by its PID.
 #
-#   SCENARIO=all|idle|fanout|fanout-aligned|fanout-max|rooms|ingest|http|static|login-storm|slow|burst
+#   SCENARIO=all|idle|fanout|fanout-aligned|fanout-max|rooms|ingest|http|static|login-storm|slow|burst|stuck
 #   BENCH_QUICK=1   small N and short T, for development
 #   BENCH_PERF=fanout  perf record on chatd during that scenario (idle, fanout or ingest; 1
 #                   means fanout); BENCH_PERF_ARGS / BENCH_PERF_REPORT pass flags to perf
@@ -19,12 +19,13 @@
 #                   commit costs); the default is chatd's own (full)
 #
 # It fails if chatd does not exit 0 on SIGTERM after a scenario, logs an error, or any
-# run lost a delivery or failed a connection (`chatbench check`).
+# run lost a delivery, failed a connection, saw a close it did not expect or lacks its
+# figures (`chatbench check`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 SCENARIO=${SCENARIO:-all}
-SCENARIOS="all idle fanout fanout-aligned fanout-max rooms ingest http static login-storm slow burst"
+SCENARIOS="all idle fanout fanout-aligned fanout-max rooms ingest http static login-storm slow burst stuck"
 case " $SCENARIOS " in
     *" $SCENARIO "*) ;;
     *) echo "bench: unknown SCENARIO=$SCENARIO (one of: $SCENARIOS)" >&2; exit 2 ;;
@@ -86,6 +87,9 @@ cat > "$TMP/public/index.html" <<'HTML'
 <body><h1>chatd</h1><p>A small static file for the HTTP benchmark: chatd and nginx serve
 the same bytes.</p></body></html>
 HTML
+# The stuck scenario's answer: larger than the kernel buffers of both ends (about 4 MiB
+# on loopback), within chatd's largest static file (8 MiB).
+head -c $((6 << 20)) /dev/zero > "$TMP/public/big.bin"
 write_chatd_config "$TMP/chatd.conf" "$CHATD"
 
 # Each scenario gets a fresh chatd (same database, secret and certificate, so the
@@ -349,6 +353,15 @@ if want burst; then
         stop_chatd burst
     done
 fi
+if want stuck; then
+    for _ in $(seq 1 "$REPEAT"); do
+        # Its own idle timeout, short, so the window it measures is seconds, not a minute.
+        CHATD_IDLE_TIMEOUT_SECS=$STUCK_IDLE_SECS start_chatd
+        say "stuck HTTP readers: chatd (pid $CHATD_PID)"
+        bench stuck "${CHATD_ARGS[@]}" "${STUCK[@]}" --path /big.bin --idle-timeout "$STUCK_IDLE_SECS"
+        stop_chatd stuck
+    done
+fi
 
 say "results ($RESULTS)"
 "$BENCH" report --results "$RESULTS"
@@ -361,7 +374,7 @@ fi
 ARCHIVE=bench/results/run-$(date -u +%Y%m%dT%H%M%SZ).json
 cp "$RESULTS" "$ARCHIVE"
 say "results kept as $ARCHIVE"
-"$BENCH" check --results "$RESULTS" || FAILURES+=("a scenario lost deliveries or failed connections")
+"$BENCH" check --results "$RESULTS" || FAILURES+=("a scenario lost deliveries, failed connections, saw unexpected closes or lacks figures")
 
 # --- stop the peers by PID -------------------------------------------------------------
 kill -QUIT "$NGINX_PID" 2>/dev/null || true

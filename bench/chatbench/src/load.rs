@@ -6,7 +6,9 @@
 //! Every received message is checked against its sender's sequence, so loss,
 //! duplicates and reordering are counted per (message, member), not estimated.
 //! Slow members (the slow scenario) stay in their room on the server but are left out
-//! of every count: what they get is tallied apart, once they read again.
+//! of every count: what they get is tallied apart, once they read again. A member that
+//! closed mid-run stays in the counts: what it did not receive is lost, so a server that
+//! drops connections cannot report a clean run.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -375,27 +377,23 @@ impl Load {
         None
     }
 
-    /// Deliveries expected so far: accepted messages times live members, per room.
+    /// Deliveries expected so far: accepted messages times the members of each room,
+    /// closed ones included (what a member missed because its connection ended is lost,
+    /// not forgotten); slow members have left the room's list.
     pub fn expected(&self) -> u64 {
         self.rooms
             .iter()
-            .map(|r| {
-                let live = r
-                    .members
-                    .iter()
-                    .filter(|&&id| self.members[id].as_ref().is_some_and(|m| !m.closed))
-                    .count() as u64;
-                r.accepted * live
-            })
+            .map(|r| r.accepted * r.members.len() as u64)
             .sum()
     }
 
-    /// Deliveries received so far by live members of bench rooms.
+    /// Deliveries received so far by the members of bench rooms, closed ones included
+    /// (to match [`Load::expected`]), slow ones apart.
     pub fn delivered(&self) -> u64 {
         self.members
             .iter()
             .flatten()
-            .filter(|m| !m.closed && !m.slow && m.room.is_some())
+            .filter(|m| !m.slow && m.room.is_some())
             .map(|m| m.received)
             .sum()
     }
@@ -525,5 +523,70 @@ impl Handler for Load {
         if !slow {
             *self.counters.closed.entry(reason.to_string()).or_default() += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A load of one room of `n` joined members, every one a sender's audience, with
+    /// `accepted` messages acknowledged and received by all.
+    fn room_of(n: usize, accepted: u64) -> Load {
+        let mut load = Load::new(Mode::Chatd, 64);
+        load.rooms.push(Room {
+            name: "fan".into(),
+            members: (0..n).collect(),
+            accepted,
+            ..Room::default()
+        });
+        for _ in 0..n {
+            load.members.push(Some(Member {
+                room: Some(0),
+                ready: true,
+                joined: true,
+                received: accepted,
+                ..Member::default()
+            }));
+        }
+        load
+    }
+
+    #[test]
+    fn a_member_closed_mid_run_counts_what_it_missed_as_lost() {
+        let mut load = room_of(4, 10);
+        assert_eq!((load.expected(), load.delivered()), (40, 40));
+        load.on_closed(3, "eof");
+        // Five more messages acknowledged; the three open members get them.
+        load.rooms[0].accepted += 5;
+        for id in 0..3 {
+            load.members[id].as_mut().unwrap().received += 5;
+        }
+        assert_eq!(load.expected(), 60);
+        assert_eq!(load.delivered(), 55);
+        assert_eq!(load.counters.closed.get("eof"), Some(&1));
+    }
+
+    #[test]
+    fn every_member_closed_cannot_make_the_counts_go_backwards() {
+        let mut load = room_of(3, 7);
+        let (expected, delivered) = (load.expected(), load.delivered());
+        for id in 0..3 {
+            load.on_closed(id, "reset");
+        }
+        assert_eq!(load.expected(), expected);
+        assert_eq!(load.delivered(), delivered);
+        load.rooms[0].accepted += 1;
+        assert_eq!(load.expected() - expected, 3, "all three lost the last one");
+    }
+
+    #[test]
+    fn slow_members_leave_both_counts_and_their_closes_are_expected() {
+        let mut load = room_of(3, 2);
+        load.set_slow(2);
+        assert_eq!((load.expected(), load.delivered()), (4, 4));
+        load.on_closed(2, "1013 too slow to read");
+        assert!(load.counters.closed.is_empty());
+        assert_eq!((load.expected(), load.delivered()), (4, 4));
     }
 }

@@ -10,7 +10,7 @@
 //! - [`frame`], [`http`], [`payload`]: wire formats, pure and unit-tested.
 //! - [`load`]: WebSocket members, rooms and paced senders; [`storm`]: paced logins.
 //! - [`scenarios`]: idle, fanout (and `--max`), rooms, login-storm, ingest, http, static,
-//!   and the robustness scenarios slow and burst.
+//!   and the robustness scenarios slow, burst and stuck.
 //! - [`measure`], [`procstat`]: CPU and memory of the server, the client and the machine;
 //!   [`scrape`]: chatd's own counters from `/metrics`.
 //! - [`stats`]: percentiles; [`report`]: the results file and the table.
@@ -43,10 +43,11 @@ use scenarios::Ctx;
 
 const USAGE: &str = "usage: chatbench SCENARIO [--flag value ...]
 
-scenarios: idle, fanout, rooms, login-storm, ingest, http, static, slow, burst
+scenarios: idle, fanout, rooms, login-storm, ingest, http, static, slow, burst, stuck
 other commands: accounts (register, log in and cache the tokens), free-port,
   report --results FILE [--primary LABEL] [--median true | --compare true],
-  check --results FILE (fails if any run lost a delivery or failed a connection)
+  check --results FILE (fails if any run lost a delivery, failed a connection, had a
+    connection closed it did not expect, or has a figure that is missing or not a number)
 common flags:
   --addr HOST:PORT       server address (required except for static and report)
   --ca PEM               the server's certificate, the only trust root (required)
@@ -167,6 +168,13 @@ fn scenario_flags(scenario: &str) -> Option<&'static [&'static str]> {
             "slack",
             "timeout",
         ],
+        "stuck" => &[
+            "connections",
+            "path",
+            "idle-timeout",
+            "slack",
+            "max-server-cores",
+        ],
         "http" => &["connections", "duration", "paths"],
         "static" => &["url", "wrk-args"],
         "report" => &["results", "primary", "median", "compare"],
@@ -207,7 +215,7 @@ fn run(scenario: &str, args: Args) -> Result<(), String> {
             return Ok(());
         }
         return Err(format!(
-            "results with losses or failures:\n  {}",
+            "results with losses, failures or missing figures:\n  {}",
             problems.join("\n  ")
         ));
     }
@@ -279,6 +287,7 @@ fn run(scenario: &str, args: Args) -> Result<(), String> {
         "static" => scenarios::static_file,
         "slow" => scenarios::slow,
         "burst" => scenarios::burst,
+        "stuck" => scenarios::stuck,
         "accounts" => {
             let tokens = ctx.tokens()?;
             println!("{} accounts with tokens", tokens.len());

@@ -76,6 +76,9 @@ struct Conn {
     started_ns: u64,
     /// Readable events are ignored: the client behaves as one that stopped reading.
     reading_paused: bool,
+    /// Set `reading_paused` as soon as the TLS handshake completes (the stuck scenario:
+    /// a client that sends its request and never reads the answer).
+    pause_after_handshake: bool,
 }
 
 /// A TCP connection that never sends a byte: a client stuck before its TLS handshake.
@@ -247,8 +250,35 @@ impl Net {
             in_flush_list: false,
             started_ns: self.now_ns(),
             reading_paused: false,
+            pause_after_handshake: false,
         });
         self.open += 1;
+        Ok(id)
+    }
+
+    /// Starts an HTTP connection that sends `request` once its TLS handshake is done and
+    /// then never reads again, with a receive buffer of about `recv_buffer` bytes: the
+    /// answer stays stuck in the server's queue instead of in this kernel's buffers.
+    pub fn connect_stuck(&mut self, request: &[u8], recv_buffer: usize) -> io::Result<usize> {
+        let id = self.connect(Kind::Http, request)?;
+        if let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) {
+            conn.pause_after_handshake = true;
+            let size = libc::c_int::try_from(recv_buffer).unwrap_or(libc::c_int::MAX);
+            // SAFETY: setsockopt reads one int through the pointer, which points at
+            // `size`; the descriptor is the connection's open socket.
+            let rc = unsafe {
+                libc::setsockopt(
+                    conn.socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUF,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
         Ok(id)
     }
 
@@ -451,6 +481,11 @@ impl Net {
                     return self.fail(id, handler, &reason);
                 }
             };
+            if conn.pause_after_handshake && !conn.tls.is_handshaking() {
+                conn.pause_after_handshake = false;
+                conn.reading_paused = true;
+                break;
+            }
             let available = state.plaintext_bytes_to_read();
             let closed = state.peer_has_closed();
             if available > 0 {

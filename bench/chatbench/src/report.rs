@@ -170,30 +170,54 @@ pub fn table(results: &[Value], primary: &str) -> String {
 const MUST_BE_ZERO: &[&str] = &[
     "lost deliveries",
     "readers' lost deliveries",
+    "unexpected closes",
+    "unanswered sends",
     "failed connections",
     "slow members not closed",
     "silent ones not closed",
     "non-2xx responses",
     "errors (non-2xx + socket)",
+    "stuck connections not closed",
+    "idle timeouts beyond one per stuck connection",
 ];
 
-/// Every run in which a figure of `MUST_BE_ZERO` is not zero, in words.
+/// Every run in which a figure of `MUST_BE_ZERO` is not zero or a figure is above its own
+/// `max` (a bound the scenario sets, e.g. the server's CPU while clients are stuck), in
+/// words; also every run with no figures at all and every figure whose value is not a
+/// number (a figure that could not be computed must not pass for a clean one), and an
+/// empty results list.
 pub fn problems(results: &[Value]) -> Vec<String> {
     let mut found = Vec::new();
+    if results.is_empty() {
+        found.push("no results".to_string());
+    }
     for r in results {
-        let Some(figures) = r["figures"].as_array() else {
-            continue;
+        let run = format!(
+            "{} ({})",
+            r["scenario"].as_str().unwrap_or("?"),
+            r["label"].as_str().unwrap_or("?")
+        );
+        let figures = match r["figures"].as_array() {
+            Some(figures) if !figures.is_empty() => figures,
+            _ => {
+                found.push(format!("{run}: no figures"));
+                continue;
+            }
         };
         for f in figures {
             let name = f["name"].as_str().unwrap_or("");
+            let Some(value) = f["value"].as_f64().filter(|v| v.is_finite()) else {
+                found.push(format!("{run}: {name:?} is not a number: {}", f["value"]));
+                continue;
+            };
             let must_be_zero = MUST_BE_ZERO.iter().any(|z| name.starts_with(z));
-            if must_be_zero && f["value"].as_f64().is_some_and(|v| v != 0.0) {
-                found.push(format!(
-                    "{} ({}): {name} = {}",
-                    r["scenario"].as_str().unwrap_or("?"),
-                    r["label"].as_str().unwrap_or("?"),
-                    f["value"]
-                ));
+            if must_be_zero && value != 0.0 {
+                found.push(format!("{run}: {name} = {}", f["value"]));
+            }
+            if let Some(max) = f["max"].as_f64()
+                && value > max
+            {
+                found.push(format!("{run}: {name} = {} is above {max}", f["value"]));
             }
         }
     }
@@ -455,6 +479,45 @@ mod tests {
         );
         assert!(p[1].contains("idle (chatd): failed connections"), "{p:?}");
         assert!(problems(&results[..1]).is_empty());
+    }
+
+    #[test]
+    fn problems_name_runs_without_figures_or_with_a_value_that_is_not_a_number() {
+        let results = vec![
+            json!({"scenario": "fanout", "label": "chatd"}),
+            json!({"scenario": "rooms", "label": "chatd", "figures": []}),
+            json!({"scenario": "idle", "label": "chatd",
+                   "figures": [{"name": "connections/s", "value": null}]}),
+            json!({"scenario": "http", "label": "chatd",
+                   "figures": [{"name": "requests/s", "value": "fast"}]}),
+            json!({"scenario": "slow", "label": "chatd",
+                   "figures": [{"name": "unexpected closes (readers)", "value": 2.0}]}),
+        ];
+        let p = problems(&results);
+        assert_eq!(p.len(), 5, "{p:?}");
+        assert!(p[0].contains("fanout (chatd): no figures"), "{p:?}");
+        assert!(p[1].contains("rooms (chatd): no figures"), "{p:?}");
+        assert!(p[2].contains("\"connections/s\" is not a number"), "{p:?}");
+        assert!(p[3].contains("\"requests/s\" is not a number"), "{p:?}");
+        assert!(p[4].contains("unexpected closes (readers) = 2.0"), "{p:?}");
+        assert_eq!(problems(&[]), ["no results"]);
+    }
+
+    #[test]
+    fn problems_name_figures_above_their_bound() {
+        let run = |cores: f64| {
+            json!({"scenario": "stuck", "label": "chatd",
+                   "figures": [{"name": "server cores while stuck", "value": cores, "max": 0.05},
+                               {"name": "stuck connections not closed", "value": 0.0}]})
+        };
+        assert!(problems(&[run(0.01)]).is_empty());
+        assert!(problems(&[run(0.05)]).is_empty());
+        let p = problems(&[run(0.9)]);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains("stuck (chatd): server cores while stuck = 0.9 is above 0.05"),
+            "{p:?}"
+        );
     }
 
     #[test]

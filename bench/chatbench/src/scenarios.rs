@@ -1,10 +1,13 @@
 //! The scenarios. Each is bounded in time, measures the server around its measured
 //! phase, and returns one JSON result object (see `report` for its shape). The
-//! robustness scenarios (slow, burst) are in [`robust`].
+//! robustness scenarios (slow, burst) are in [`robust`], the stuck HTTP readers in
+//! [`stuck`].
 
 mod robust;
+mod stuck;
 
 pub use robust::{burst, slow};
+pub use stuck::stuck;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -230,15 +233,21 @@ pub fn idle(ctx: &Ctx) -> Result<Value, String> {
 // fanout, rooms, login-storm: paced senders into rooms
 
 /// What one measured phase of a chat load produced.
+#[derive(Default)]
 struct Phase {
     costs: Costs,
     latency: Summary,
     sent: u64,
     acked: u64,
+    /// Sends (chatd) that got neither an `ok` nor an error reply by the end of the
+    /// drain: a server that went away leaves them.
+    unanswered: u64,
     expected: u64,
     delivered: u64,
     out_of_order: u64,
     send_errors: BTreeMap<String, u64>,
+    /// Connections that ended during the phase, by how (the slow scenario's slow
+    /// members, whose closes it expects, are not in it).
     closed: BTreeMap<String, u64>,
     duration_s: f64,
     drain_s: f64,
@@ -250,6 +259,11 @@ struct Phase {
 impl Phase {
     fn lost(&self) -> u64 {
         self.expected.saturating_sub(self.delivered)
+    }
+
+    /// Closes the phase did not ask for: each one is a member the server dropped.
+    fn unexpected_closes(&self) -> u64 {
+        self.closed.values().sum()
     }
 
     fn offered_per_s(&self, members_per_message: f64) -> f64 {
@@ -266,6 +280,7 @@ impl Phase {
             "achieved_deliveries_per_s": round3(self.achieved_per_s()),
             "messages_sent": self.sent,
             "messages_acked": self.acked,
+            "messages_unanswered": self.unanswered,
             "deliveries_expected": self.expected,
             "deliveries_received": self.delivered,
             "lost": self.lost(),
@@ -336,7 +351,8 @@ fn run_phase(
         let c = &load.counters;
         let answered =
             ctx.mode == Mode::Raw || c.acked + c.send_errors.values().sum::<u64>() >= c.sent;
-        if answered && load.delivered() - delivered_before >= load.expected() - expected_before {
+        let delivered = load.delivered().saturating_sub(delivered_before);
+        if answered && delivered >= load.expected().saturating_sub(expected_before) {
             drained_at = Some(Instant::now());
             break;
         }
@@ -352,6 +368,12 @@ fn run_phase(
     };
     let after = ctx.snapshot();
     let c = std::mem::take(&mut load.counters);
+    let unanswered = match ctx.mode {
+        Mode::Chatd => c
+            .sent
+            .saturating_sub(c.acked + c.send_errors.values().sum::<u64>()),
+        Mode::Raw => 0,
+    };
     let mut latency = c.latency;
     let timeline = c.timeline.into_iter().map(|mut l| l.summary()).collect();
     Ok(Phase {
@@ -359,8 +381,9 @@ fn run_phase(
         latency: latency.summary(),
         sent: c.sent,
         acked: c.acked,
-        expected: load.expected() - expected_before,
-        delivered: load.delivered() - delivered_before,
+        unanswered,
+        expected: load.expected().saturating_sub(expected_before),
+        delivered: load.delivered().saturating_sub(delivered_before),
         out_of_order: c.out_of_order,
         send_errors: c.send_errors,
         closed: c.closed,
@@ -505,6 +528,7 @@ pub fn fanout(ctx: &Ctx) -> Result<Value, String> {
             let achieved = phase.achieved_per_s();
             let ok = phase.lost() == 0
                 && phase.closed.is_empty()
+                && phase.unanswered == 0
                 && phase.latency.p99_ms <= target_p99
                 && achieved >= 0.95 * phase.offered_per_s(per_message);
             eprintln!(
@@ -637,6 +661,13 @@ fn chat_figures(phase: &Phase, per_message: f64) -> Vec<Value> {
             "higher",
         ),
         figure("lost deliveries", phase.lost() as f64, "", "lower"),
+        figure(
+            "unexpected closes",
+            phase.unexpected_closes() as f64,
+            "",
+            "lower",
+        ),
+        figure("unanswered sends", phase.unanswered as f64, "", "lower"),
     ];
     if let Some(us) = phase.costs.server_us_per(phase.delivered) {
         figures.push(figure("server CPU per delivery", us, "µs", "lower"));
@@ -751,6 +782,12 @@ pub fn login_storm(ctx: &Ctx) -> Result<Value, String> {
         figure(
             "lost deliveries",
             (calm.lost() + stormy.lost()) as f64,
+            "",
+            "lower"
+        ),
+        figure(
+            "unexpected closes",
+            (calm.unexpected_closes() + stormy.unexpected_closes()) as f64,
             "",
             "lower"
         ),
@@ -1244,6 +1281,49 @@ mod tests {
         let capped = run_search(100.0, 1000.0, 1e9);
         let rates: Vec<f64> = capped.iter().map(|t| t.0).collect();
         assert_eq!(rates, [100.0, 200.0, 400.0, 800.0, 1000.0]);
+    }
+
+    #[test]
+    fn a_phase_that_lost_members_reports_honest_finite_figures() {
+        // The server went away mid-phase: nothing was sent after, the clock may not
+        // have moved at all, and three members were dropped.
+        let phase = Phase {
+            sent: 10,
+            acked: 8,
+            unanswered: 2,
+            expected: 800,
+            delivered: 500,
+            closed: BTreeMap::from([("eof".to_string(), 3)]),
+            ..Phase::default()
+        };
+        assert_eq!(phase.lost(), 300);
+        assert_eq!(phase.unexpected_closes(), 3);
+        assert_eq!(phase.achieved_per_s(), 0.0);
+        assert_eq!(phase.offered_per_s(100.0), 0.0);
+        let figures = chat_figures(&phase, 100.0);
+        let value = |name: &str| {
+            figures
+                .iter()
+                .find(|f| f["name"] == name)
+                .and_then(|f| f["value"].as_f64())
+        };
+        assert_eq!(value("lost deliveries"), Some(300.0));
+        assert_eq!(value("unexpected closes"), Some(3.0));
+        assert_eq!(value("unanswered sends"), Some(2.0));
+        assert!(
+            figures.iter().all(|f| f["value"].as_f64().is_some()),
+            "{figures:?}"
+        );
+        let json = phase.to_json(100.0);
+        assert_eq!(json["lost"], 300);
+        assert_eq!(json["achieved_deliveries_per_s"], 0.0);
+        // More delivered than expected (a duplicate) is no negative loss.
+        let dup = Phase {
+            expected: 5,
+            delivered: 6,
+            ..Phase::default()
+        };
+        assert_eq!(dup.lost(), 0);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! chatd's own counters, read from `GET /metrics` (served to loopback by default): how
-//! many slow consumers it closed, how many connections timed out before their request.
+//! many slow consumers it closed, how many connections timed out before their request
+//! or while idle, how many are open.
 //!
 //! Each read is one short HTTPS connection in a loop of its own, so it is done between
 //! phases, never while a load runs.
@@ -10,6 +11,10 @@ use crate::net::{Handler, Kind, Net, Out, Target};
 
 /// WebSockets chatd closed with 1013 because their queue passed `max_outbound_bytes`.
 pub const SLOW_CONSUMERS: &str = r#"chatd_ws_closed_total{reason="slow_consumer"}"#;
+/// Connections chatd closed because nothing usable came or went for `idle_timeout_secs`.
+pub const IDLE_TIMEOUTS: &str = r#"chatd_connection_errors_total{reason="idle_timeout"}"#;
+/// Connections open now (the one reading `/metrics` included).
+pub const OPEN_CONNECTIONS: &str = "chatd_open_connections";
 /// Connections chatd closed because the TLS handshake or a request did not complete
 /// within `header_timeout_secs`.
 pub const HEADER_TIMEOUTS: &str = r#"chatd_connection_errors_total{reason="header_timeout"}"#;

@@ -173,6 +173,13 @@ pub fn slow(ctx: &Ctx) -> Result<Value, String> {
     let mut figures = vec![
         figure("readers' lost deliveries", phase.lost() as f64, "", "lower"),
         figure(
+            "unexpected closes (readers)",
+            phase.unexpected_closes() as f64,
+            "",
+            "lower",
+        ),
+        figure("unanswered sends", phase.unanswered as f64, "", "lower"),
+        figure(
             "readers' deliveries/s",
             phase.achieved_per_s(),
             "/s",
