@@ -5,7 +5,7 @@ CONFIG ?= server.conf
 SCENARIO ?= all
 BENCH_QUICK ?= 0
 
-.PHONY: build run test unit lint fmt certs clean web-test js-unit e2e bench
+.PHONY: build run test unit lint fmt certs clean web-test js-unit e2e bench attack
 
 # Browser tests: Debian's Chromium, driven by playwright-core from tests/e2e.
 CHROMIUM ?= /usr/bin/chromium
@@ -61,6 +61,13 @@ fmt:
 # SCENARIO=fanout runs one scenario; BENCH_QUICK=1 uses small, short settings.
 bench:
 	SCENARIO=$(SCENARIO) BENCH_QUICK=$(BENCH_QUICK) JOBS=$(JOBS) CARGO=$(CARGO) bench/run.sh
+
+# Attacks on the real chatd, each check with a PASS/FAIL line (docs/SECURITY.md):
+# testssl.sh, slowhttptest, silent connections, WebSockets that stop reading, a full
+# disk. Needs the Debian packages testssl.sh and slowhttptest, and root (a tmpfs in a
+# mount namespace). ATTACKS="attack_slowloris ..." runs some of the checks only.
+attack:
+	CARGO=$(CARGO) JOBS=$(JOBS) tests/attack.sh
 
 # Regenerate the self-signed certificate with openssl instead (ECDSA P-256). The old
 # files are removed and openssl runs under umask 077, so the key is 0600 from its first

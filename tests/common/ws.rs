@@ -167,6 +167,14 @@ impl Ws {
             .expect("no frame within the timeout")
     }
 
+    /// The next frame like [`Ws::recv`], or None if none arrives within `timeout`.
+    pub fn recv_within(&mut self, timeout: Duration) -> Option<Value> {
+        if let Some(event) = self.events.pop_front() {
+            return Some(event);
+        }
+        self.read_frame(timeout)
+    }
+
     /// Alias of [`Ws::recv`] for readability where an event is expected.
     pub fn event(&mut self) -> Value {
         self.recv()
