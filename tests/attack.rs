@@ -49,8 +49,18 @@ const ATTACK_TIMEOUT_SECS: u64 = 5;
 /// every 100 ms.
 const TIMEOUT_SLACK: Duration = Duration::from_millis(1500);
 
-/// The file of the slow read.
+/// The file of the slow read: larger than anything chatd's web client has in public/
+/// (27 KiB); three answers fit in the kernel's send buffer of a connection.
 const SLOW_READ_FILE_BYTES: usize = 32 * 1024;
+
+/// The file of the large slow read: three answers are far more than the kernel's send
+/// buffer of a connection takes, so they wait in chatd's queue when the idle timeout
+/// passes, and the close it decides has its grace period to go out.
+const SLOW_READ_LARGE_FILE_BYTES: usize = 512 * 1024;
+
+/// How long a close decided by the idle timeout may take to go out (README: "a close
+/// the idle timeout decides gets 2 s to go out, then the connection is dropped").
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Peak RSS bounds, measured (SECURITY.md gives the figures) with a margin of about 2x.
 const RSS_BOUND_SLOW_MIB: u64 = 64;
@@ -580,17 +590,24 @@ fn attack_tls_testssl() {
 /// Runs slowhttptest with these mode arguments against chatd while the prober polls
 /// /healthz, and judges latency, memory and how long chatd kept each attacking
 /// connection.
-fn slow_attack(check: &str, mode: &[&str], path: &str, connections: usize) {
+/// What a slow attack asks for, and how long chatd may keep one of its connections.
+struct SlowTarget<'a> {
+    path: &'a str,
+    /// Size of /big.bin.
+    file_bytes: usize,
+    /// Beyond the timeout: the grace of a close the idle timeout decided while
+    /// answers were still queued (zero where the connection is dropped at once).
+    close_grace: Duration,
+}
+
+fn slow_attack(check: &str, mode: &[&str], target: SlowTarget<'_>, connections: usize) {
     if !tool_exists("slowhttptest") {
         verdict(check, &["slowhttptest not installed".into()], "");
     }
     let server = TestServer::start(&attack_conf(&short_timeouts()));
-    // The file to read slowly: larger than anything chatd's web client has in public/
-    // (27 KiB). Static files are answered whole, so the kernel's send buffer takes
-    // most of an answer at once (SECURITY.md: much larger files stall the loop).
     fs::write(
         server.public_dir().join("big.bin"),
-        vec![b'x'; SLOW_READ_FILE_BYTES],
+        vec![b'x'; target.file_bytes],
     )
     .expect("big file");
     let port = server.addr().port();
@@ -609,7 +626,7 @@ fn slow_attack(check: &str, mode: &[&str], path: &str, connections: usize) {
             "3",
         ])
         .arg("-u")
-        .arg(format!("https://127.0.0.1:{port}{path}"))
+        .arg(format!("https://127.0.0.1:{port}{}", target.path))
         .arg("-o")
         .arg(server.dir().join("slowhttptest"))
         .arg("-g")
@@ -624,7 +641,7 @@ fn slow_attack(check: &str, mode: &[&str], path: &str, connections: usize) {
 
     let mut failures = Vec::new();
     let probe_figures = probe.judge(&mut failures);
-    let bound = Duration::from_secs(ATTACK_TIMEOUT_SECS) + TIMEOUT_SLACK;
+    let bound = Duration::from_secs(ATTACK_TIMEOUT_SECS) + target.close_grace + TIMEOUT_SLACK;
     let too_long = watched.lifetimes.iter().filter(|l| **l > bound).count();
     if watched.seen < connections / 2 {
         failures.push(format!(
@@ -664,7 +681,16 @@ fn slow_attack(check: &str, mode: &[&str], path: &str, connections: usize) {
 #[ignore = "attack: run by make attack"]
 fn attack_slowloris() {
     // Headers trickled every 2 s, never finished: the header timeout cuts them.
-    slow_attack("slowloris", &["-H", "-i", "2", "-s", "8192"], "/", 400);
+    slow_attack(
+        "slowloris",
+        &["-H", "-i", "2", "-s", "8192"],
+        SlowTarget {
+            path: "/",
+            file_bytes: SLOW_READ_FILE_BYTES,
+            close_grace: Duration::ZERO,
+        },
+        400,
+    );
 }
 
 #[test]
@@ -685,7 +711,11 @@ fn attack_slow_body() {
             "-f",
             "application/json",
         ],
-        "/login",
+        SlowTarget {
+            path: "/login",
+            file_bytes: SLOW_READ_FILE_BYTES,
+            close_grace: Duration::ZERO,
+        },
         400,
     );
 }
@@ -700,7 +730,32 @@ fn attack_slow_read() {
         &[
             "-X", "-w", "512", "-y", "1024", "-n", "5", "-z", "32", "-k", "3",
         ],
-        "/big.bin",
+        SlowTarget {
+            path: "/big.bin",
+            file_bytes: SLOW_READ_FILE_BYTES,
+            close_grace: Duration::ZERO,
+        },
+        400,
+    );
+}
+
+#[test]
+#[ignore = "attack: run by make attack"]
+fn attack_slow_read_large() {
+    // The same slow read of a 512 KiB file: 1.5 MiB of answers per connection that the
+    // kernel's send buffer cannot hold. Every byte chatd sends was encrypted on the only
+    // thread, so the send buffer cap and the write budget per turn are what keep the
+    // others served.
+    slow_attack(
+        "slow read, large file",
+        &[
+            "-X", "-w", "512", "-y", "1024", "-n", "5", "-z", "32", "-k", "3",
+        ],
+        SlowTarget {
+            path: "/big.bin",
+            file_bytes: SLOW_READ_LARGE_FILE_BYTES,
+            close_grace: CLOSE_GRACE,
+        },
         400,
     );
 }

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
 JOBS=${JOBS:-2}
 ATTACKS=${ATTACKS:-"attack_tls_testssl attack_slowloris attack_slow_body attack_slow_read
-    attack_silent_connections attack_slow_websockets attack_disk_full"}
+    attack_slow_read_large attack_silent_connections attack_slow_websockets attack_disk_full"}
 
 # The checks open thousands of sockets.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

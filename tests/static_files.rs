@@ -180,3 +180,21 @@ fn nothing_outside_public_dir_is_ever_served() {
         "symlink escapes are logged"
     );
 }
+
+#[test]
+fn large_answers_go_out_whole_over_several_loop_turns() {
+    // Pipelined answers far larger than what one loop turn writes to a connection:
+    // every byte arrives, in order, although no writable edge announces the rest.
+    let server = TestServer::start("");
+    let file: Vec<u8> = (0..6u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(server.public_dir().join("large.bin"), &file).unwrap();
+    let mut c = server.connect();
+    let one = c.build_request("GET", "/large.bin", &[], b"");
+    c.send(&[one.clone(), one.clone(), one].concat());
+    for _ in 0..3 {
+        let r = c.read_response();
+        assert_eq!(r.status, 200);
+        assert!(r.body == file, "the file arrived changed or cut");
+    }
+    assert_eq!(c.get("/healthz").status, 200);
+}

@@ -62,6 +62,9 @@ pub enum FlushStatus {
     Done,
     /// The socket is full: wait for the writable edge.
     Blocked,
+    /// The write budget ran out with the socket still taking more: flush again next
+    /// turn (no edge will come for a socket that never filled).
+    Budget,
 }
 
 /// Why a connection must be dropped at once.
@@ -279,10 +282,20 @@ impl Conn {
         }
     }
 
-    /// Moves queued plaintext through rustls to the socket until everything is sent or
-    /// the socket is full. Several small queued pieces go out as one TLS record.
-    pub fn flush(&mut self, scratch: &mut Vec<u8>, now: Instant) -> io::Result<FlushStatus> {
+    /// Moves queued plaintext through rustls to the socket until everything is sent,
+    /// the socket is full or `budget` bytes went out. Several small queued pieces go
+    /// out as one TLS record.
+    pub fn flush(
+        &mut self,
+        scratch: &mut Vec<u8>,
+        budget: usize,
+        now: Instant,
+    ) -> io::Result<FlushStatus> {
+        let mut sent = 0;
         loop {
+            if sent >= budget {
+                return Ok(FlushStatus::Budget);
+            }
             while !self.out.is_empty() {
                 let accepted = if self.out.is_fragmented() {
                     self.out.gather(scratch, MAX_RECORD);
@@ -309,7 +322,10 @@ impl Conn {
             while self.tls.wants_write() {
                 match self.tls.write_tls(&mut SocketWriter(&self.socket)) {
                     Ok(0) => return Ok(FlushStatus::Blocked),
-                    Ok(_) => self.last_active = now,
+                    Ok(n) => {
+                        sent += n;
+                        self.last_active = now;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         return Ok(FlushStatus::Blocked);
                     }

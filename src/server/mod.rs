@@ -50,6 +50,12 @@ const SIGNALS: Token = Token(usize::MAX - 2);
 /// Bytes read from one connection before the loop serves the others.
 const READ_BUDGET: usize = 64 * 1024;
 
+/// Bytes written to one connection per turn before the loop serves the others (what
+/// Redis calls NET_MAX_WRITES_PER_EVENT): a large answer, or many of them pipelined,
+/// goes out over several turns instead of holding the thread while megabytes are
+/// encrypted into a socket buffer a slow reader may never empty.
+const WRITE_BUDGET: usize = 256 * 1024;
+
 /// How long a graceful shutdown waits for in-flight responses and close handshakes.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -71,10 +77,19 @@ content-length: 23\r\nconnection: close\r\n\r\nthis port speaks HTTPS\n";
 /// at `net.core.somaxconn`): a burst of thousands of clients must not overflow it.
 const LISTEN_BACKLOG: i32 = 4096;
 
-/// A non-blocking listener with a deep accept queue. TCP_NODELAY is set on the
-/// listener because accepted sockets inherit it (one system call per connection less):
-/// chatd coalesces its own writes, and Nagle would delay the next small frame by a
-/// delayed-ACK period.
+/// The kernel send buffer of every connection (Linux doubles the value for its own
+/// bookkeeping). Left alone, Linux grows it up to `net.ipv4.tcp_wmem`'s maximum (4 MiB
+/// by default) for a peer that reads slowly, and every byte chatd puts there was
+/// encrypted on the only thread first: 400 slow readers of a large file cost over a
+/// gigabyte of encryption nobody reads, and stalled everyone else. What chatd serves
+/// is small (the web client, JSON, chat frames); the price is throughput on long, fast
+/// links (about 256 KiB per round trip for one download).
+const SEND_BUFFER: usize = 128 * 1024;
+
+/// A non-blocking listener with a deep accept queue. TCP_NODELAY and the send buffer
+/// size are set on the listener because accepted sockets inherit them (system calls
+/// per connection saved): chatd coalesces its own writes, and Nagle would delay the
+/// next small frame by a delayed-ACK period.
 fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
@@ -87,6 +102,7 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     }
     socket.set_reuse_address(true)?;
     socket.set_tcp_nodelay(true)?;
+    socket.set_send_buffer_size(SEND_BUFFER)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;
@@ -123,6 +139,8 @@ pub struct Server {
     flush_list: Vec<ConnRef>,
     /// Connections to read again next turn (budget exhausted or input resumed).
     ready: Vec<ConnRef>,
+    /// Connections to flush again next turn (write budget exhausted).
+    flush_again: Vec<ConnRef>,
     /// Chat outputs of this turn, released after the turn's commit.
     chat_outputs: Vec<Output>,
     /// Reused buffer for gathering small writes into one TLS record.
@@ -175,6 +193,7 @@ impl Server {
             next_generation: 0,
             flush_list: Vec::new(),
             ready: Vec::new(),
+            flush_again: Vec::new(),
             chat_outputs: Vec::new(),
             scratch: Vec::with_capacity(conn::MAX_RECORD),
             date: (i64::MIN, String::new()),
@@ -240,6 +259,9 @@ impl Server {
             for conn_ref in again {
                 self.on_readable(conn_ref, now);
             }
+            for conn_ref in std::mem::take(&mut self.flush_again) {
+                self.queue_flush(conn_ref);
+            }
             self.fire_timers(now);
             self.commit_and_dispatch(now);
             self.flush_all(now);
@@ -253,7 +275,7 @@ impl Server {
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
         // Chat outputs left after the turn's dispatch (a WebSocket dropped by a failed
         // write during the flush leaves its rooms) go out next turn, which is now.
-        if !self.ready.is_empty() || !self.chat_outputs.is_empty() {
+        if !self.ready.is_empty() || !self.flush_again.is_empty() || !self.chat_outputs.is_empty() {
             return Some(Duration::ZERO);
         }
         // Round up so a deadline is never checked a hair too early and spun on.
@@ -563,7 +585,7 @@ impl Server {
         if let Some(conn) = self.get(conn_ref) {
             // Best effort: send the alert rustls queued, then close.
             let mut scratch = Vec::new();
-            let _ = conn.flush(&mut scratch, now.instant);
+            let _ = conn.flush(&mut scratch, WRITE_BUDGET, now.instant);
         }
         self.remove(conn_ref.key);
     }
@@ -579,16 +601,28 @@ impl Server {
         }
     }
 
-    /// Flushes one connection; finishes its close when everything is out.
+    /// Flushes one connection within the write budget; finishes its close when
+    /// everything is out.
     pub(super) fn flush_now(&mut self, conn_ref: ConnRef, now: Now) {
-        let Server { conns, scratch, .. } = self;
+        self.flush_with_budget(conn_ref, WRITE_BUDGET, now);
+    }
+
+    /// Flushes one connection, at most `budget` bytes; one cut short by the budget is
+    /// flushed again next turn.
+    pub(super) fn flush_with_budget(&mut self, conn_ref: ConnRef, budget: usize, now: Now) {
+        let Server {
+            conns,
+            scratch,
+            flush_again,
+            ..
+        } = self;
         let Some(conn) = conns
             .get_mut(conn_ref.key)
             .filter(|c| c.generation == conn_ref.generation)
         else {
             return;
         };
-        let status = match conn.flush(scratch, now.instant) {
+        let status = match conn.flush(scratch, budget, now.instant) {
             Ok(status) => status,
             Err(e) => {
                 log::debug!("write to {} failed: {e}", conn.peer);
@@ -596,6 +630,9 @@ impl Server {
                 return;
             }
         };
+        if status == FlushStatus::Budget {
+            flush_again.push(conn_ref);
+        }
         if status == FlushStatus::Done {
             if conn.phase == Phase::Closing {
                 conn.shutdown_write();
@@ -606,7 +643,7 @@ impl Server {
             } else if conn.close_when_flushed {
                 // Everything is out: send close_notify, then shut down and linger.
                 conn.begin_close(now.instant);
-                return self.flush_now(conn_ref, now);
+                return self.flush_with_budget(conn_ref, budget, now);
             }
         }
         if conn.http.is_paused() && conn.http.try_resume(conn.out.len()) {

@@ -281,8 +281,9 @@ impl Server {
         if fits(conn.out.len()) {
             return true;
         }
-        // Over the cap only counts if the socket cannot take what is queued.
-        self.flush_now(conn_ref, now);
+        // Over the cap only counts if the socket cannot take what is queued: no write
+        // budget here, or a client that reads would count as slow.
+        self.flush_with_budget(conn_ref, usize::MAX, now);
         let Some(conn) = self.get(conn_ref) else {
             return false;
         };
