@@ -281,7 +281,7 @@ fn sighup_with_broken_files_keeps_the_current_certificate() {
 #[test]
 fn ipv6_loopback_works() {
     if !has_ipv6_loopback() {
-        eprintln!("NOTE: no ::1 on this machine; IPv6 test skipped");
+        skip_unless_required("no ::1 on this machine, so IPv6 was not tried");
         return;
     }
     let server = TestServer::start("host = ::1");
@@ -420,11 +420,14 @@ fn private_network() -> bool {
 #[test]
 fn host_unspecified_ipv6_listens_on_ipv4_and_ipv6() {
     if !private_network() {
-        eprintln!("NOTE: no network namespace of its own (needs root); dual-stack test skipped");
+        skip_unless_required(
+            "no network namespace of its own (unshare(CLONE_NEWNET) needs root), so \
+             `host = ::` was not tried",
+        );
         return;
     }
     if std::net::TcpListener::bind("[::]:0").is_err() {
-        eprintln!("NOTE: IPv6 is disabled on this machine; dual-stack test skipped");
+        skip_unless_required("IPv6 is disabled on this machine, so `host = ::` was not tried");
         return;
     }
     let server = TestServer::start("host = ::");
@@ -442,7 +445,7 @@ fn host_unspecified_ipv6_listens_on_ipv4_and_ipv6() {
             .unwrap_or_else(|e| panic!("{v6}: {e}\n{}", server.log()));
         assert_eq!(c.get("/healthz").status, 200);
     } else {
-        eprintln!("NOTE: no ::1 on this machine; only IPv4 was tried on `host = ::`");
+        skip_unless_required("no ::1 on this machine; only IPv4 was tried on `host = ::`");
     }
 }
 
@@ -457,10 +460,10 @@ fn the_open_files_limit_is_raised_to_the_hard_limit() {
     // SAFETY: getrlimit writes into the struct we pass.
     assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut own) }, 0);
     if own.rlim_max <= LOW {
-        eprintln!(
-            "NOTE: hard open-files limit is {}; test skipped",
+        skip_unless_required(&format!(
+            "the hard open-files limit is {}, so raising the soft one was not tried",
             own.rlim_max
-        );
+        ));
         return;
     }
     let server = TestServer::start_customized("", |cmd| {
@@ -503,4 +506,56 @@ fn the_open_files_limit_is_raised_to_the_hard_limit() {
         own.rlim_max.to_string()
     };
     assert_eq!(fields[4], hard, "{line}");
+}
+
+/// Run only by [`a_skip_is_a_note_outside_ci_and_a_failure_under_it`], in a child
+/// process with the environment it chooses.
+#[test]
+#[ignore = "run by a_skip_is_a_note_outside_ci_and_a_failure_under_it"]
+fn skip_probe() {
+    skip_unless_required("the probe always skips");
+}
+
+#[test]
+fn a_skip_is_a_note_outside_ci_and_a_failure_under_it() {
+    let run = |env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(std::env::current_exe().expect("test binary"));
+        cmd.args([
+            "--ignored",
+            "--exact",
+            "skip_probe",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env_remove("CI")
+        .env_remove("CHATD_TESTS_REQUIRE_ALL")
+        .envs(env.iter().copied());
+        let out = cmd.output().expect("run the test binary");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    for env in [
+        &[][..],
+        &[("CI", "false")],
+        &[("CHATD_TESTS_REQUIRE_ALL", "0")],
+    ] {
+        let (passed, text) = run(env);
+        assert!(passed, "{env:?}: a skip outside CI must pass:\n{text}");
+        assert!(
+            text.contains("NOTE: skipped: the probe always skips"),
+            "{env:?}: no note:\n{text}"
+        );
+    }
+    for env in [&[("CI", "true")], &[("CHATD_TESTS_REQUIRE_ALL", "1")]] {
+        let (passed, text) = run(env);
+        assert!(!passed, "{env:?}: a skip must fail:\n{text}");
+        assert!(
+            text.contains("cannot run here: the probe always skips"),
+            "{env:?}: no clear message:\n{text}"
+        );
+    }
 }
