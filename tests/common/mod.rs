@@ -374,6 +374,23 @@ impl TestServer {
         self.connect().metric(sample)
     }
 
+    /// Polls one sample of `/metrics` until it equals `value` (true) or `timeout` passes
+    /// (false). One kept-alive connection asked every 100 ms: well within the
+    /// connection and request rates, however long the wait.
+    pub fn wait_for_metric(&self, sample: &str, value: u64, timeout: Duration) -> bool {
+        let mut c = self.connect();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if c.metric(sample) == value {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// CPU time (user + system) the server process has used so far, from
     /// `/proc/PID/stat`: a loop that spins shows up here, however little it sends.
     pub fn cpu_time(&self) -> Duration {
