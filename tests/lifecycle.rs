@@ -1,8 +1,9 @@
 //! The process lifecycle: first start (certificate, key, JWT secret, file modes, what is
 //! logged and what never is), SIGTERM/SIGINT (finish in-flight requests, exit 0,
 //! database intact), restart (users, certificate and tokens survive), SIGHUP certificate
-//! reload without dropping connections, IPv6 and dual-stack, and what is set up at start
-//! (db_synchronous, the open-files limit).
+//! reload without dropping connections (and a mismatched pair refused), IPv6 and
+//! dual-stack, what is set up at start (db_synchronous, the open-files limit, the
+//! database held exclusively, `RUST_LOG` over `log_level`), and skips that fail in CI.
 
 mod common;
 
@@ -558,4 +559,96 @@ fn a_skip_is_a_note_outside_ci_and_a_failure_under_it() {
             "{env:?}: no clear message:\n{text}"
         );
     }
+}
+
+#[test]
+fn a_second_chatd_on_the_same_database_is_refused_and_the_first_keeps_serving() {
+    let server = TestServer::start("");
+    server.register("first", "first-password");
+    // The same configuration, so the same database file (a port of its own: port 0).
+    let (status, stderr) = run_command_expecting_exit(chatd_command(&server.conf_path(), &[]));
+    assert!(
+        !status.success(),
+        "a second chatd started: {status:?}\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&server.db_path().display().to_string())
+            && stderr.contains("in use by another process (another chatd?)"),
+        "no clear message:\n{stderr}"
+    );
+    // The first one still reads and writes its database.
+    server.register("second", "second-password");
+    let token = server.login("first", "first-password");
+    assert_eq!(server.connect().get_auth("/me", &token).status, 200);
+}
+
+#[test]
+fn rust_log_overrides_log_level() {
+    // log_level = warn, RUST_LOG=debug: debug lines are written.
+    let server = TestServer::start_with_env("log_level = warn", &[("RUST_LOG", "debug")]);
+    assert_eq!(server.connect().get("/healthz").status, 200);
+    assert!(
+        server.wait_for_log(" DEBUG ", Duration::from_secs(10)),
+        "RUST_LOG=debug did not override log_level = warn:\n{}",
+        server.log()
+    );
+    // The reverse: log_level = debug, RUST_LOG=warn: no info or debug line, not even
+    // the access log's, while a warning still is.
+    let mut server = TestServer::start_with_env("log_level = debug", &[("RUST_LOG", "warn")]);
+    assert_eq!(server.connect().get("/healthz").status, 200);
+    server.stop();
+    let log = server.log();
+    assert!(
+        log.contains(SECRET_WARNING),
+        "warnings are still written:\n{log}"
+    );
+    assert!(
+        !log.contains(" INFO ") && !log.contains(" DEBUG "),
+        "RUST_LOG=warn did not override log_level = debug:\n{log}"
+    );
+}
+
+#[test]
+fn sighup_with_a_certificate_and_a_key_that_do_not_match_keeps_the_current_pair() {
+    let server = TestServer::start("");
+    let pem = std::fs::read(server.cert_path()).unwrap();
+    let old_fingerprint = server.fingerprint().to_string();
+    let mut before = server.connect();
+    assert_eq!(before.get("/healthz").status, 200);
+
+    // Two valid files that do not belong together.
+    let (cert, _) = new_self_signed_pair();
+    let (_, other_key) = new_self_signed_pair();
+    std::fs::write(server.cert_path(), &cert).unwrap();
+    std::fs::write(server.key_path(), &other_key).unwrap();
+    server.signal(libc::SIGHUP);
+    assert!(
+        server.wait_for_log("keeping the current certificate", Duration::from_secs(10)),
+        "refused reload not logged:\n{}",
+        server.log()
+    );
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("keeping the current certificate"))
+        .expect("the line");
+    assert!(line.contains("ERROR"), "not logged as an error: {line}");
+
+    // New handshakes still present the old certificate, and everyone is served.
+    let mut c = Client::connect(server.addr(), client_config_trusting(&pem), "localhost")
+        .expect("the old certificate is still in use");
+    assert_eq!(fingerprint(&c.peer_cert_der()), old_fingerprint);
+    assert_eq!(c.get("/healthz").status, 200);
+    assert_eq!(before.get("/healthz").status, 200);
+    assert!(
+        Client::connect(
+            server.addr(),
+            client_config_trusting(cert.as_bytes()),
+            "localhost"
+        )
+        .is_err(),
+        "the new certificate was taken without its key"
+    );
+    let mut server = server;
+    assert!(server.is_running());
 }
