@@ -38,9 +38,10 @@ web-test:
 		echo "e2e browser tests SKIPPED: chromium, node or npm not found"; \
 	fi
 
-# Unit tests of the page's pure logic (public/js), no browser needed.
+# Unit tests of the page's pure logic (public/js), no browser needed. The files are
+# named: Node 22 and later no longer take a directory after --test.
 js-unit:
-	node --test --test-reporter=spec tests/js/
+	node --test --test-reporter=spec tests/js/*.test.mjs
 
 # Builds chatd (debug), installs playwright-core if needed, runs the browser tests.
 # Screenshots go to $(TARGET_DIR)/e2e.
@@ -48,7 +49,7 @@ e2e: js-unit
 	$(CARGO) build -j$(JOBS)
 	@[ -d $(E2E_DIR)/node_modules ] || (cd $(E2E_DIR) && npm ci --no-audit --no-fund --loglevel=error)
 	E2E_CHATD_BIN=$(TARGET_DIR)/debug/chatd E2E_OUT=$(TARGET_DIR)/e2e CHROMIUM=$(CHROMIUM) \
-		node --test --test-reporter=spec --test-concurrency=2 $(E2E_DIR)/
+		node --test --test-reporter=spec --test-concurrency=2 $(E2E_DIR)/*.test.mjs
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -279,6 +279,61 @@ mod tests {
     }
 
     #[test]
+    fn the_connection_rate_refills_at_the_exact_interval() {
+        let clock = FakeRelativeClock::default();
+        let mut l = Limits::with_clock(
+            &config("conn_rate_per_ip = 5/s burst 5\nmax_connections_per_ip = 100\n"),
+            clock.clone(),
+        );
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..5 {
+            assert_eq!(l.open_connection(a), Ok(()));
+        }
+        for _ in 0..5 {
+            assert_eq!(l.open_connection(a), Err(Refusal::TooFastFromAddress));
+        }
+        // One connection every 200 ms: not a nanosecond sooner.
+        clock.advance(Duration::from_millis(200) - Duration::from_nanos(1));
+        assert_eq!(l.open_connection(a), Err(Refusal::TooFastFromAddress));
+        clock.advance(Duration::from_nanos(1));
+        assert_eq!(l.open_connection(a), Ok(()));
+        assert_eq!(l.open_connection(a), Err(Refusal::TooFastFromAddress));
+        // A full refill takes five intervals and gives a whole burst, no more.
+        clock.advance(Duration::from_secs(5));
+        for _ in 0..5 {
+            assert_eq!(l.open_connection(a), Ok(()));
+        }
+        assert_eq!(l.open_connection(a), Err(Refusal::TooFastFromAddress));
+        assert_eq!(l.open_connections(), 11);
+    }
+
+    #[test]
+    fn the_password_hash_budget_refills_at_the_exact_interval() {
+        let clock = FakeRelativeClock::default();
+        let l = Limits::with_clock(&config("password_hashes_per_sec = 2\n"), clock.clone());
+        // Two at once, then one per 500 ms; a password change asks for two at once.
+        assert!(l.check_password_hashes(2).is_ok());
+        let wait = l.check_password_hashes(1).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(500));
+        assert_eq!(retry_after_secs(wait), 1);
+        clock.advance(Duration::from_millis(499));
+        assert!(l.check_password_hashes(1).is_err());
+        clock.advance(Duration::from_millis(1));
+        assert!(l.check_password_hashes(1).is_ok());
+        clock.advance(Duration::from_millis(500));
+        assert!(
+            l.check_password_hashes(2).is_err(),
+            "one hash back, not the two a password change needs"
+        );
+        assert!(l.check_password_hashes(1).is_ok());
+        clock.advance(Duration::from_secs(1));
+        assert!(
+            l.check_password_hashes(2).is_ok(),
+            "full again after a second"
+        );
+    }
+
+    #[test]
     fn http_rate_and_retry_after() {
         let clock = FakeRelativeClock::default();
         let l = Limits::with_clock(&config("http_rate_per_ip = 1/s burst 2\n"), clock.clone());

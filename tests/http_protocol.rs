@@ -1,7 +1,8 @@
 //! HTTP/1.1 over TLS against the real binary: keep-alive, pipelining, bodies, the
 //! error statuses of the protocol layer (400, 405, 413, 415, 431, 501) and which of them
 //! close the connection, `Expect: 100-continue`, plain HTTP on the TLS port, HEAD,
-//! certificate verification and `/metrics`.
+//! certificate verification, the TLS versions and suites offered, `Cache-Control` on
+//! API answers, tokens in URLs refused, and `/metrics`.
 
 mod common;
 
@@ -90,7 +91,10 @@ fn pipelined_requests_are_answered_in_order() {
         c.pending().is_empty(),
         "extra bytes after the last response"
     );
-    c.assert_open(Duration::from_millis(200));
+    // Still open, and nothing was queued before the answer to a later request.
+    let r = c.get("/healthz");
+    assert_eq!((r.status, r.text().as_str()), (200, r#"{"status":"ok"}"#));
+    assert!(c.pending().is_empty());
 }
 
 #[test]
@@ -122,7 +126,9 @@ fn a_body_is_framed_by_content_length_even_on_a_get() {
         (r.status, r.text().as_str()),
         (200, "body { color: #222; }\n")
     );
-    c.assert_open(Duration::from_millis(300));
+    // A later request's answer comes next: the body was not answered as a request.
+    let r = c.get("/healthz");
+    assert_eq!((r.status, r.text().as_str()), (200, r#"{"status":"ok"}"#));
     assert!(c.pending().is_empty(), "the body was answered as a request");
 }
 
@@ -806,4 +812,136 @@ fn metrics_count_logins_and_responses_by_status_class() {
     let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     // 1xx 2xx 3xx 4xx 5xx, logins ok, logins failed
     assert_eq!(delta, [0, 4, 1, 3, 0, 1, 2]);
+}
+
+/// A client configuration trusting the server's certificate that offers only `version`.
+fn client_config_for(
+    server: &TestServer,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(server.cert_path()).expect("read cert");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.expect("PEM")).expect("trust anchor");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .expect("protocol version")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    std::sync::Arc::new(config)
+}
+
+#[test]
+fn tls_1_3_is_the_default_and_tls_1_2_works_with_an_aead_ecdhe_suite() {
+    let server = TestServer::start("");
+    let mut c = server.connect();
+    assert_eq!(
+        c.tls.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    assert_eq!(c.get("/healthz").status, 200);
+
+    // A client that speaks only TLS 1.2 (rustls cannot offer 1.1 or lower, nor can
+    // chatd accept them) gets an ECDHE key exchange and an AEAD cipher.
+    let config = client_config_for(&server, &rustls::version::TLS12);
+    let mut c = Client::connect(server.addr(), config, "localhost").expect("TLS 1.2 handshake");
+    assert_eq!(
+        c.tls.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    let suite = format!(
+        "{:?}",
+        c.tls
+            .conn
+            .negotiated_cipher_suite()
+            .expect("a suite")
+            .suite()
+    );
+    assert!(
+        suite.starts_with("TLS_ECDHE_")
+            && (suite.ends_with("_GCM_SHA256")
+                || suite.ends_with("_GCM_SHA384")
+                || suite.ends_with("_CHACHA20_POLY1305_SHA256")),
+        "TLS 1.2 suite {suite}"
+    );
+    assert_eq!(c.get("/healthz").status, 200);
+}
+
+#[test]
+fn api_answers_are_not_stored_and_static_files_are_revalidated() {
+    let server = TestServer::start("");
+    let mut c = server.connect();
+    let user = c.register("cache", "cache-password");
+    assert_user(&user, "cache");
+    let r = c.post_json(
+        "/login",
+        &serde_json::json!({"username": "cache", "password": "cache-password"}),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("cache-control"), Some("no-store"), "/login");
+    let token = r.json()["token"].as_str().unwrap().to_string();
+    let auth = format!("Bearer {token}");
+    let answers = [
+        c.request("GET", "/me", &[("Authorization", &auth)], b""),
+        c.request("POST", "/refresh", &[("Authorization", &auth)], b""),
+        c.post_json(
+            "/register",
+            &serde_json::json!({"username": "cache", "password": "cache-password"}),
+        ),
+        c.get("/me"),
+        c.get("/healthz"),
+        c.get("/metrics"),
+        c.get("/no-such-file"),
+        c.request("DELETE", "/me", &[], b""),
+    ];
+    for r in &answers {
+        assert_eq!(
+            r.header_all("cache-control"),
+            ["no-store"],
+            "{} {}",
+            r.status,
+            r.text()
+        );
+    }
+    // Static files may be cached, but are checked again each time (ETag).
+    let r = c.get("/index.html");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("cache-control"), Some("no-cache"));
+    assert!(r.header("etag").is_some());
+}
+
+#[test]
+fn a_token_in_the_url_is_not_accepted() {
+    let server = TestServer::start("");
+    server.register("urly", "urly-password");
+    let token = server.login("urly", "urly-password");
+    let mut c = server.connect();
+    for query in ["access_token", "token", "bearer", "jwt"] {
+        let r = c.get(&format!("/me?{query}={token}"));
+        assert_error(&r, 401, "unauthorized");
+        let r = c.request(
+            "GET",
+            &format!("/ws?{query}={token}"),
+            &[
+                ("Upgrade", "websocket"),
+                ("Connection", "Upgrade"),
+                ("Sec-WebSocket-Version", "13"),
+                ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ],
+            b"",
+        );
+        assert_error(&r, 401, "unauthorized");
+    }
+    // The same token in the header is fine, and the access log never shows a query.
+    assert_eq!(c.get_auth("/me?x=1", &token).status, 200);
+    assert!(server.wait_for_log("\"GET /me\" 200", Duration::from_secs(5)));
+    let log = server.log();
+    assert!(!log.contains(&token), "the token is in the log");
+    assert!(
+        !log.contains("access_token"),
+        "a query string is in the log"
+    );
 }

@@ -1,8 +1,9 @@
 //! The process lifecycle: first start (certificate, key, JWT secret, file modes, what is
 //! logged and what never is), SIGTERM/SIGINT (finish in-flight requests, exit 0,
 //! database intact), restart (users, certificate and tokens survive), SIGHUP certificate
-//! reload without dropping connections, IPv6 and dual-stack, and what is set up at start
-//! (db_synchronous, the open-files limit).
+//! reload without dropping connections (and a mismatched pair refused), IPv6 and
+//! dual-stack, what is set up at start (db_synchronous, the open-files limit, the
+//! database held exclusively, `RUST_LOG` over `log_level`), and skips that fail in CI.
 
 mod common;
 
@@ -334,7 +335,7 @@ fn sighup_with_broken_files_keeps_the_current_certificate() {
 #[test]
 fn ipv6_loopback_works() {
     if !has_ipv6_loopback() {
-        eprintln!("NOTE: no ::1 on this machine; IPv6 test skipped");
+        skip_unless_required("no ::1 on this machine, so IPv6 was not tried");
         return;
     }
     let server = TestServer::start("host = ::1");
@@ -473,11 +474,14 @@ fn private_network() -> bool {
 #[test]
 fn host_unspecified_ipv6_listens_on_ipv4_and_ipv6() {
     if !private_network() {
-        eprintln!("NOTE: no network namespace of its own (needs root); dual-stack test skipped");
+        skip_unless_required(
+            "no network namespace of its own (unshare(CLONE_NEWNET) needs root), so \
+             `host = ::` was not tried",
+        );
         return;
     }
     if std::net::TcpListener::bind("[::]:0").is_err() {
-        eprintln!("NOTE: IPv6 is disabled on this machine; dual-stack test skipped");
+        skip_unless_required("IPv6 is disabled on this machine, so `host = ::` was not tried");
         return;
     }
     let server = TestServer::start("host = ::");
@@ -495,7 +499,7 @@ fn host_unspecified_ipv6_listens_on_ipv4_and_ipv6() {
             .unwrap_or_else(|e| panic!("{v6}: {e}\n{}", server.log()));
         assert_eq!(c.get("/healthz").status, 200);
     } else {
-        eprintln!("NOTE: no ::1 on this machine; only IPv4 was tried on `host = ::`");
+        skip_unless_required("no ::1 on this machine; only IPv4 was tried on `host = ::`");
     }
 }
 
@@ -510,10 +514,10 @@ fn the_open_files_limit_is_raised_to_the_hard_limit() {
     // SAFETY: getrlimit writes into the struct we pass.
     assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut own) }, 0);
     if own.rlim_max <= LOW {
-        eprintln!(
-            "NOTE: hard open-files limit is {}; test skipped",
+        skip_unless_required(&format!(
+            "the hard open-files limit is {}, so raising the soft one was not tried",
             own.rlim_max
-        );
+        ));
         return;
     }
     let server = TestServer::start_customized("", |cmd| {
@@ -556,4 +560,144 @@ fn the_open_files_limit_is_raised_to_the_hard_limit() {
         own.rlim_max.to_string()
     };
     assert_eq!(fields[4], hard, "{line}");
+}
+
+/// Run only by [`a_skip_is_a_note_outside_ci_and_a_failure_under_it`], in a child
+/// process with the environment it chooses.
+#[test]
+#[ignore = "run by a_skip_is_a_note_outside_ci_and_a_failure_under_it"]
+fn skip_probe() {
+    skip_unless_required("the probe always skips");
+}
+
+#[test]
+fn a_skip_is_a_note_outside_ci_and_a_failure_under_it() {
+    let run = |env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(std::env::current_exe().expect("test binary"));
+        cmd.args([
+            "--ignored",
+            "--exact",
+            "skip_probe",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env_remove("CI")
+        .env_remove("REQUIRE_ALL_TESTS")
+        .envs(env.iter().copied());
+        let out = cmd.output().expect("run the test binary");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    for env in [&[][..], &[("CI", "false")], &[("REQUIRE_ALL_TESTS", "0")]] {
+        let (passed, text) = run(env);
+        assert!(passed, "{env:?}: a skip outside CI must pass:\n{text}");
+        assert!(
+            text.contains("NOTE: skipped: the probe always skips"),
+            "{env:?}: no note:\n{text}"
+        );
+    }
+    for env in [&[("CI", "true")], &[("REQUIRE_ALL_TESTS", "1")]] {
+        let (passed, text) = run(env);
+        assert!(!passed, "{env:?}: a skip must fail:\n{text}");
+        assert!(
+            text.contains("cannot run here: the probe always skips"),
+            "{env:?}: no clear message:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn a_second_chatd_on_the_same_database_is_refused_and_the_first_keeps_serving() {
+    let server = TestServer::start("");
+    server.register("first", "first-password");
+    // The same configuration, so the same database file (a port of its own: port 0).
+    let (status, stderr) = run_command_expecting_exit(chatd_command(&server.conf_path(), &[]));
+    assert!(
+        !status.success(),
+        "a second chatd started: {status:?}\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&server.db_path().display().to_string())
+            && stderr.contains("in use by another process (another chatd?)"),
+        "no clear message:\n{stderr}"
+    );
+    // The first one still reads and writes its database.
+    server.register("second", "second-password");
+    let token = server.login("first", "first-password");
+    assert_eq!(server.connect().get_auth("/me", &token).status, 200);
+}
+
+#[test]
+fn rust_log_overrides_log_level() {
+    // log_level = warn, RUST_LOG=debug: debug lines are written.
+    let server = TestServer::start_with_env("log_level = warn", &[("RUST_LOG", "debug")]);
+    assert_eq!(server.connect().get("/healthz").status, 200);
+    assert!(
+        server.wait_for_log(" DEBUG ", Duration::from_secs(10)),
+        "RUST_LOG=debug did not override log_level = warn:\n{}",
+        server.log()
+    );
+    // The reverse: log_level = debug, RUST_LOG=warn: no info or debug line, not even
+    // the access log's, while a warning still is.
+    let mut server = TestServer::start_with_env("log_level = debug", &[("RUST_LOG", "warn")]);
+    assert_eq!(server.connect().get("/healthz").status, 200);
+    server.stop();
+    let log = server.log();
+    assert!(
+        log.contains(SECRET_WARNING),
+        "warnings are still written:\n{log}"
+    );
+    assert!(
+        !log.contains(" INFO ") && !log.contains(" DEBUG "),
+        "RUST_LOG=warn did not override log_level = debug:\n{log}"
+    );
+}
+
+#[test]
+fn sighup_with_a_certificate_and_a_key_that_do_not_match_keeps_the_current_pair() {
+    let server = TestServer::start("");
+    let pem = std::fs::read(server.cert_path()).unwrap();
+    let old_fingerprint = server.fingerprint().to_string();
+    let mut before = server.connect();
+    assert_eq!(before.get("/healthz").status, 200);
+
+    // Two valid files that do not belong together.
+    let (cert, _) = new_self_signed_pair();
+    let (_, other_key) = new_self_signed_pair();
+    std::fs::write(server.cert_path(), &cert).unwrap();
+    std::fs::write(server.key_path(), &other_key).unwrap();
+    server.signal(libc::SIGHUP);
+    assert!(
+        server.wait_for_log("keeping the current certificate", Duration::from_secs(10)),
+        "refused reload not logged:\n{}",
+        server.log()
+    );
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("keeping the current certificate"))
+        .expect("the line");
+    assert!(line.contains("ERROR"), "not logged as an error: {line}");
+
+    // New handshakes still present the old certificate, and everyone is served.
+    let mut c = Client::connect(server.addr(), client_config_trusting(&pem), "localhost")
+        .expect("the old certificate is still in use");
+    assert_eq!(fingerprint(&c.peer_cert_der()), old_fingerprint);
+    assert_eq!(c.get("/healthz").status, 200);
+    assert_eq!(before.get("/healthz").status, 200);
+    assert!(
+        Client::connect(
+            server.addr(),
+            client_config_trusting(cert.as_bytes()),
+            "localhost"
+        )
+        .is_err(),
+        "the new certificate was taken without its key"
+    );
+    let mut server = server;
+    assert!(server.is_running());
 }

@@ -119,7 +119,9 @@ fn password_change_closes_the_users_sockets_with_4003() {
 
 #[test]
 fn a_flooding_client_is_rate_limited_then_closed_with_1008() {
-    let server = TestServer::start("ws_rate = 5/s burst 5");
+    // One request refills every 12 s: the forty pings are all read long before, however
+    // slow the machine, so the counts below are exact.
+    let server = TestServer::start("ws_rate = 5/min burst 5");
     let (mut flood, _) = ws::user(&server, "flood");
     let (mut calm, _) = ws::user(&server, "calm");
     for i in 0..40 {
@@ -146,43 +148,50 @@ fn a_flooding_client_is_rate_limited_then_closed_with_1008() {
         }
     };
     assert_eq!(end, Some(1008));
-    assert!(
-        (5..=12).contains(&ok),
-        "the burst went through, then the limit: {ok}"
-    );
-    assert!(
-        limited >= 1,
-        "rate_limited replies before the close: {limited}"
-    );
+    assert_eq!(ok, 5, "the burst went through, then the limit");
+    // The fifth refusal reaches the burst and closes instead of being answered.
+    assert_eq!(limited, 4, "rate_limited replies before the close");
     assert_eq!(calm.ok(json!({"type":"ping"})), json!({}));
-    assert!(server.metric("chatd_ws_rate_limited_total") >= 5);
+    assert_eq!(server.metric("chatd_ws_rate_limited_total"), 5);
 }
 
 #[test]
 fn a_steady_flood_is_closed_with_1008_and_the_allowed_rate_never_is() {
-    let server = TestServer::start("ws_rate = 10/s burst 10");
+    let server = TestServer::start("ws_rate = 2/s burst 10");
     let (mut flood, _) = ws::user(&server, "flood");
     let (mut calm, _) = ws::user(&server, "calm");
     let start = Instant::now();
-    // The calm client asks at 8/s, below ws_rate, for the whole test: never refused.
-    let calm = std::thread::spawn(move || {
-        let mut answered = 0;
-        while start.elapsed() < Duration::from_secs(4) {
+    let flood_closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The calm client asks at most every 600 ms, below ws_rate (a slow machine only
+    // spaces its requests further), until the flood is closed and a while after:
+    // never refused.
+    let calm = std::thread::spawn({
+        let flood_closed = flood_closed.clone();
+        move || {
+            let mut answered = 0;
+            while answered < 5 || !flood_closed.load(std::sync::atomic::Ordering::SeqCst) {
+                assert!(
+                    start.elapsed() < Duration::from_secs(120),
+                    "the flood was never closed"
+                );
+                assert_eq!(calm.ok(json!({"type":"ping"})), json!({}));
+                answered += 1;
+                std::thread::sleep(Duration::from_millis(600));
+            }
             assert_eq!(calm.ok(json!({"type":"ping"})), json!({}));
-            answered += 1;
-            std::thread::sleep(Duration::from_millis(125));
+            answered + 1
         }
-        answered
     });
-    // The flood is 50/s, five times ws_rate, evenly spread (a late send is not caught
+    // The flood is 10/s, five times ws_rate, evenly spread (a late send is not caught
     // up): between two allowed requests come only four refused ones, never a burst's
-    // worth in a row, yet it must be closed.
-    let gap = Duration::from_millis(20);
+    // worth in a row, yet it must be closed. A tenth of a second between sends is kept
+    // even by a busy machine.
+    let gap = Duration::from_millis(100);
     let mut next_send = start;
     let (mut allowed, mut limited) = (0, 0);
     let close = 'flood: loop {
         assert!(
-            start.elapsed() < Duration::from_secs(10),
+            start.elapsed() < Duration::from_secs(60),
             "a steady flood at five times ws_rate was never closed \
              ({allowed} allowed, {limited} rate_limited)"
         );
@@ -220,12 +229,18 @@ fn a_steady_flood_is_closed_with_1008_and_the_allowed_rate_never_is() {
             }
         }
     };
+    flood_closed.store(true, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(close, Some(1008));
-    assert!(limited > 10, "refused more than a burst in all: {limited}");
+    // The refusal that reaches the burst closes instead of being answered.
+    assert!(
+        limited + 1 >= 10,
+        "refused at least a burst in all: {limited} answered"
+    );
+    assert!(allowed >= 10, "the burst went through first: {allowed}");
     let answered = calm
         .join()
         .expect("the calm client was never refused or closed");
-    assert!(answered >= 20, "{answered}");
+    assert!(answered >= 6, "{answered}");
 }
 
 #[test]
@@ -382,36 +397,57 @@ fn pings_keep_a_reading_client_alive_and_silence_closes_with_4000() {
     let server = TestServer::start("ws_ping_secs = 1\nws_idle_timeout_secs = 2");
     let (mut quiet, token) = ws::user(&server, "alice");
     let (mut lively, _) = ws::connect(&server, &token);
-    // The lively client keeps reading, so tungstenite answers every ping with a pong.
-    let until = Instant::now() + Duration::from_secs(3);
-    let mut pings = 0;
-    while Instant::now() < until {
-        lively
-            .socket
-            .get_mut()
-            .sock
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        match lively.socket.read() {
-            Ok(Message::Ping(_)) => pings += 1,
-            Ok(Message::Close(frame)) => panic!("lively client closed: {frame:?}"),
-            _ => {}
+    // The lively client keeps reading, so tungstenite answers every ping with a pong,
+    // until the quiet one has been closed and it has seen two pings (however long a
+    // busy machine takes for either); then it asks something.
+    let quiet_closed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lively = std::thread::spawn({
+        let quiet_closed = quiet_closed.clone();
+        move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut pings = 0;
+            while pings < 2 || !quiet_closed.load(std::sync::atomic::Ordering::SeqCst) {
+                assert!(Instant::now() < deadline, "{pings} pings in 60 s");
+                lively
+                    .socket
+                    .get_mut()
+                    .sock
+                    .set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                match lively.socket.read() {
+                    Ok(Message::Ping(_)) => pings += 1,
+                    Ok(Message::Close(frame)) => panic!("lively client closed: {frame:?}"),
+                    _ => {}
+                }
+                let _ = lively.socket.flush();
+            }
+            lively
+                .socket
+                .get_mut()
+                .sock
+                .set_read_timeout(Some(common::IO_TIMEOUT))
+                .unwrap();
+            assert_eq!(lively.ok(json!({"type":"ping"})), json!({}));
+            pings
         }
-        let _ = lively.socket.flush();
-    }
-    assert!(pings >= 2, "pinged every second: {pings}");
-    // The quiet client read nothing for 3 s (so sent no pong): it was closed.
+    });
+    // The quiet client reads nothing (so sends no pong): it is closed. (Reading it
+    // before then would answer the pings.)
+    let idle_closed = server.wait_for_metric(
+        "chatd_ws_closed_total{reason=\"idle\"}",
+        1,
+        Duration::from_secs(30),
+    );
+    assert!(idle_closed, "the quiet client was never closed");
     assert_eq!(
-        quiet.ended(Duration::from_secs(3)),
+        quiet.ended(Duration::from_secs(10)),
         Ended::Close(4000, "idle timeout".into())
     );
-    lively
-        .socket
-        .get_mut()
-        .sock
-        .set_read_timeout(Some(common::IO_TIMEOUT))
-        .unwrap();
-    assert_eq!(lively.ok(json!({"type":"ping"})), json!({}));
+    quiet_closed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let pings = lively
+        .join()
+        .expect("the lively client was kept open and answered");
+    assert!(pings >= 2, "pinged again and again: {pings}");
 }
 
 #[test]
@@ -514,7 +550,6 @@ fn a_frame_trickled_in_a_record_per_byte_runs_into_the_idle_timeout() {
         0x1,
         br#"{"type":"ping","ref":"one byte at a time, four a second"}"#,
     );
-    let limit = ws_idle + Duration::from_secs(2);
     let stream = a.socket.get_mut();
     let mut received = Vec::new();
     let mut closed = false;
@@ -522,14 +557,11 @@ fn a_frame_trickled_in_a_record_per_byte_runs_into_the_idle_timeout() {
         let record = common::seal(&mut stream.conn, &[b]);
         closed = stream.sock.write_all(&record).is_err()
             || receive_for(stream, &mut received, Duration::from_millis(250));
+        // No upper bound in time: a late close on a busy machine is still the idle
+        // timeout's, as long as the frame never completed (checked below).
         if closed || close_code(&server_frames(&received)).is_some() {
             break;
         }
-        assert!(
-            opened.elapsed() < limit,
-            "still open after {:?}",
-            opened.elapsed()
-        );
     }
     let closed_after = opened.elapsed();
     let frames = server_frames(&received);

@@ -26,6 +26,9 @@ pub enum StoreError {
         found: i64,
         known: i64,
     },
+    /// Another process (another chatd, most likely) holds the database: chatd keeps it
+    /// locked while it runs.
+    InUse,
     Io(std::io::Error),
     Sqlite(rusqlite::Error),
 }
@@ -37,6 +40,10 @@ impl std::fmt::Display for StoreError {
             StoreError::SchemaTooNew { found, known } => write!(
                 f,
                 "database schema version {found} is newer than this chatd knows ({known})"
+            ),
+            StoreError::InUse => f.write_str(
+                "the database is in use by another process (another chatd?); \
+                 chatd holds it exclusively while it runs",
             ),
             StoreError::Io(e) => write!(f, "database directory: {e}"),
             StoreError::Sqlite(e) => write!(f, "sqlite: {e}"),
@@ -115,7 +122,14 @@ impl Store {
         // index in private memory, so no file-lock system calls are made around every
         // statement. (Another process cannot open the database while chatd runs.)
         conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // The first statement that takes the lock: busy means another process has it.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                    StoreError::InUse
+                }
+                _ => StoreError::Sqlite(e),
+            })?;
         // FULL: every commit is fsynced. NORMAL (WAL): a commit survives a crash of
         // chatd (kill -9); only an OS crash or power cut can lose the last commits.
         let level = match synchronous {
@@ -164,6 +178,21 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_database_held_by_another_store_is_reported_as_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chatd.db");
+        let first = Store::open_with(&path, DbSynchronous::Full).unwrap();
+        let second = Store::open_with(&path, DbSynchronous::Full);
+        assert!(
+            matches!(second, Err(StoreError::InUse)),
+            "{:?}",
+            second.err().map(|e| e.to_string())
+        );
+        first.close().unwrap();
+        Store::open_with(&path, DbSynchronous::Full).expect("free once the first is closed");
+    }
 
     #[test]
     fn the_configured_synchronous_level_is_applied() {

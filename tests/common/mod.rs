@@ -374,6 +374,23 @@ impl TestServer {
         self.connect().metric(sample)
     }
 
+    /// Polls one sample of `/metrics` until it equals `value` (true) or `timeout` passes
+    /// (false). One kept-alive connection asked every 100 ms: well within the
+    /// connection and request rates, however long the wait.
+    pub fn wait_for_metric(&self, sample: &str, value: u64, timeout: Duration) -> bool {
+        let mut c = self.connect();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if c.metric(sample) == value {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// CPU time (user + system) the server process has used so far, from
     /// `/proc/PID/stat`: a loop that spins shows up here, however little it sends.
     pub fn cpu_time(&self) -> Duration {
@@ -529,6 +546,27 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// Whether this machine has an IPv6 loopback address.
 pub fn has_ipv6_loopback() -> bool {
     std::net::TcpListener::bind("[::1]:0").is_ok()
+}
+
+/// Whether every test must run in full: set by CI (`CI=true`), or by hand with
+/// `REQUIRE_ALL_TESTS=1`. A test that cannot run here then fails instead of
+/// passing with a note.
+pub fn all_tests_required() -> bool {
+    let set = |name: &str, value: &str| {
+        std::env::var(name).is_ok_and(|v| v.trim().eq_ignore_ascii_case(value))
+    };
+    set("CI", "true") || set("REQUIRE_ALL_TESTS", "1")
+}
+
+/// A test (or part of one) that this machine cannot run, for `reason`: a note outside
+/// CI, a failure under it (see [`all_tests_required`]), so that a green CI run means
+/// every test ran.
+pub fn skip_unless_required(reason: &str) {
+    assert!(
+        !all_tests_required(),
+        "cannot run here: {reason} (required because CI=true or REQUIRE_ALL_TESTS=1)"
+    );
+    eprintln!("NOTE: skipped: {reason}");
 }
 
 // ---------------------------------------------------------------------------------------

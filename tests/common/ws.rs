@@ -195,13 +195,19 @@ impl Ws {
         }
     }
 
-    /// Asserts that no frame arrives within `wait`.
-    pub fn assert_silent(&mut self, wait: Duration) {
+    /// Asserts that no frame is due to this client: the reply to a `ping` sent now is
+    /// the next frame. A connection's frames leave in the order they were queued, and
+    /// whatever a request answered earlier (another client's, say) queued for this
+    /// client was queued before the ping is read, so it would arrive first. Unlike
+    /// waiting a while for nothing, this cannot pass because the server was slow.
+    pub fn assert_nothing_pending(&mut self) {
         if let Some(event) = self.events.pop_front() {
             panic!("unexpected frame: {event}");
         }
-        if let Some(frame) = self.read_frame(wait) {
-            panic!("unexpected frame: {frame}");
+        let reply = self.request(json!({"type": "ping"}));
+        assert_eq!(reply["ok"], true, "ping -> {reply}");
+        if let Some(event) = self.events.pop_front() {
+            panic!("unexpected frame before the reply to a ping: {event}");
         }
     }
 

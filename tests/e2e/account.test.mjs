@@ -87,7 +87,9 @@ describe('the account across browsers', { timeout: 120_000 }, () => {
     await jack.page.reload();
     await waitConnected(jack.page);
     await jack.page.locator('#sidebar li[data-key="dm:ivy"]').waitFor();
-    await jack.page.waitForTimeout(500);
+    // The thread in view is caught up last of all it learns after the welcome (its
+    // conversations first): once its message is shown, any unread count is in place.
+    await waitForMessage(jack.page, 'hello jack, we never met');
     assert.equal(await unreadBadge(jack.page, 'dm:ivy'), '');
     await jack.page.click('#logout');
     await jack.page.locator('#auth-view').waitFor();
@@ -138,7 +140,9 @@ describe('the account across browsers', { timeout: 120_000 }, () => {
     await jack.page.locator('#sidebar li[data-key="dm:ivy"]').waitFor({ state: 'detached' });
     await jack.page.reload();
     await waitConnected(jack.page);
-    await jack.page.waitForTimeout(500);
+    // The subscription to ivy is shown from the same resync step that applies the
+    // server's list of conversations: once it is there, that list was applied.
+    await jack.page.locator('#subscription-list .person[data-user=ivy]').waitFor({ state: 'attached' });
     assert.equal(await jack.page.locator('#sidebar li[data-key="dm:ivy"]').count(), 0);
 
     await ivy.page.fill('#dm-user', 'jack');
