@@ -83,7 +83,9 @@ const LISTEN_BACKLOG: i32 = 4096;
 /// encrypted on the only thread first: 400 slow readers of a large file cost over a
 /// gigabyte of encryption nobody reads, and stalled everyone else. What chatd serves
 /// is small (the web client, JSON, chat frames); the price is throughput on long, fast
-/// links (about 256 KiB per round trip for one download).
+/// links (about 256 KiB per round trip for one download). For a WebSocket it also means
+/// a slow consumer pins little kernel memory besides its `max_outbound_bytes` queue and
+/// reaches that cap sooner.
 const SEND_BUFFER: usize = 128 * 1024;
 
 /// A non-blocking listener with a deep accept queue. TCP_NODELAY and the send buffer

@@ -20,13 +20,6 @@ use crate::time::Now;
 use crate::ws::Close;
 use crate::ws::frame::{close_frame, ping_frame};
 
-/// The kernel send buffer of an upgraded connection (Linux doubles the value for its
-/// own bookkeeping). Left alone, Linux grows it up to `net.ipv4.tcp_wmem`'s maximum
-/// (4 MiB by default) for a peer that stops reading, so every slow consumer would pin
-/// several MiB of kernel memory besides its `max_outbound_bytes` queue. Chat frames are
-/// small: this much in flight is plenty, and a slow consumer reaches the cap sooner.
-const WS_SEND_BUFFER: usize = 128 * 1024;
-
 /// The chat's id for a connection: slot and generation, so it is never reused.
 fn conn_id(conn_ref: ConnRef) -> ConnId {
     ConnId((u64::from(conn_ref.generation) << 32) | conn_ref.key as u64)
@@ -57,9 +50,6 @@ impl Server {
         };
         conn.phase = Phase::WebSocket;
         conn.http.stop_request_timer();
-        if let Err(e) = socket2::SockRef::from(&conn.socket).set_send_buffer_size(WS_SEND_BUFFER) {
-            log::debug!("{}: cannot cap the send buffer: {e}", conn.peer);
-        }
         conn.ws = Some(Box::new(crate::session::WsSession::new(
             id,
             max_message,
