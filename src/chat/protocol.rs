@@ -645,6 +645,18 @@ mod tests {
     }
 
     #[test]
+    fn a_numeric_ref_is_answered_with_the_same_number() {
+        // The nearest double to this decimal; a parse off by one unit in the last place
+        // would answer with a ref the client does not recognise.
+        let (r, result) = parse(r#"{"type":"users","ref":1.5555555000003678e+122}"#);
+        assert!(result.is_ok());
+        assert_eq!(r.as_f64(), Some(1.5555555000003678e122));
+        let reply = reply_ok(&r, json!({}));
+        let sent: Value = serde_json::from_slice(&reply[2..]).unwrap();
+        assert_eq!(sent["ref"].as_f64(), Some(1.5555555000003678e122));
+    }
+
+    #[test]
     fn shape_errors() {
         for text in [
             "not json",
