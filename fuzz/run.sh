@@ -32,5 +32,5 @@ for target in $FUZZ_TARGETS; do
         echo "$target FAILED: input in fuzz/artifacts/$target/, log in fuzz/$log" >&2
         exit 1
     fi
-    grep -E '^#[0-9]+ +DONE|^stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb)' "$log"
+    grep -aE '^#[0-9]+[[:space:]]+(INITED|DONE)|^stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb)' "$log"
 done
