@@ -276,6 +276,34 @@ mod tests {
         check_round_trip(&parsed.request);
     }
 
+    /// The seeds' token names the fixture's account, so they reach the authenticated
+    /// handlers and the upgrade rather than stopping at 401.
+    #[test]
+    fn the_seed_token_is_accepted() {
+        for (seed, status) in [("me", 200), ("ws", 101)] {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../corpus/http_request/");
+            let data = std::fs::read(format!("{path}{seed}")).expect("the seed");
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let Ok(ParseStatus::Complete(parsed)) = parse_request(&data[1..], &mut headers, LIMITS)
+            else {
+                panic!("{seed} does not parse");
+            };
+            let client = Client {
+                ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                now: Now::read(),
+                shutting_down: false,
+            };
+            let got = FIXTURE.with(|cell| {
+                let mut cell = cell.borrow_mut();
+                let fixture = cell.get_or_insert_with(fixture);
+                api::handle(&mut fixture.app, &parsed.request, client)
+                    .response
+                    .status
+            });
+            assert_eq!(got, status, "{seed}");
+        }
+    }
+
     #[test]
     fn routed_requests_pass_the_checks() {
         check(b"\0GET /healthz HTTP/1.1\r\nHost: h\r\n\r\nHEAD / HTTP/1.1\r\nHost: h\r\n\r\n");
