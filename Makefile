@@ -5,7 +5,7 @@ CONFIG ?= server.conf
 SCENARIO ?= all
 BENCH_QUICK ?= 0
 
-.PHONY: build run test unit lint fmt certs clean web-test js-unit e2e bench attack
+.PHONY: build run test unit lint fmt certs clean web-test js-unit e2e bench attack fuzz
 
 # Browser tests: Debian's Chromium, driven by playwright-core from tests/e2e.
 CHROMIUM ?= /usr/bin/chromium
@@ -69,6 +69,13 @@ bench:
 # mount namespace). ATTACKS="attack_slowloris ..." runs some of the checks only.
 attack:
 	CARGO=$(CARGO) JOBS=$(JOBS) tests/attack.sh
+
+# Coverage-guided fuzzing (docs/SECURITY.md, Fuzzing): each target for FUZZ_SECS seconds, one at a
+# time, one worker; installs the nightly toolchain and cargo-fuzz when missing. Not part
+# of `make test`, which replays the committed corpus on stable instead.
+FUZZ_SECS ?= 60
+fuzz:
+	FUZZ_SECS=$(FUZZ_SECS) JOBS=$(JOBS) CARGO=$(CARGO) fuzz/run.sh
 
 # Regenerate the self-signed certificate with openssl instead (ECDSA P-256). The old
 # files are removed and openssl runs under umask 077, so the key is 0600 from its first

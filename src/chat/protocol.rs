@@ -767,6 +767,25 @@ mod tests {
     }
 
     #[test]
+    fn a_numeric_ref_is_answered_with_the_same_number() {
+        // The nearest double to this decimal, written as JSON prints it: parsed one
+        // unit in the last place off (serde_json's default float parsing), it would be
+        // answered with a ref the client does not recognise.
+        let raw = "1.5555555000003678e+122";
+        let (r, result) = parse(&format!(r#"{{"type":"users","ref":{raw}}}"#));
+        assert!(result.is_ok());
+        let reply = reply_ok(&r, json!({}));
+        let sent = std::str::from_utf8(&reply[2..]).unwrap();
+        assert!(sent.contains(&format!(r#""ref":{raw},"#)), "{sent}");
+        // The same number written otherwise would not come back as written: refused.
+        let (r, result) = parse(r#"{"type":"users","ref":1.5555555000003678e122}"#);
+        assert_eq!(
+            (r, result.unwrap_err().code),
+            (Value::Null, ErrorCode::BadRequest)
+        );
+    }
+
+    #[test]
     fn shape_errors() {
         for text in [
             "not json",

@@ -101,6 +101,9 @@ impl Decoder {
                 }
                 OpCode::Data(Data::Continue) => {
                     let mut message = self.partial.take().unwrap_or_default();
+                    // Exactly what the message needs: amortised growth would let a
+                    // fragmented message hold up to twice max_message.
+                    message.reserve_exact(payload.len());
                     message.extend_from_slice(&payload);
                     if header.is_final {
                         Some(text(message)?)
@@ -380,6 +383,11 @@ mod tests {
             Err(Close::TooBig),
             "assembled message"
         );
+        let mut d = Decoder::new(100);
+        let mut buf = client_frame(0x01, &[b'a'; 60]);
+        buf.extend(client_frame(0x00, &[b'a'; 30]));
+        assert_eq!(decode_all(&mut d, &buf), Ok(Vec::new()));
+        assert!(d.buffered() <= 100, "holds {} bytes", d.buffered());
         let mut d = Decoder::new(100);
         let huge = [
             0x81, 0xFF, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3, 4,
