@@ -1160,7 +1160,6 @@ pub fn soak(ctx: &Ctx) -> Result<Value, String> {
         _ => 0,
     };
     let cnt = &soak.c;
-    let misbehaving_unexpected = cnt.misbehaving_not_closed;
     let mut r = ctx.result("soak", params);
     r["figures"] = json!([
         figure("lost deliveries", cnt.lost as f64, "", "lower"),
@@ -1179,6 +1178,18 @@ pub fn soak(ctx: &Ctx) -> Result<Value, String> {
         ),
         bounded("error replies", cnt.error_replies as f64, "", 0.0),
         bounded(
+            "server frames that are not JSON",
+            cnt.bad_frames as f64,
+            "",
+            0.0
+        ),
+        bounded(
+            "close frames chatd did not answer",
+            cnt.closes_unanswered as f64,
+            "",
+            0.0
+        ),
+        bounded(
             "deliveries outside membership",
             cnt.outside_membership as f64,
             "",
@@ -1192,7 +1203,7 @@ pub fn soak(ctx: &Ctx) -> Result<Value, String> {
         ),
         bounded(
             "misbehaving clients not closed",
-            misbehaving_unexpected as f64,
+            cnt.misbehaving_not_closed as f64,
             "",
             0.0
         ),
