@@ -5,7 +5,7 @@ CONFIG ?= server.conf
 SCENARIO ?= all
 BENCH_QUICK ?= 0
 
-.PHONY: build run test unit lint fmt certs clean web-test js-unit e2e bench attack fuzz
+.PHONY: build run test unit lint fmt certs clean web-test js-unit e2e bench attack fuzz soak soak-ci
 
 # Browser tests: Debian's Chromium, driven by playwright-core from tests/e2e.
 CHROMIUM ?= /usr/bin/chromium
@@ -62,6 +62,18 @@ fmt:
 # SCENARIO=fanout runs one scenario; BENCH_QUICK=1 uses small, short settings.
 bench:
 	SCENARIO=$(SCENARIO) BENCH_QUICK=$(BENCH_QUICK) JOBS=$(JOBS) CARGO=$(CARGO) bench/run.sh
+
+# A long run with churn (bench/README.md, soak): SOAK_CLIENTS clients connect, join and
+# leave rooms, send, drop and resume for SOAK_SECS seconds, some misbehaving; fails on a
+# lost or duplicated message, an unexpected close, an error logged, or memory,
+# descriptors or gauges that grow or do not return to idle. soak-ci is a short one.
+SOAK_SECS ?= 1800
+SOAK_CLIENTS ?= 2000
+soak:
+	SOAK_SECS=$(SOAK_SECS) SOAK_CLIENTS=$(SOAK_CLIENTS) JOBS=$(JOBS) CARGO=$(CARGO) bench/soak.sh
+
+soak-ci:
+	SOAK_SECS=120 SOAK_CLIENTS=300 SOAK_ROOMS=20 SOAK_USERS=100 JOBS=$(JOBS) CARGO=$(CARGO) bench/soak.sh
 
 # Attacks on the real chatd, each check with a PASS/FAIL line (docs/SECURITY.md):
 # testssl.sh, slowhttptest, silent connections, WebSockets that stop reading, a full

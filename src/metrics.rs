@@ -36,6 +36,9 @@ pub struct Metrics {
     /// Transactions that stored a turn's chat writes (group commit: one per turn).
     pub db_commits: u64,
     pub db_commit_failures: u64,
+    /// A gauge, not a counter: entries in the event loop's timer heap, which the server
+    /// owns and stores here at the start of each loop turn.
+    pub timer_entries: usize,
 }
 
 /// Values that are read from elsewhere when rendering.
@@ -45,6 +48,8 @@ pub struct Gauges {
     pub open_websockets: usize,
     pub online_users: usize,
     pub rooms: usize,
+    /// Keys (client addresses) held by the per-address rate limiters.
+    pub rate_limiter_keys: usize,
     /// A counter, kept by `auth::Passwords` because it computes every hash.
     pub password_hashes: u64,
 }
@@ -73,6 +78,18 @@ impl Metrics {
             "gauge",
             "Open client connections (TLS, HTTP or WebSocket).",
             &[("", gauges.open_connections as u64)],
+        );
+        metric(
+            "chatd_rate_limiter_keys",
+            "gauge",
+            "Client addresses held by the per-address rate limiters (idle ones are pruned every minute).",
+            &[("", gauges.rate_limiter_keys as u64)],
+        );
+        metric(
+            "chatd_timer_entries",
+            "gauge",
+            "Entries in the event loop's timer heap, stale ones included.",
+            &[("", self.timer_entries as u64)],
         );
         metric(
             "chatd_connections_accepted_total",
@@ -223,12 +240,16 @@ mod tests {
         m.count_response(404);
         m.count_response(429);
         m.logins_failed = 2;
+        m.timer_entries = 5;
         let text = m.render(Gauges {
             open_connections: 3,
+            rate_limiter_keys: 4,
             password_hashes: 7,
             ..Gauges::default()
         });
         assert!(text.contains("# TYPE chatd_open_connections gauge\nchatd_open_connections 3\n"));
+        assert!(text.contains("# TYPE chatd_rate_limiter_keys gauge\nchatd_rate_limiter_keys 4\n"));
+        assert!(text.contains("# TYPE chatd_timer_entries gauge\nchatd_timer_entries 5\n"));
         assert!(text.contains("chatd_http_responses_total{class=\"4xx\"} 2\n"));
         assert!(text.contains("chatd_http_responses_total{class=\"2xx\"} 1\n"));
         assert!(text.contains("chatd_logins_total{result=\"failed\"} 2\n"));

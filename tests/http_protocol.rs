@@ -662,6 +662,13 @@ fn metrics_are_prometheus_text_and_can_be_turned_off() {
         value.parse::<u64>().unwrap_or_else(|_| panic!("{line}"));
     }
     assert_eq!(metric_value(&text, "chatd_registrations_total"), 1);
+    // This client's address is held by the per-address HTTP limiter.
+    assert!(
+        metric_value(&text, "chatd_rate_limiter_keys") >= 1,
+        "{text}"
+    );
+    // Housekeeping, pruning and this connection's own deadline at least.
+    assert!(metric_value(&text, "chatd_timer_entries") >= 3, "{text}");
     // The registering connection is gone (once the server has seen it close).
     assert!(wait_until(Duration::from_secs(5), || c
         .metric("chatd_open_connections")

@@ -163,6 +163,7 @@ fn metrics(app: &App, client: Client) -> Result<Response, ApiError> {
         open_websockets: app.chat.connection_count(),
         online_users: app.chat.online_count(),
         rooms: app.chat.room_count(),
+        rate_limiter_keys: app.limits.tracked_keys(),
         password_hashes: app.passwords.operations(),
     });
     let mut r = Response::new(200);

@@ -232,6 +232,10 @@ impl Server {
             }
             let now = Now::read();
             self.update_date(now);
+            // Stored at the start of every turn, so a `/metrics` answered in this turn
+            // shows the heap as the previous turn left it (the heap lives here, the
+            // rendering in `api`).
+            self.app.metrics.timer_entries = self.timers.len();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(now),

@@ -56,6 +56,12 @@ impl Timers {
         self.heap.peek().map(|Reverse((at, _))| *at)
     }
 
+    /// Entries in the heap, stale ones included (the `chatd_timer_entries` gauge: lazy
+    /// deletion must not let it grow with churn).
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
     /// Returns the memory of a heap much larger than what it holds now.
     pub fn shrink(&mut self) {
         if self.heap.len() * 4 < self.heap.capacity() {

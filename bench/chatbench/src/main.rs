@@ -10,7 +10,7 @@
 //! - [`frame`], [`http`], [`payload`]: wire formats, pure and unit-tested.
 //! - [`load`]: WebSocket members, rooms and paced senders; [`storm`]: paced logins.
 //! - [`scenarios`]: idle, fanout (and `--max`), rooms, login-storm, ingest, http, static,
-//!   and the robustness scenarios slow, burst and stuck.
+//!   the robustness scenarios slow, burst and stuck, and soak (a long run with churn).
 //! - [`measure`], [`procstat`]: CPU and memory of the server, the client and the machine;
 //!   [`scrape`]: chatd's own counters from `/metrics`.
 //! - [`stats`]: percentiles; [`report`]: the results file and the table.
@@ -43,7 +43,8 @@ use scenarios::Ctx;
 
 const USAGE: &str = "usage: chatbench SCENARIO [--flag value ...]
 
-scenarios: idle, fanout, rooms, login-storm, ingest, http, static, slow, burst, stuck
+scenarios: idle, fanout, rooms, login-storm, ingest, http, static, slow, burst, stuck,
+  soak
 other commands: accounts (register, log in and cache the tokens), free-port,
   report --results FILE [--primary LABEL] [--median true | --compare true],
   check --results FILE (fails if any run lost a delivery, failed a connection, had a
@@ -175,6 +176,26 @@ fn scenario_flags(scenario: &str) -> Option<&'static [&'static str]> {
             "slack",
             "max-server-cores",
         ],
+        "soak" => &[
+            "secs",
+            "clients",
+            "rooms",
+            "rooms-per-client",
+            "send-every",
+            "room-every",
+            "online",
+            "offline",
+            "misbehave",
+            "abrupt",
+            "size",
+            "concurrency",
+            "slow-readers",
+            "sample-every",
+            "settle",
+            "final-timeout",
+            "drain",
+            "seed",
+        ],
         "http" => &["connections", "duration", "paths"],
         "static" => &["url", "wrk-args"],
         "report" => &["results", "primary", "median", "compare"],
@@ -288,6 +309,7 @@ fn run(scenario: &str, args: Args) -> Result<(), String> {
         "slow" => scenarios::slow,
         "burst" => scenarios::burst,
         "stuck" => scenarios::stuck,
+        "soak" => scenarios::soak,
         "accounts" => {
             let tokens = ctx.tokens()?;
             println!("{} accounts with tokens", tokens.len());

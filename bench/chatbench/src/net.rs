@@ -110,6 +110,12 @@ impl Out<'_> {
         frame::encode_masked(self.buf, frame::OP_TEXT, payload, mask);
     }
 
+    /// Queues a masked close frame with this status code.
+    pub fn close(&mut self, code: u16) {
+        let mask = self.rng.next_mask();
+        frame::encode_masked(self.buf, frame::OP_CLOSE, &code.to_be_bytes(), mask);
+    }
+
     /// Queues raw bytes (an HTTP request).
     pub fn raw(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
@@ -263,23 +269,34 @@ impl Net {
         let id = self.connect(Kind::Http, request)?;
         if let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) {
             conn.pause_after_handshake = true;
-            let size = libc::c_int::try_from(recv_buffer).unwrap_or(libc::c_int::MAX);
-            // SAFETY: setsockopt reads one int through the pointer, which points at
-            // `size`; the descriptor is the connection's open socket.
-            let rc = unsafe {
-                libc::setsockopt(
-                    conn.socket.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVBUF,
-                    (&size as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
         }
+        self.shrink_recv_buffer(id, recv_buffer)?;
         Ok(id)
+    }
+
+    /// Asks for a kernel receive buffer of about `size` bytes on a connection, so that a
+    /// client that stops reading leaves what it is sent in the server's queue rather
+    /// than in this kernel's buffers.
+    pub fn shrink_recv_buffer(&mut self, id: usize, size: usize) -> io::Result<()> {
+        let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+        // SAFETY: setsockopt reads one int through the pointer, which points at `size`;
+        // the descriptor is the connection's open socket.
+        let rc = unsafe {
+            libc::setsockopt(
+                conn.socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Opens a TCP connection that will never send anything; the server is expected to
@@ -366,6 +383,16 @@ impl Net {
         let mask = self.rng.next_mask();
         if let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) {
             frame::encode_masked(&mut conn.outbuf, frame::OP_TEXT, payload, mask);
+            queue_flush(&mut self.flush_list, conn, id);
+        }
+    }
+
+    /// Queues a masked close frame with this status code (the server answers with its
+    /// own close and ends the connection, which the handler then hears of).
+    pub fn send_close(&mut self, id: usize, code: u16) {
+        let mask = self.rng.next_mask();
+        if let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) {
+            frame::encode_masked(&mut conn.outbuf, frame::OP_CLOSE, &code.to_be_bytes(), mask);
             queue_flush(&mut self.flush_list, conn, id);
         }
     }

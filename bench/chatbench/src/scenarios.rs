@@ -1,12 +1,14 @@
 //! The scenarios. Each is bounded in time, measures the server around its measured
 //! phase, and returns one JSON result object (see `report` for its shape). The
 //! robustness scenarios (slow, burst) are in [`robust`], the stuck HTTP readers in
-//! [`stuck`].
+//! [`stuck`], the long run with churn in [`soak`].
 
 mod robust;
+mod soak;
 mod stuck;
 
 pub use robust::{burst, slow};
+pub use soak::soak;
 pub use stuck::stuck;
 
 use std::collections::BTreeMap;
