@@ -187,6 +187,7 @@ fn scenario_flags(scenario: &str) -> Option<&'static [&'static str]> {
             "offline",
             "misbehave",
             "abrupt",
+            "login-share",
             "size",
             "concurrency",
             "slow-readers",

@@ -1,15 +1,16 @@
 //! The soak scenario: thousands of clients churn against one chatd for a long time.
 //!
-//! Each client connects (full TLS handshake, a cached token), opens a WebSocket, joins
-//! and leaves rooms of a pool, sends, and disconnects and comes back, cleanly or
-//! abruptly. A client stays in its rooms across a reconnect: on its return it joins
-//! them again and asks each for `history after` the last id it saw, and every message
-//! acknowledged to its sender in such a room while the client was away must then be
-//! seen exactly once (history and live events together). A few sessions misbehave
-//! (garbage and oversized frames, bad JSON, a half frame and a vanished peer) and a few
-//! slow readers stop reading until chatd closes them. chatd's memory, descriptors and
-//! gauges are sampled throughout, and again once every client has gone: what a long run
-//! must show is that none of them keeps growing and that all come back to idle.
+//! Each client connects (full TLS handshake; a cached token, or now and then a login of
+//! its own first), opens a WebSocket, joins and leaves rooms of a pool, sends, and
+//! disconnects and comes back, cleanly or abruptly. A client stays in its rooms across
+//! a reconnect: on its return it joins them again and asks each for `history after` the
+//! last id it saw, and every message acknowledged to its sender in such a room while the
+//! client was away must then be seen exactly once (history and live events together).
+//! A few sessions misbehave (garbage and oversized frames, bad JSON, a half frame and a
+//! vanished peer) and a few slow readers stop reading until chatd closes them. chatd's
+//! memory, descriptors and gauges are sampled throughout, and again once every client
+//! has gone: what a long run must show is that none of them keeps growing and that all
+//! come back to idle.
 //!
 //! Membership of a room is checked per *stint*: from the join a client sends until the
 //! leave it sends (or the end of the run), across any number of reconnects. A stint
@@ -141,6 +142,10 @@ impl Misbehave {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Offline,
+    /// `POST /login` on an HTTP connection of its own, before the WebSocket.
+    LoggingIn,
+    /// The login was answered: its connection is closed and the WebSocket opened next.
+    LoggedIn,
     Connecting,
     Open,
     /// We sent a close frame and wait for chatd's.
@@ -173,6 +178,8 @@ struct Stint {
 
 struct Client {
     user: usize,
+    /// The token of this client's own last login; the cached one of its user before.
+    token: Option<String>,
     conn: Option<usize>,
     phase: Phase,
     misbehave: Option<Misbehave>,
@@ -215,6 +222,8 @@ struct Room {
 struct Counters {
     sessions: u64,
     reconnects: u64,
+    logins: u64,
+    failed_logins: u64,
     failed_connections: u64,
     unexpected_closes: u64,
     clean_closes: u64,
@@ -250,6 +259,7 @@ struct Params {
     offline_s: f64,
     misbehave: f64,
     abrupt: f64,
+    login_share: f64,
     size: usize,
     concurrency: usize,
 }
@@ -350,7 +360,10 @@ impl Soak {
         } else {
             None
         };
-        let token = &self.tokens[self.clients[c].user % self.tokens.len()];
+        let token = match &self.clients[c].token {
+            Some(token) => token,
+            None => &self.tokens[self.clients[c].user % self.tokens.len()],
+        };
         let request = crate::http::upgrade(&self.ws_path, &self.host, Some(token));
         let client = &mut self.clients[c];
         if client.sessions > 0 {
@@ -382,6 +395,30 @@ impl Soak {
         }
     }
 
+    /// `POST /login` as the client's user on a connection of its own (an argon2id
+    /// verification on chatd's thread); the WebSocket follows with the new token.
+    fn login(&mut self, net: &mut Net, c: usize, now: u64) {
+        let user = self.clients[c].user % self.tokens.len();
+        match net.connect(Kind::Http, &crate::setup::login_request(&self.host, user)) {
+            Ok(id) => {
+                let client = &mut self.clients[c];
+                client.conn = Some(id);
+                client.phase = Phase::LoggingIn;
+                client.deadline_ns = now + CONNECT_WAIT_NS;
+                self.owner.insert(id, c);
+                self.connecting += 1;
+            }
+            Err(e) => {
+                self.c.failed_logins += 1;
+                *self
+                    .unexpected
+                    .entry(format!("login connect: {e}"))
+                    .or_default() += 1;
+                self.go_offline(c, now);
+            }
+        }
+    }
+
     /// Everything due for the clients at `now`: reconnects, sends, room churn, the ends
     /// of sessions, misbehaving sessions that outstay their welcome.
     fn tick(&mut self, net: &mut Net, now: u64) {
@@ -390,12 +427,30 @@ impl Soak {
             match (client.phase, client.misbehave) {
                 (Phase::Offline, _) => {
                     if now >= client.reconnect_ns && self.connecting < self.p.concurrency {
-                        self.connect(net, c, now);
+                        if !client.once && !self.stopping && self.rng.chance(self.p.login_share) {
+                            self.login(net, c, now);
+                        } else {
+                            self.connect(net, c, now);
+                        }
                     }
                 }
-                (Phase::Connecting, _) | (Phase::Closing, _) => {
+                (Phase::LoggedIn, _) => {
+                    if let Some(id) = self.clients[c].conn.take() {
+                        net.close(id);
+                        self.owner.remove(&id);
+                    }
+                    self.connect(net, c, now);
+                }
+                (Phase::LoggingIn, _) | (Phase::Connecting, _) | (Phase::Closing, _) => {
                     if now >= client.deadline_ns {
-                        if client.phase == Phase::Connecting {
+                        if client.phase == Phase::LoggingIn {
+                            self.c.failed_logins += 1;
+                            self.connecting -= 1;
+                            *self
+                                .unexpected
+                                .entry("login not answered within 30 s".into())
+                                .or_default() += 1;
+                        } else if client.phase == Phase::Connecting {
                             self.c.failed_connections += 1;
                             self.connecting -= 1;
                             *self
@@ -665,6 +720,33 @@ impl Soak {
 }
 
 impl Handler for Soak {
+    fn on_response(&mut self, id: usize, status: u16, body: &[u8], _: u64, _: &mut Out<'_>) {
+        let Some(&c) = self.owner.get(&id) else {
+            return;
+        };
+        if self.clients[c].phase != Phase::LoggingIn {
+            return;
+        }
+        self.connecting = self.connecting.saturating_sub(1);
+        let token = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v["token"].as_str().map(String::from));
+        match (status, token) {
+            (200, Some(token)) => {
+                self.c.logins += 1;
+                self.clients[c].token = Some(token);
+            }
+            _ => {
+                self.c.failed_logins += 1;
+                *self
+                    .unexpected
+                    .entry(format!("login answered {status}"))
+                    .or_default() += 1;
+            }
+        }
+        self.clients[c].phase = Phase::LoggedIn;
+    }
+
     fn on_open(&mut self, id: usize, _: u64, now: u64, out: &mut Out<'_>) {
         let Some(&c) = self.owner.get(&id) else {
             return;
@@ -744,6 +826,15 @@ impl Handler for Soak {
             .and_then(|r| r.split_whitespace().next())
             .and_then(|code| code.parse::<u16>().ok());
         match (client.phase, client.misbehave) {
+            (Phase::LoggingIn, _) => {
+                self.connecting = self.connecting.saturating_sub(1);
+                self.c.failed_logins += 1;
+                *self
+                    .unexpected
+                    .entry(format!("login: {reason}"))
+                    .or_default() += 1;
+            }
+            (Phase::LoggedIn, _) => {}
             (Phase::Connecting, _) => {
                 self.connecting = self.connecting.saturating_sub(1);
                 self.c.failed_connections += 1;
@@ -952,6 +1043,7 @@ pub fn soak(ctx: &Ctx) -> Result<Value, String> {
         offline_s: a.get("offline", 3.0)?,
         misbehave: a.get("misbehave", 0.03)?,
         abrupt: a.get("abrupt", 0.2)?,
+        login_share: a.get("login-share", 0.05)?,
         size: a.get("size", 100)?,
         concurrency: a.get("concurrency", 200)?,
     };
@@ -962,7 +1054,7 @@ pub fn soak(ctx: &Ctx) -> Result<Value, String> {
         "secs": secs, "clients": clients, "users": ctx.users, "rooms": p.rooms,
         "rooms_per_client": p.rooms_per_client, "send_every_s": p.send_every_s,
         "room_every_s": p.room_every_s, "online_s": p.online_s, "offline_s": p.offline_s,
-        "misbehave": p.misbehave, "abrupt": p.abrupt, "size": p.size,
+        "misbehave": p.misbehave, "abrupt": p.abrupt, "login_share": p.login_share, "size": p.size,
         "slow_readers": slow_readers, "sample_every_s": sample_every, "seed": seed,
     });
     let target = ctx.target()?.clone();
@@ -1017,6 +1109,7 @@ pub fn soak(ctx: &Ctx) -> Result<Value, String> {
         };
         soak.clients.push(Client {
             user: i,
+            token: None,
             conn: None,
             phase: Phase::Offline,
             misbehave: None,
@@ -1176,6 +1269,7 @@ pub fn soak(ctx: &Ctx) -> Result<Value, String> {
             "",
             "lower"
         ),
+        bounded("failed logins", cnt.failed_logins as f64, "", 0.0),
         bounded("error replies", cnt.error_replies as f64, "", 0.0),
         bounded(
             "server frames that are not JSON",
@@ -1257,6 +1351,7 @@ pub fn soak(ctx: &Ctx) -> Result<Value, String> {
         ),
         figure("resumes checked", cnt.resumes_checked as f64, "", "higher"),
         figure("reconnects", cnt.reconnects as f64, "", "higher"),
+        figure("logins", cnt.logins as f64, "", "higher"),
         figure("messages acknowledged", cnt.acked as f64, "", "higher"),
         figure("server RSS before the load", idle_mib, "MiB", "lower"),
         figure("server RSS peak sample", peak_mib, "MiB", "lower"),
@@ -1278,6 +1373,7 @@ pub fn soak(ctx: &Ctx) -> Result<Value, String> {
         "peak_clients_online": peak_online,
         "sessions": cnt.sessions,
         "reconnects": cnt.reconnects,
+        "logins": cnt.logins,
         "clean_closes": cnt.clean_closes,
         "closes_unanswered": cnt.closes_unanswered,
         "abrupt_disconnects": cnt.abrupt_disconnects,
@@ -1318,6 +1414,7 @@ mod tests {
                 offline_s: 1.0,
                 misbehave: 0.0,
                 abrupt: 0.0,
+                login_share: 0.0,
                 size: 10,
                 concurrency: 1,
             },
@@ -1340,6 +1437,7 @@ mod tests {
         };
         soak.clients.push(Client {
             user: 0,
+            token: None,
             conn: Some(0),
             phase: Phase::Open,
             misbehave: None,
