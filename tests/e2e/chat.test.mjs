@@ -99,6 +99,8 @@ describe('chat between two browsers', { timeout: 180_000 }, () => {
     const reply = await waitForMessage(alice.page, 'hi alice, line one\nline two');
     assert.equal(reply.from, 'bob');
     assert.equal(await alice.page.inputValue('#composer-text'), '', 'the composer is cleared after sending');
+    // bob's own page may show his message a moment after alice's.
+    await waitForMessage(bob.page, 'hi alice, line one\nline two');
     // Each side got its own message twice (the reply and the event): shown once.
     for (const page of [alice.page, bob.page]) {
       const list = await assertInOrderOnce(page);
