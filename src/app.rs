@@ -1,19 +1,19 @@
-//! Everything request handlers need besides the request: configuration, database,
+//! Everything request handlers need besides the request: configuration, storage,
 //! credentials, limits, counters, static files and the chat state. Owned by the event
-//! loop and lent to handlers; holds no sockets.
+//! loop and lent to handlers; holds no sockets (a networked store keeps its own, which
+//! the loop drives).
 
 use serde_json::json;
 
 use crate::auth::{Passwords, TokenError, Tokens};
-use crate::chat::protocol::{ChatError, Conversation, ErrorCode, Item, Page};
-use crate::chat::{
-    Backend, BackendError, Chat, ChatConfig, HistoryScope, NewMessage, TokenInfo, UserId, UserRef,
-};
+use crate::chat::outbox::Outbox;
+use crate::chat::protocol::{ChatError, ErrorCode};
+use crate::chat::{Backend, Chat, ChatConfig, TokenClaims, UserId};
 use crate::config::Config;
 use crate::http::static_files::StaticFiles;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Op, Storage, Ticket};
 
 /// Something a handler asks the event loop to do once the response is queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,19 +26,30 @@ pub enum Effect {
 #[derive(Debug)]
 pub struct App {
     pub config: Config,
-    pub store: Store,
+    pub store: Box<dyn Storage>,
+    /// The next storage ticket.
+    next_ticket: u64,
     pub passwords: Passwords,
     pub tokens: Tokens,
     pub limits: Limits,
     pub metrics: Metrics,
     pub static_files: StaticFiles,
     pub chat: Chat,
+    /// The chat's outputs on their way out, in order per connection.
+    pub outbox: Outbox,
     /// Effects queued by handlers, drained by the event loop after each request.
     pub effects: Vec<Effect>,
 }
 
 impl App {
-    pub fn new(config: Config, store: Store, secret: &[u8]) -> Result<App, String> {
+    /// The application over `store`, whose stored subscriptions (as (subscriber,
+    /// target) pairs) the chat starts with.
+    pub fn new(
+        config: Config,
+        store: Box<dyn Storage>,
+        subscriptions: Vec<(UserId, UserId)>,
+        secret: &[u8],
+    ) -> Result<App, String> {
         let passwords = Passwords::new(
             config.argon2_memory_kib,
             config.argon2_iterations,
@@ -46,9 +57,6 @@ impl App {
         )
         .map_err(|e| e.to_string())?;
         let ttl = i64::try_from(config.jwt_ttl.as_secs()).unwrap_or(i64::MAX);
-        let subscriptions = store
-            .subscriptions()
-            .map_err(|e| format!("cannot load subscriptions: {e}"))?;
         let chat = Chat::new(chat_config(&config), subscriptions);
         Ok(App {
             tokens: Tokens::new(secret, ttl),
@@ -56,11 +64,18 @@ impl App {
             metrics: Metrics::default(),
             static_files: StaticFiles::new(&config.public_dir),
             chat,
+            outbox: Outbox::default(),
             effects: Vec::new(),
             passwords,
             store,
+            next_ticket: 0,
             config,
         })
+    }
+
+    /// Submits a storage operation under a new ticket.
+    pub fn submit(&mut self, op: Op) -> Ticket {
+        submit(&mut *self.store, &mut self.next_ticket, op)
     }
 
     /// The chat core's view of storage and tokens, borrowing the store.
@@ -68,11 +83,19 @@ impl App {
         (
             &mut self.chat,
             ChatBackend {
-                store: &mut self.store,
+                store: &mut *self.store,
+                next_ticket: &mut self.next_ticket,
                 tokens: &self.tokens,
             },
         )
     }
+}
+
+fn submit(store: &mut dyn Storage, next_ticket: &mut u64, op: Op) -> Ticket {
+    *next_ticket += 1;
+    let ticket = Ticket(*next_ticket);
+    store.submit(ticket, op);
+    ticket
 }
 
 /// The limits clients learn in the welcome frame.
@@ -104,85 +127,32 @@ fn chat_config(config: &Config) -> ChatConfig {
     }
 }
 
-/// [`Backend`] over the SQLite store and the token keys.
+/// [`Backend`] over the store and the token keys.
 pub struct ChatBackend<'a> {
-    store: &'a mut Store,
+    store: &'a mut dyn Storage,
+    next_ticket: &'a mut u64,
     tokens: &'a Tokens,
 }
 
-fn backend_error(e: crate::store::StoreError) -> BackendError {
-    BackendError(e.to_string())
-}
-
 impl Backend for ChatBackend<'_> {
-    fn find_user(&mut self, username: &str) -> Result<Option<UserRef>, BackendError> {
-        if !crate::api::valid_username(username) {
-            return Ok(None);
-        }
-        Ok(self
-            .store
-            .user_by_name(username)
-            .map_err(backend_error)?
-            .map(|u| UserRef {
-                id: u.id,
-                username: u.username,
-            }))
+    fn submit(&mut self, op: Op) -> Ticket {
+        submit(self.store, self.next_ticket, op)
     }
 
-    fn store_message(&mut self, message: &NewMessage<'_>) -> Result<i64, BackendError> {
-        Ok(self.store.queue_message(message))
-    }
-
-    fn set_subscription(
-        &mut self,
-        subscriber: UserId,
-        target: UserId,
-        subscribed: bool,
-    ) -> Result<(), BackendError> {
-        self.store
-            .queue_subscription(subscriber, target, subscribed);
-        Ok(())
-    }
-
-    fn history(
-        &mut self,
-        scope: &HistoryScope<'_>,
-        page: Page,
-        limit: usize,
-    ) -> Result<(Vec<Item>, bool), BackendError> {
-        self.store
-            .history(scope, page, limit)
-            .map_err(backend_error)
-    }
-
-    fn subscriptions_of(&mut self, user: UserId) -> Result<Vec<String>, BackendError> {
-        self.store.subscriptions_of(user).map_err(backend_error)
-    }
-
-    fn conversations(
-        &mut self,
-        user: UserId,
-        limit: usize,
-    ) -> Result<Vec<Conversation>, BackendError> {
-        self.store.conversations(user, limit).map_err(backend_error)
-    }
-
-    fn verify_token(&mut self, token: &str, now_ms: i64) -> Result<TokenInfo, ChatError> {
+    fn check_token(&mut self, token: &str, now_ms: i64) -> Result<TokenClaims, ChatError> {
         let now_secs = now_ms.div_euclid(1000);
-        match crate::api::user_for_token(self.tokens, self.store, token, now_secs) {
-            Ok((user, claims)) => Ok(TokenInfo {
-                user_id: user.id,
-                expires_at: claims.exp,
-            }),
-            Err(TokenCheck::Expired) => Err(ChatError::new(
-                ErrorCode::TokenExpired,
-                "the token has expired",
-            )),
-            Err(TokenCheck::Invalid | TokenCheck::Revoked) => {
-                Err(ChatError::new(ErrorCode::Unauthorized, "invalid token"))
-            }
-            Err(TokenCheck::Storage) => Err(ChatError::internal()),
-        }
+        let claims = self.tokens.verify(token, now_secs).map_err(|e| match e {
+            TokenError::Expired => ChatError::new(ErrorCode::TokenExpired, "the token has expired"),
+            TokenError::Invalid => ChatError::new(ErrorCode::Unauthorized, "invalid token"),
+        })?;
+        let user_id = claims
+            .user_id()
+            .ok_or_else(|| ChatError::new(ErrorCode::Unauthorized, "invalid token"))?;
+        Ok(TokenClaims {
+            user_id,
+            expires_at: claims.exp,
+            version: claims.ver,
+        })
     }
 }
 
@@ -193,7 +163,6 @@ pub enum TokenCheck {
     Invalid,
     /// The account is gone or its password changed since the token was issued.
     Revoked,
-    Storage,
 }
 
 impl From<TokenError> for TokenCheck {

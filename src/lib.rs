@@ -99,14 +99,17 @@ pub fn run(config: Config) -> Result<(), String> {
     let db_error =
         |e: store::StoreError| format!("cannot open database {}: {e}", config.db_path.display());
     let store =
-        store::Store::open_with(&config.db_path, config.db_synchronous).map_err(db_error)?;
+        store::SqliteStore::open_with(&config.db_path, config.db_synchronous).map_err(db_error)?;
     log::info!(
         "database {} opened (WAL, synchronous = {})",
         config.db_path.display(),
         store.synchronous().map_err(db_error)?
     );
     warn_if_exposed(&config.db_path, "database")?;
-    let app = app::App::new(config, store, &secret)?;
+    let subscriptions = store
+        .subscriptions()
+        .map_err(|e| format!("cannot load subscriptions: {e}"))?;
+    let app = app::App::new(config, Box::new(store), subscriptions, &secret)?;
     let server =
         server::Server::bind(app, tls_config).map_err(|e| format!("cannot listen: {e}"))?;
     let addr = server.local_addr();

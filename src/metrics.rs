@@ -6,6 +6,8 @@
 
 use std::fmt::Write;
 
+use crate::store::{ROUND_TRIP_BUCKETS, StoreStats};
+
 /// Monotonic counters, bumped where the events happen.
 #[derive(Debug, Default, Clone)]
 pub struct Metrics {
@@ -33,12 +35,11 @@ pub struct Metrics {
     pub ws_rate_limited: u64,
     pub ws_slow_consumers: u64,
     pub ws_idle_closed: u64,
-    /// Transactions that stored a turn's chat writes (group commit: one per turn).
-    pub db_commits: u64,
-    pub db_commit_failures: u64,
     /// A gauge, not a counter: entries in the event loop's timer heap, which the server
     /// owns and stores here at the start of each loop turn.
     pub timer_entries: usize,
+    /// A gauge set like `timer_entries`: HTTP requests parked until storage answers.
+    pub http_waiting: usize,
 }
 
 /// Values that are read from elsewhere when rendering.
@@ -52,6 +53,8 @@ pub struct Gauges {
     pub rate_limiter_keys: usize,
     /// A counter, kept by `auth::Passwords` because it computes every hash.
     pub password_hashes: u64,
+    /// Requests (HTTP and chat) waiting for a storage answer.
+    pub storage_waiting: usize,
 }
 
 impl Metrics {
@@ -61,7 +64,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, gauges: Gauges) -> String {
+    pub fn render(&self, gauges: Gauges, store: &StoreStats) -> String {
         let mut out = String::with_capacity(2048);
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -216,15 +219,54 @@ impl Metrics {
         metric(
             "chatd_db_commits_total",
             "counter",
-            "Transactions that stored chat writes: one per event-loop turn with writes.",
-            &[("", self.db_commits)],
+            "Transactions that stored writes: at most one per event-loop turn (group commit).",
+            &[("", store.commits)],
         );
         metric(
             "chatd_db_commit_failures_total",
             "counter",
-            "Chat write transactions that failed (their senders got internal_error).",
-            &[("", self.db_commit_failures)],
+            "Write transactions that failed (their requests were answered with an error).",
+            &[("", store.commit_failures)],
         );
+        metric(
+            "chatd_db_batched_writes_total",
+            "counter",
+            "Writes in committed transactions; divided by chatd_db_commits_total, the mean batch.",
+            &[("", store.batched_writes)],
+        );
+        metric(
+            "chatd_db_reconnects_total",
+            "counter",
+            "Database connections made again after one was lost.",
+            &[("", store.reconnects)],
+        );
+        metric(
+            "chatd_db_errors_total",
+            "counter",
+            "Storage requests answered with an error (failures and timeouts).",
+            &[("", store.errors)],
+        );
+        metric(
+            "chatd_storage_waiting",
+            "gauge",
+            "Requests (HTTP and chat) waiting for a storage answer.",
+            &[("", gauges.storage_waiting as u64)],
+        );
+        let name = "chatd_db_round_trip_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Time from sending database requests to their answer.\n# TYPE {name} histogram"
+        );
+        let mut cumulative = 0;
+        for (i, count) in store.round_trips.iter().enumerate() {
+            cumulative += count;
+            let le = ROUND_TRIP_BUCKETS
+                .get(i)
+                .map_or_else(|| "+Inf".to_string(), f64::to_string);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_sum {}", store.round_trip_sum_secs);
+        let _ = writeln!(out, "{name}_count {cumulative}");
         out
     }
 }
@@ -241,12 +283,28 @@ mod tests {
         m.count_response(429);
         m.logins_failed = 2;
         m.timer_entries = 5;
-        let text = m.render(Gauges {
-            open_connections: 3,
-            rate_limiter_keys: 4,
-            password_hashes: 7,
-            ..Gauges::default()
-        });
+        let mut store = StoreStats {
+            commits: 3,
+            ..StoreStats::default()
+        };
+        store.observe_round_trip(0.0007);
+        store.observe_round_trip(0.003);
+        store.observe_round_trip(9.0);
+        let text = m.render(
+            Gauges {
+                open_connections: 3,
+                rate_limiter_keys: 4,
+                password_hashes: 7,
+                ..Gauges::default()
+            },
+            &store,
+        );
+        assert!(text.contains("chatd_db_commits_total 3\n"));
+        assert!(text.contains("chatd_db_round_trip_seconds_bucket{le=\"0.0005\"} 0\n"));
+        assert!(text.contains("chatd_db_round_trip_seconds_bucket{le=\"0.001\"} 1\n"));
+        assert!(text.contains("chatd_db_round_trip_seconds_bucket{le=\"0.005\"} 2\n"));
+        assert!(text.contains("chatd_db_round_trip_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("chatd_db_round_trip_seconds_count 3\n"));
         assert!(text.contains("# TYPE chatd_open_connections gauge\nchatd_open_connections 3\n"));
         assert!(text.contains("# TYPE chatd_rate_limiter_keys gauge\nchatd_rate_limiter_keys 4\n"));
         assert!(text.contains("# TYPE chatd_timer_entries gauge\nchatd_timer_entries 5\n"));
@@ -258,7 +316,7 @@ mod tests {
         ));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();
-            value.parse::<u64>().unwrap();
+            value.parse::<f64>().unwrap();
         }
     }
 }

@@ -4,6 +4,10 @@
 //! path that hashes first passes the per-IP login limit and the server-wide hash budget.
 //! Failures that could reveal whether an account exists (unknown user, wrong password)
 //! look and cost the same.
+//!
+//! Every handler that needs an account submits a storage request and returns
+//! [`Reply::Wait`] with what it needs to go on ([`Waiting`]); [`resume`] takes the
+//! answer, so the loop serves everyone else meanwhile.
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -11,12 +15,12 @@ use serde_json::json;
 
 use super::Client;
 use crate::app::{App, Effect, TokenCheck};
-use crate::auth::{Claims, Tokens};
+use crate::auth::Claims;
 use crate::config::Registration;
 use crate::http::response::rfc3339;
 use crate::http::{ApiError, ErrorCode, Request, Response};
 use crate::limits::retry_after_secs;
-use crate::store::{Store, StoreError, User};
+use crate::store::{Answer, Failure, Op, Outcome, Ticket, User};
 
 /// Username rules: 3-32 of `[A-Za-z0-9_.-]`.
 pub fn valid_username(name: &str) -> bool {
@@ -79,8 +83,8 @@ struct Credentials {
     password: String,
 }
 
-#[derive(Deserialize)]
-struct ProfileChange {
+#[derive(Debug, Deserialize)]
+pub struct ProfileChange {
     display_name: Option<String>,
     current_password: Option<String>,
     new_password: Option<String>,
@@ -103,8 +107,20 @@ fn json_body<T: DeserializeOwned>(req: &Request<'_, '_>) -> Result<T, ApiError> 
     serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("invalid field: {e}")))
 }
 
-fn store_error(e: StoreError) -> ApiError {
-    log::error!("database error: {e}");
+/// The answer to a request that storage failed.
+fn storage_failure(failure: Failure) -> ApiError {
+    match failure {
+        Failure::Unavailable => ApiError::new(
+            ErrorCode::Unavailable,
+            "the database did not answer in time; try again",
+        ),
+        Failure::Failed => ApiError::internal(),
+    }
+}
+
+/// An answer of the wrong kind for the request: a bug, never the client's doing.
+fn unexpected(answer: &Answer) -> ApiError {
+    log::error!("unexpected storage answer {answer:?}");
     ApiError::internal()
 }
 
@@ -122,11 +138,43 @@ fn check_hash_budget(app: &mut App, hashes: u32) -> Result<(), ApiError> {
     })
 }
 
-pub fn register(
-    app: &mut App,
-    req: &Request<'_, '_>,
-    client: Client,
-) -> Result<Response, ApiError> {
+/// A request waiting for storage, and what it needs to go on.
+#[derive(Debug)]
+pub enum Waiting {
+    /// Register: is the name free? Then hash and create.
+    RegisterLookup { username: String, password: String },
+    /// Register: the account created, or the name taken meanwhile.
+    RegisterCreate,
+    /// Login: the account of the name, to verify the password against.
+    Login { password: String },
+    /// A bearer token's account, to check its password version; then `then`.
+    Token { claims: Claims, then: AfterToken },
+    /// PUT /me: the changes stored; the account as it is now.
+    Profile { user: User, password_changed: bool },
+}
+
+/// What a request authenticated by a bearer token does once the account is checked.
+#[derive(Debug)]
+pub enum AfterToken {
+    Me,
+    Refresh,
+    ChangeProfile(ProfileChange),
+    /// `GET /ws`: the 101 answer, sent once the account checks out.
+    Upgrade(Response),
+}
+
+/// What a handler does next: answer, or wait for storage.
+#[derive(Debug)]
+pub enum Reply {
+    Now(Response),
+    /// An accepted WebSocket upgrade: the 101 and the session it starts.
+    Upgraded(Response, super::WsSession),
+    /// Answered by [`resume`] once storage answers this ticket; an accepted upgrade
+    /// comes back with its session.
+    Wait(Ticket, Waiting),
+}
+
+pub fn register(app: &mut App, req: &Request<'_, '_>, client: Client) -> Result<Reply, ApiError> {
     if app.config.registration == Registration::Closed {
         return Err(ApiError::new(
             ErrorCode::RegistrationClosed,
@@ -147,30 +195,16 @@ pub fn register(
             "passwords are 8-1024 bytes long",
         ));
     }
-    if app
-        .store
-        .user_by_name(&creds.username)
-        .map_err(store_error)?
-        .is_some()
-    {
-        return Err(username_taken());
-    }
-    check_hash_budget(app, 1)?;
-    let hash = app.passwords.hash(&creds.password).map_err(|e| {
-        log::error!("{e}");
-        ApiError::internal()
-    })?;
-    let user = match app
-        .store
-        .create_user(&creds.username, &hash, client.now.unix_secs())
-    {
-        Ok(user) => user,
-        Err(StoreError::UsernameTaken) => return Err(username_taken()),
-        Err(e) => return Err(store_error(e)),
-    };
-    app.metrics.registrations += 1;
-    log::info!("registered user {} (id {})", user.username, user.id);
-    Ok(Response::json(201, &user_json(&user)))
+    // A taken name is refused before the expensive hash; the unique index decides in
+    // the end (two registrations of one name at once).
+    let ticket = app.submit(Op::UserByName(creds.username.clone()));
+    Ok(Reply::Wait(
+        ticket,
+        Waiting::RegisterLookup {
+            username: creds.username,
+            password: creds.password,
+        },
+    ))
 }
 
 fn username_taken() -> ApiError {
@@ -181,36 +215,27 @@ fn invalid_credentials() -> ApiError {
     ApiError::new(ErrorCode::InvalidCredentials, "wrong username or password")
 }
 
-pub fn login(app: &mut App, req: &Request<'_, '_>, client: Client) -> Result<Response, ApiError> {
+pub fn login(app: &mut App, req: &Request<'_, '_>, client: Client) -> Result<Reply, ApiError> {
     check_login_rate(app, client)?;
     let creds: Credentials = json_body(req)?;
     check_hash_budget(app, 1)?;
-    let user = if valid_username(&creds.username) && creds.password.len() <= 1024 {
-        app.store
-            .user_by_name(&creds.username)
-            .map_err(store_error)?
-    } else {
-        None
-    };
-    let verified = match &user {
-        Some(user) => app.passwords.verify(&creds.password, &user.password_hash),
-        None => app.passwords.verify_unknown_user(&creds.password),
-    };
-    match user {
-        Some(user) if verified => {
-            app.metrics.logins_ok += 1;
-            token_response(app, &user, client)
-        }
-        _ => {
-            app.metrics.logins_failed += 1;
-            Err(invalid_credentials())
-        }
+    if !valid_username(&creds.username) || creds.password.len() > 1024 {
+        // No account can match: the same work and answer as an unknown user.
+        app.passwords.verify_unknown_user(&creds.password);
+        app.metrics.logins_failed += 1;
+        return Err(invalid_credentials());
     }
+    let ticket = app.submit(Op::UserByName(creds.username));
+    Ok(Reply::Wait(
+        ticket,
+        Waiting::Login {
+            password: creds.password,
+        },
+    ))
 }
 
-pub fn refresh(app: &mut App, req: &Request<'_, '_>, client: Client) -> Result<Response, ApiError> {
-    let user = authenticate(app, req, client)?;
-    token_response(app, &user, client)
+pub fn refresh(app: &mut App, req: &Request<'_, '_>, client: Client) -> Result<Reply, ApiError> {
+    authenticate(app, req, client, AfterToken::Refresh)
 }
 
 fn token_response(app: &App, user: &User, client: Client) -> Result<Response, ApiError> {
@@ -234,64 +259,66 @@ fn token_response(app: &App, user: &User, client: Client) -> Result<Response, Ap
     ))
 }
 
-/// The user named by a valid bearer token whose password version is current.
-pub fn authenticate(app: &App, req: &Request<'_, '_>, client: Client) -> Result<User, ApiError> {
+/// Checks the bearer token's signature and expiry, then asks storage for its account
+/// (whose password version decides) before doing `then`.
+pub fn authenticate(
+    app: &mut App,
+    req: &Request<'_, '_>,
+    client: Client,
+    then: AfterToken,
+) -> Result<Reply, ApiError> {
     let token = req.bearer_token().ok_or_else(|| {
         ApiError::new(
             ErrorCode::Unauthorized,
             "an Authorization: Bearer <token> header is required",
         )
     })?;
-    authenticate_token(app, token, client).map(|(user, _)| user)
+    authenticate_token(app, token, client, then)
 }
 
-/// [`user_for_token`] with its failures as HTTP errors.
+/// [`authenticate`] for a token found elsewhere (the WebSocket subprotocol).
 pub fn authenticate_token(
-    app: &App,
+    app: &mut App,
     token: &str,
     client: Client,
-) -> Result<(User, Claims), ApiError> {
-    user_for_token(&app.tokens, &app.store, token, client.now.unix_secs()).map_err(|e| match e {
+    then: AfterToken,
+) -> Result<Reply, ApiError> {
+    let claims = app
+        .tokens
+        .verify(token, client.now.unix_secs())
+        .map_err(|e| token_error(e.into()))?;
+    let id = claims
+        .user_id()
+        .ok_or_else(|| token_error(TokenCheck::Invalid))?;
+    let ticket = app.submit(Op::UserById(id));
+    Ok(Reply::Wait(ticket, Waiting::Token { claims, then }))
+}
+
+fn token_error(check: TokenCheck) -> ApiError {
+    match check {
         TokenCheck::Expired => ApiError::new(ErrorCode::TokenExpired, "the token has expired"),
         TokenCheck::Invalid => ApiError::new(ErrorCode::Unauthorized, "invalid token"),
         TokenCheck::Revoked => {
             ApiError::new(ErrorCode::Unauthorized, "the token is no longer valid")
         }
-        TokenCheck::Storage => ApiError::internal(),
-    })
+    }
 }
 
-/// Checks a token: signature, expiry, account still present, password unchanged.
-pub fn user_for_token(
-    tokens: &Tokens,
-    store: &Store,
-    token: &str,
-    now_secs: i64,
-) -> Result<(User, Claims), TokenCheck> {
-    let claims = tokens.verify(token, now_secs)?;
-    let user = claims
-        .user_id()
-        .map(|id| store.user_by_id(id))
-        .transpose()
-        .map_err(|e| {
-            log::error!("database error: {e}");
-            TokenCheck::Storage
-        })?
-        .flatten()
-        .ok_or(TokenCheck::Revoked)?;
+/// The account a token's claims name, if it still exists with the password version
+/// the token was issued for.
+pub fn token_account(claims: &Claims, account: Option<User>) -> Result<User, TokenCheck> {
+    let user = account.ok_or(TokenCheck::Revoked)?;
     if user.password_version != claims.ver {
         return Err(TokenCheck::Revoked);
     }
-    Ok((user, claims))
+    Ok(user)
 }
 
-pub fn get_me(app: &mut App, req: &Request<'_, '_>, client: Client) -> Result<Response, ApiError> {
-    let user = authenticate(app, req, client)?;
-    Ok(Response::json(200, &user_json(&user)))
+pub fn get_me(app: &mut App, req: &Request<'_, '_>, client: Client) -> Result<Reply, ApiError> {
+    authenticate(app, req, client, AfterToken::Me)
 }
 
-pub fn put_me(app: &mut App, req: &Request<'_, '_>, client: Client) -> Result<Response, ApiError> {
-    let mut user = authenticate(app, req, client)?;
+pub fn put_me(app: &mut App, req: &Request<'_, '_>, client: Client) -> Result<Reply, ApiError> {
     let change: ProfileChange = json_body(req)?;
     if let Some(name) = &change.display_name
         && !valid_display_name(name)
@@ -302,43 +329,164 @@ pub fn put_me(app: &mut App, req: &Request<'_, '_>, client: Client) -> Result<Re
         ));
     }
     if let Some(new_password) = &change.new_password {
-        let Some(current) = &change.current_password else {
+        if change.current_password.is_none() {
             return Err(ApiError::bad_request(
                 "current_password is required to change the password",
             ));
-        };
+        }
         if !valid_password(new_password) {
             return Err(ApiError::new(
                 ErrorCode::WeakPassword,
                 "passwords are 8-1024 bytes long",
             ));
         }
-        check_login_rate(app, client)?;
-        check_hash_budget(app, 2)?;
-        if !app.passwords.verify(current, &user.password_hash) {
-            return Err(
-                ApiError::new(ErrorCode::InvalidCredentials, "current_password is wrong")
-                    .with_status(403),
-            );
+    }
+    authenticate(app, req, client, AfterToken::ChangeProfile(change))
+}
+
+/// Goes on with a request once storage answered what it waited for.
+pub fn resume(
+    app: &mut App,
+    waiting: Waiting,
+    outcome: Outcome,
+    client: Client,
+) -> Result<Reply, ApiError> {
+    let answer = outcome.map_err(storage_failure)?;
+    match waiting {
+        Waiting::RegisterLookup { username, password } => {
+            match answer {
+                Answer::User(None) => {}
+                Answer::User(Some(_)) => return Err(username_taken()),
+                other => return Err(unexpected(&other)),
+            }
+            check_hash_budget(app, 1)?;
+            let password_hash = app.passwords.hash(&password).map_err(|e| {
+                log::error!("{e}");
+                ApiError::internal()
+            })?;
+            let ticket = app.submit(Op::CreateUser {
+                username,
+                password_hash,
+                created_at: client.now.unix_secs(),
+            });
+            Ok(Reply::Wait(ticket, Waiting::RegisterCreate))
         }
-        let hash = app.passwords.hash(new_password).map_err(|e| {
-            log::error!("{e}");
-            ApiError::internal()
-        })?;
-        user.password_version = app
-            .store
-            .set_password(user.id, &hash)
-            .map_err(store_error)?;
-        app.effects.push(Effect::CredentialsChanged(user.id));
-        log::info!("user {} changed their password", user.username);
+        Waiting::RegisterCreate => match answer {
+            Answer::Created(Some(user)) => {
+                app.metrics.registrations += 1;
+                log::info!("registered user {} (id {})", user.username, user.id);
+                Ok(Reply::Now(Response::json(201, &user_json(&user))))
+            }
+            Answer::Created(None) => Err(username_taken()),
+            other => Err(unexpected(&other)),
+        },
+        Waiting::Login { password } => {
+            let user = match answer {
+                Answer::User(user) => user,
+                other => return Err(unexpected(&other)),
+            };
+            let verified = match &user {
+                Some(user) => app.passwords.verify(&password, &user.password_hash),
+                None => app.passwords.verify_unknown_user(&password),
+            };
+            match user {
+                Some(user) if verified => {
+                    app.metrics.logins_ok += 1;
+                    token_response(app, &user, client).map(Reply::Now)
+                }
+                _ => {
+                    app.metrics.logins_failed += 1;
+                    Err(invalid_credentials())
+                }
+            }
+        }
+        Waiting::Token { claims, then } => {
+            let account = match answer {
+                Answer::User(account) => account,
+                other => return Err(unexpected(&other)),
+            };
+            let user = token_account(&claims, account).map_err(token_error)?;
+            after_token(app, user, claims.exp, then, client)
+        }
+        Waiting::Profile {
+            mut user,
+            password_changed,
+        } => {
+            if password_changed {
+                match answer {
+                    Answer::PasswordVersion(Some(version)) => user.password_version = version,
+                    // The account was deleted meanwhile.
+                    Answer::PasswordVersion(None) => return Err(token_error(TokenCheck::Revoked)),
+                    other => return Err(unexpected(&other)),
+                }
+                app.effects.push(Effect::CredentialsChanged(user.id));
+                log::info!("user {} changed their password", user.username);
+            }
+            Ok(Reply::Now(Response::json(200, &user_json(&user))))
+        }
     }
-    if let Some(name) = change.display_name {
-        app.store
-            .set_display_name(user.id, &name)
-            .map_err(store_error)?;
-        user.display_name = name;
+}
+
+/// What an authenticated request does with its account.
+fn after_token(
+    app: &mut App,
+    mut user: User,
+    token_expires_at: i64,
+    then: AfterToken,
+    client: Client,
+) -> Result<Reply, ApiError> {
+    match then {
+        AfterToken::Me => Ok(Reply::Now(Response::json(200, &user_json(&user)))),
+        AfterToken::Refresh => token_response(app, &user, client).map(Reply::Now),
+        AfterToken::Upgrade(response) => {
+            super::accept_upgrade(app, user, token_expires_at, response)
+        }
+        AfterToken::ChangeProfile(change) => {
+            let mut last = None;
+            if let Some(name) = change.display_name {
+                last = Some(app.submit(Op::SetDisplayName {
+                    user: user.id,
+                    display_name: name.clone(),
+                }));
+                user.display_name = name;
+            }
+            let mut password_changed = false;
+            if let (Some(new_password), Some(current)) =
+                (&change.new_password, &change.current_password)
+            {
+                check_login_rate(app, client)?;
+                check_hash_budget(app, 2)?;
+                if !app.passwords.verify(current, &user.password_hash) {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidCredentials,
+                        "current_password is wrong",
+                    )
+                    .with_status(403));
+                }
+                let password_hash = app.passwords.hash(new_password).map_err(|e| {
+                    log::error!("{e}");
+                    ApiError::internal()
+                })?;
+                // Submitted last: both changes are in one transaction, and this answer
+                // (the new password version) is the one waited for.
+                last = Some(app.submit(Op::SetPassword {
+                    user: user.id,
+                    password_hash,
+                }));
+                password_changed = true;
+            }
+            match last {
+                Some(ticket) => Ok(Reply::Wait(
+                    ticket,
+                    Waiting::Profile {
+                        user,
+                        password_changed,
+                    },
+                )),
+                None => Ok(Reply::Now(Response::json(200, &user_json(&user)))),
+            }
+        }
     }
-    Ok(Response::json(200, &user_json(&user)))
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@ use crate::app::Effect;
 use crate::chat::ConnId;
 use crate::config::Config;
 use crate::http::{MAX_HEADERS, ParseStatus, RequestLimits, parse_request};
-use crate::store::Store;
+use crate::store::memory::MemoryStore;
+use crate::store::{Failure, NotReady, SqliteStore};
 
 const SECRET: &[u8] = b"an api test secret of at least 32 bytes";
 
@@ -18,7 +19,16 @@ fn app(conf: &str) -> (App, tempfile::TempDir) {
     std::fs::create_dir(dir.path().join("public")).unwrap();
     std::fs::write(dir.path().join("public/index.html"), "<p>hi</p>").unwrap();
     let config = Config::parse(conf, "t.conf".as_ref(), dir.path(), Vec::new()).unwrap();
-    let app = App::new(config, Store::open_in_memory().unwrap(), SECRET).unwrap();
+    let store = Box::new(SqliteStore::open_in_memory().unwrap());
+    let app = App::new(config, store, Vec::new(), SECRET).unwrap();
+    (app, dir)
+}
+
+/// An app over the in-memory store, set up by `store`.
+fn app_over(store: MemoryStore) -> (App, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::parse("", "t.conf".as_ref(), dir.path(), Vec::new()).unwrap();
+    let app = App::new(config, Box::new(store), Vec::new(), SECRET).unwrap();
     (app, dir)
 }
 
@@ -48,7 +58,9 @@ fn call_from(app: &mut App, raw: &str, ip: &str) -> (Answer, bool) {
     else {
         panic!("incomplete request");
     };
-    let handled = handle(app, &parsed.request, client(ip));
+    let client = client(ip);
+    let step = handle(app, &parsed.request, client);
+    let handled = complete(app, step, client);
     let r = handled.response;
     let body = match (&r.body, r.omit_body) {
         (Body::Owned(b), false) => serde_json::from_slice(b).unwrap_or(Value::Null),
@@ -212,5 +224,49 @@ fn websocket_upgrade_decisions() {
     assert_eq!(
         (status, body["error"].as_str(), upgraded),
         (409, Some("already_connected"), false)
+    );
+}
+
+#[test]
+fn readiness_follows_the_database_and_liveness_does_not() {
+    let (mut app, _dir) = app("");
+    let (status, _, body) = call(&mut app, &get("/readyz", None));
+    assert_eq!((status, body), (200, json!({"status":"ready"})));
+    let mut store = MemoryStore::default();
+    store.not_ready = Some(NotReady::Stalled { waiting_ms: 5200 });
+    let (mut app, _dir) = app_over(store);
+    let (status, headers, body) = call(&mut app, &get("/readyz", None));
+    assert_eq!(status, 503);
+    assert_eq!(body["status"], "unavailable");
+    assert_eq!(body["reason"], "database_stalled");
+    assert_eq!(
+        body["message"],
+        "the database has not answered a request for 5200 ms"
+    );
+    assert!(headers.contains(&("retry-after", "1".to_string())));
+    assert_eq!(call(&mut app, &get("/healthz", None)).0, 200);
+    let (status, _, _) = call(&mut app, "POST /readyz HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_eq!(status, 405);
+}
+
+#[test]
+fn a_database_that_does_not_answer_gives_503_and_a_failed_write_500() {
+    let creds = json!({"username": "alice", "password": "password-123"});
+    let mut store = MemoryStore::default();
+    store.fail_reads = Some(Failure::Unavailable);
+    let (mut app, _dir) = app_over(store);
+    let (status, _, body) = call(&mut app, &post("/login", &creds, None));
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "unavailable");
+    let (status, _, body) = call(&mut app, &post("/register", &creds, None));
+    assert_eq!((status, body["error"].as_str()), (503, Some("unavailable")));
+
+    let mut store = MemoryStore::default();
+    store.fail_writes = Some(Failure::Failed);
+    let (mut app, _dir) = app_over(store);
+    let (status, _, body) = call(&mut app, &post("/register", &creds, None));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (500, Some("internal_error"))
     );
 }

@@ -1,22 +1,24 @@
 //! The chat core: rooms, presence, direct messages, subscriptions. No sockets, no clock.
 //!
-//! Inputs are a connection arriving, a text message from a connection, and a
-//! connection leaving; time comes in as an argument. Outputs are appended to a list:
-//! frames to deliver (each encoded once and shared by all its recipients), connections
-//! to close, token expiries to track, reads and subscription changes that wait for the
-//! turn's commit. Storage goes through the [`Backend`] trait, so the core is tested with
-//! an in-memory backend and could later sit behind a cross-server backplane.
-//!
-//! A turn's writes are committed once, after all its requests; then [`Chat::settle`]
-//! turns each output, in order, into an [`Action`]: durable frames go out only if the
-//! commit succeeded, reads run against what is committed (so a reply never misses a
-//! write acknowledged before it), subscription changes reach the in-memory index.
+//! Inputs are a connection arriving, a text message from a connection, a connection
+//! leaving, and the answer to a storage request; time comes in as an argument. Outputs
+//! are appended to a list: frames to deliver (each encoded once and shared by all its
+//! recipients), connections to close, and requests waiting for storage
+//! ([`Output::Await`]). Storage goes through the [`Backend`] trait, which only submits:
+//! the answer arrives later (at the end of the turn with SQLite, after a round trip
+//! with PostgreSQL) and is fed back by [`outbox::Outbox`], which keeps each
+//! connection's outputs in order behind the request they wait for and turns them into
+//! [`Action`]s once answered (with [`Chat::resolve`]). Durable frames (a message's
+//! reply and event, a subscription's reply) are built from the answer, so nothing is
+//! shown before its write committed; reads are answered from what is committed, after
+//! the writes submitted before them.
 //!
 //! Lookups use indexes kept here: room -> connections, user -> connections, and the
 //! subscribers of each user. Nothing scans all connections. The `rooms`, `users` and
 //! `join` replies are kept serialised and rebuilt only after the membership they show
 //! changed, so asking again costs a copy, not a sort of every room or user.
 
+pub mod outbox;
 pub mod protocol;
 
 use std::collections::hash_map::Entry;
@@ -27,11 +29,9 @@ use indexmap::IndexSet;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
+use crate::store::{Answer, Failure, HistoryScope, NewKind, NewMessage, Op, Outcome, Ticket};
 use crate::ws::Close;
-use protocol::{
-    CachedData, ChatError, Conversation, ErrorCode, Frame, HistoryTarget, Item, ItemKind, Page,
-    Request,
-};
+use protocol::{CachedData, ChatError, ErrorCode, Frame, HistoryTarget, Item, ItemKind, Request};
 
 pub type UserId = i64;
 
@@ -49,76 +49,24 @@ pub struct UserRef {
     pub username: String,
 }
 
-/// A message to store; the backend assigns its id from the one increasing sequence.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewMessage<'a> {
-    pub from: UserId,
-    pub kind: NewKind<'a>,
-    pub text: &'a str,
-    pub ts: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NewKind<'a> {
-    Room(&'a str),
-    Direct { to: UserId },
-    Notification,
-}
-
-/// A history request resolved to ids.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HistoryScope<'a> {
-    Room(&'a str),
-    Direct { a: UserId, b: UserId },
-}
-
-/// What a valid token says.
+/// What a token says once its signature and expiry are checked; the account and its
+/// password version are checked against storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TokenInfo {
+pub struct TokenClaims {
     pub user_id: UserId,
     /// Unix seconds.
     pub expires_at: i64,
+    /// The password version the token was issued for.
+    pub version: i64,
 }
 
-/// A storage failure; the request gets an internal_error reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendError(pub String);
-
-/// Everything the core needs from outside: accounts, durable writes, history, tokens.
-///
-/// Writes (`store_message`, `set_subscription`) may be batched by the implementation:
-/// outputs marked durable are released only once the batch has committed. Reads
-/// (`history`, `subscriptions_of`, `conversations`) are made by [`Chat::settle`], after
-/// the commit, and need not see writes still queued.
+/// Everything the core needs from outside: storage and token keys.
 pub trait Backend {
-    fn find_user(&mut self, username: &str) -> Result<Option<UserRef>, BackendError>;
-    /// Queues the message and returns its id.
-    fn store_message(&mut self, message: &NewMessage<'_>) -> Result<i64, BackendError>;
-    fn set_subscription(
-        &mut self,
-        subscriber: UserId,
-        target: UserId,
-        subscribed: bool,
-    ) -> Result<(), BackendError>;
-    /// Up to `limit` items of the scope in the page, oldest first, and whether more
-    /// exist beyond the page in its direction.
-    fn history(
-        &mut self,
-        scope: &HistoryScope<'_>,
-        page: Page,
-        limit: usize,
-    ) -> Result<(Vec<Item>, bool), BackendError>;
-    /// The usernames `user` is subscribed to, sorted.
-    fn subscriptions_of(&mut self, user: UserId) -> Result<Vec<String>, BackendError>;
-    /// Up to `limit` of the direct conversations `user` takes part in, the one with the
-    /// newest message first.
-    fn conversations(
-        &mut self,
-        user: UserId,
-        limit: usize,
-    ) -> Result<Vec<Conversation>, BackendError>;
-    /// Checks a token (signature, expiry at `now_ms`, account, password version).
-    fn verify_token(&mut self, token: &str, now_ms: i64) -> Result<TokenInfo, ChatError>;
+    /// Submits a storage operation; its outcome comes back to [`Chat::resolve`] with
+    /// the [`Output::Await`] that holds the ticket.
+    fn submit(&mut self, op: Op) -> Ticket;
+    /// Checks a token's signature and expiry at `now_ms`.
+    fn check_token(&mut self, token: &str, now_ms: i64) -> Result<TokenClaims, ChatError>;
 }
 
 /// Who receives a frame.
@@ -142,14 +90,10 @@ impl Recipients {
 pub struct Delivery {
     pub to: Recipients,
     pub frame: Frame,
-    /// Depends on this turn's writes: sent only if they commit.
-    pub durable: bool,
-    /// When a durable delivery's writes fail, the sender gets an internal_error reply
-    /// with this `ref` instead (built only then).
-    pub fallback: Option<Value>,
 }
 
-/// An effect for the event loop to carry out.
+/// An effect for the event loop to carry out, in order with the others of the same
+/// connection.
 #[derive(Debug, Clone)]
 pub enum Output {
     Deliver(Delivery),
@@ -158,52 +102,54 @@ pub enum Output {
         conn: ConnId,
         close: Close,
     },
-    /// The connection's token now expires at this Unix second.
-    TokenRenewed {
-        conn: ConnId,
-        expires_at: i64,
-    },
-    /// A read answered after the turn's commit.
-    Read(Read),
-    /// A subscription change, applied to the in-memory index once its write commits.
-    Subscription {
-        subscriber: UserId,
-        target: UserId,
-        subscribed: bool,
-        /// The subscribe holds one of the subscriber's `max_subscriptions` until it
-        /// settles (a new subscription, not yet committed).
-        reserved: bool,
-    },
+    /// A request waiting for the storage answer under its ticket; what follows it for
+    /// the same connection waits too.
+    Await(Pending),
 }
 
-/// A read request waiting for the turn's commit; its reply takes its place among the
-/// connection's replies.
+/// A request of a connection waiting for storage.
 #[derive(Debug, Clone)]
-pub struct Read {
-    conn: ConnId,
+pub struct Pending {
+    pub ticket: Ticket,
+    pub conn: ConnId,
     reference: Value,
     /// The caller.
     user: UserId,
-    query: Query,
+    /// The user the request names, for an `unknown_user` reply.
+    named: Option<String>,
+    step: Step,
 }
 
+/// What to do with the answer.
 #[derive(Debug, Clone)]
-enum Query {
-    RoomHistory {
-        room: String,
-        page: Page,
-        limit: usize,
+enum Step {
+    /// A message being stored: its reply and event are built from the id.
+    Post {
+        item: ItemKind,
+        text: String,
+        ts: i64,
+        /// The room members or subscribers' connections when it was sent; None for a
+        /// direct message (the two users' connections when it is stored).
+        recipients: Option<Vec<ConnId>>,
+        /// Publish reports how many connections it reached.
+        report_delivered: bool,
     },
-    /// The conversation between the caller and this user.
-    DirectHistory {
-        with: UserId,
-        page: Page,
-        limit: usize,
+    Subscription {
+        subscribed: bool,
     },
+    /// History, subscriptions or conversations.
+    Read(ReadKind),
+    /// A token's account and password version being checked.
+    Auth {
+        claims: TokenClaims,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ReadKind {
+    History,
     Subscriptions,
-    Conversations {
-        limit: usize,
-    },
+    Conversations,
 }
 
 /// What the event loop does for a settled output.
@@ -301,12 +247,6 @@ pub struct Chat {
     rooms: HashMap<Arc<str>, Room>,
     /// target -> users subscribed to them (all accounts, loaded at start).
     subscribers: HashMap<UserId, HashSet<UserId>>,
-    /// subscriber -> how many users they are subscribed to (committed): what
-    /// `max_subscriptions` is checked against, without a second set per account.
-    following: HashMap<UserId, usize>,
-    /// subscriber -> new subscriptions requested but not yet settled, so that several
-    /// in one turn cannot pass the cap together.
-    reserved: HashMap<UserId, usize>,
     listings: Listings,
 }
 
@@ -322,8 +262,6 @@ impl Chat {
             online: HashMap::new(),
             rooms: HashMap::new(),
             subscribers: HashMap::new(),
-            following: HashMap::new(),
-            reserved: HashMap::new(),
             listings: Listings::default(),
         };
         for (subscriber, target) in subscriptions {
@@ -475,7 +413,8 @@ impl Chat {
         );
     }
 
-    /// Handles one text message from a connection; exactly one reply goes back to it.
+    /// Handles one text message from a connection; exactly one reply goes back to it,
+    /// now or once storage answered.
     pub fn handle(
         &mut self,
         conn: ConnId,
@@ -488,6 +427,7 @@ impl Chat {
             return;
         };
         let (reference, request) = protocol::parse_request(text, self.parse_limits());
+        let named = request.as_ref().ok().and_then(Request::named_user);
         let result = request.and_then(|request| {
             self.dispatch(conn, user, request, &reference, backend, now_ms, out)
         });
@@ -499,20 +439,15 @@ impl Chat {
                     protocol::reply_ok(&reference, data),
                 );
             }
-            Ok(Reply::Durable(data)) => out.push(Output::Deliver(Delivery {
-                to: Recipients::One(conn),
-                frame: protocol::reply_ok(&reference, data),
-                durable: true,
-                fallback: Some(reference),
-            })),
-            Ok(Reply::Later(query)) => out.push(Output::Read(Read {
+            Ok(Reply::Ready(frame)) => self.deliver(out, Recipients::One(conn), frame),
+            Ok(Reply::Wait(ticket, step)) => out.push(Output::Await(Pending {
+                ticket,
                 conn,
                 reference,
                 user,
-                query,
+                named,
+                step,
             })),
-            Ok(Reply::Ready(frame)) => self.deliver(out, Recipients::One(conn), frame),
-            Ok(Reply::Sent) => {}
             Err(error) => {
                 self.deliver(
                     out,
@@ -562,31 +497,41 @@ impl Chat {
                     return Err(not_member(&room));
                 };
                 let recipients: Vec<ConnId> = members.conns.iter().copied().collect();
-                let post = Post {
-                    kind: NewKind::Room(&room),
-                    item: ItemKind::Room(room.clone()),
-                    text,
-                    recipients,
-                    report_delivered: false,
-                };
-                self.post(conn, user, reference, post, backend, now_ms, out)
+                let ticket = backend.submit(Op::Post(NewMessage {
+                    from: user,
+                    kind: NewKind::Room(room.clone()),
+                    text: text.clone(),
+                    ts: now_ms,
+                }));
+                Ok(Reply::Wait(
+                    ticket,
+                    Step::Post {
+                        item: ItemKind::Room(room),
+                        text,
+                        ts: now_ms,
+                        recipients: Some(recipients),
+                        report_delivered: false,
+                    },
+                ))
             }
             Request::Direct { to, text } => {
-                let target = self.resolve_user(&to, backend)?;
-                let mut recipients: Vec<ConnId> = self.connections_of(target.id).to_vec();
-                if target.id != user {
-                    recipients.extend_from_slice(self.connections_of(user));
-                }
-                let post = Post {
-                    kind: NewKind::Direct { to: target.id },
-                    item: ItemKind::Direct {
-                        to: target.username,
+                let ticket = backend.submit(Op::Post(NewMessage {
+                    from: user,
+                    kind: NewKind::Direct { to },
+                    text: text.clone(),
+                    ts: now_ms,
+                }));
+                Ok(Reply::Wait(
+                    ticket,
+                    Step::Post {
+                        // The recipient's name as stored comes with the answer.
+                        item: ItemKind::Direct { to: String::new() },
+                        text,
+                        ts: now_ms,
+                        recipients: None,
+                        report_delivered: false,
                     },
-                    text,
-                    recipients,
-                    report_delivered: false,
-                };
-                self.post(conn, user, reference, post, backend, now_ms, out)
+                ))
             }
             Request::Publish { text } => {
                 let recipients: Vec<ConnId> = self
@@ -597,53 +542,30 @@ impl Chat {
                     .flat_map(|s| self.connections_of(*s))
                     .copied()
                     .collect();
-                let post = Post {
+                let ticket = backend.submit(Op::Post(NewMessage {
+                    from: user,
                     kind: NewKind::Notification,
-                    item: ItemKind::Notification,
-                    text,
-                    recipients,
-                    report_delivered: true,
-                };
-                self.post(conn, user, reference, post, backend, now_ms, out)
+                    text: text.clone(),
+                    ts: now_ms,
+                }));
+                Ok(Reply::Wait(
+                    ticket,
+                    Step::Post {
+                        item: ItemKind::Notification,
+                        text,
+                        ts: now_ms,
+                        recipients: Some(recipients),
+                        report_delivered: true,
+                    },
+                ))
             }
             Request::Subscribe { user: name } | Request::Unsubscribe { user: name }
                 if self.is_self(user, &name) =>
             {
                 Err(ChatError::bad_request("you cannot subscribe to yourself"))
             }
-            Request::Subscribe { user: name } => {
-                let target = self.resolve_user(&name, backend)?;
-                let reserved = !self.is_subscribed(user, target.id);
-                if reserved {
-                    self.check_subscription_limit(user)?;
-                }
-                backend
-                    .set_subscription(user, target.id, true)
-                    .map_err(internal)?;
-                if reserved {
-                    *self.reserved.entry(user).or_default() += 1;
-                }
-                out.push(Output::Subscription {
-                    subscriber: user,
-                    target: target.id,
-                    subscribed: true,
-                    reserved,
-                });
-                Ok(Reply::Durable(json!({"user": target.username})))
-            }
-            Request::Unsubscribe { user: name } => {
-                let target = self.resolve_user(&name, backend)?;
-                backend
-                    .set_subscription(user, target.id, false)
-                    .map_err(internal)?;
-                out.push(Output::Subscription {
-                    subscriber: user,
-                    target: target.id,
-                    subscribed: false,
-                    reserved: false,
-                });
-                Ok(Reply::Durable(json!({"user": target.username})))
-            }
+            Request::Subscribe { user: name } => Ok(self.subscribe(user, name, true, backend)),
+            Request::Unsubscribe { user: name } => Ok(self.subscribe(user, name, false, backend)),
             Request::Rooms => {
                 let data = self.rooms_data()?;
                 Ok(Reply::Ready(protocol::reply_ok(reference, data)))
@@ -656,200 +578,191 @@ impl Chat {
                 target,
                 page,
                 limit,
-            } => Ok(Reply::Later(match target {
-                HistoryTarget::Room(room) => Query::RoomHistory { room, page, limit },
-                HistoryTarget::With(name) => Query::DirectHistory {
-                    with: self.resolve_user(&name, backend)?.id,
-                    page,
-                    limit,
-                },
-            })),
-            Request::Subscriptions => Ok(Reply::Later(Query::Subscriptions)),
-            Request::Conversations { limit } => Ok(Reply::Later(Query::Conversations { limit })),
+            } => {
+                let scope = match target {
+                    HistoryTarget::Room(room) => HistoryScope::Room(room),
+                    HistoryTarget::With(with) => HistoryScope::Direct { user, with },
+                };
+                let ticket = backend.submit(Op::History { scope, page, limit });
+                Ok(Reply::Wait(ticket, Step::Read(ReadKind::History)))
+            }
+            Request::Subscriptions => {
+                let ticket = backend.submit(Op::SubscriptionsOf(user));
+                Ok(Reply::Wait(ticket, Step::Read(ReadKind::Subscriptions)))
+            }
+            Request::Conversations { limit } => {
+                let ticket = backend.submit(Op::Conversations { user, limit });
+                Ok(Reply::Wait(ticket, Step::Read(ReadKind::Conversations)))
+            }
             Request::Auth { token } => {
-                let info = backend.verify_token(&token, now_ms)?;
-                if info.user_id != user {
+                let claims = backend.check_token(&token, now_ms)?;
+                if claims.user_id != user {
                     return Err(ChatError::new(
                         ErrorCode::Unauthorized,
                         "the token belongs to another user",
                     ));
                 }
-                // The backend bounds `exp`; checked again here so that no token can
-                // make this overflow whatever backend verified it.
-                let expires_at_ms = info.expires_at.checked_mul(1000).ok_or_else(|| {
+                let ticket = backend.submit(Op::UserById(claims.user_id));
+                Ok(Reply::Wait(ticket, Step::Auth { claims }))
+            }
+        }
+    }
+
+    /// A subscribe or unsubscribe; the database checks the name and the cap.
+    fn subscribe(
+        &mut self,
+        user: UserId,
+        target: String,
+        subscribed: bool,
+        backend: &mut dyn Backend,
+    ) -> Reply {
+        let ticket = backend.submit(Op::Subscribe {
+            subscriber: user,
+            target,
+            subscribed,
+            max: self.config.max_subscriptions,
+        });
+        Reply::Wait(ticket, Step::Subscription { subscribed })
+    }
+
+    /// Feeds back the storage answer a request waited for: what the loop sends (its
+    /// reply, and a message's event) in order.
+    pub fn resolve(&mut self, pending: Pending, outcome: Outcome) -> Vec<Action> {
+        let Pending {
+            conn,
+            reference,
+            user,
+            named,
+            step,
+            ..
+        } = pending;
+        let mut actions = Vec::new();
+        let reply = match outcome {
+            Err(failure) => Err(storage_error(failure)),
+            Ok(Answer::NoSuchUser) => Err(ChatError::new(
+                ErrorCode::UnknownUser,
+                format!("no user named {}", named.unwrap_or_default()),
+            )),
+            Ok(answer) => self.answered(conn, user, step, answer, &mut actions),
+        };
+        let frame = match reply {
+            Ok(data) => protocol::reply_ok(&reference, data),
+            Err(error) => protocol::reply_error(&reference, &error),
+        };
+        // The sender's reply goes before the event of the same message.
+        actions.insert(
+            0,
+            Action::Send {
+                to: Recipients::One(conn),
+                frame,
+            },
+        );
+        actions
+    }
+
+    /// The data of the ok reply to an answered request; events and token renewals go
+    /// to `actions`.
+    fn answered(
+        &mut self,
+        conn: ConnId,
+        user: UserId,
+        step: Step,
+        answer: Answer,
+        actions: &mut Vec<Action>,
+    ) -> Result<Value, ChatError> {
+        match (step, answer) {
+            (
+                Step::Post {
+                    item,
+                    text,
+                    ts,
+                    recipients,
+                    report_delivered,
+                },
+                Answer::Posted { id, to },
+            ) => {
+                let (item, recipients) = match (item, to) {
+                    (ItemKind::Direct { .. }, Some(to)) => {
+                        let mut conns = self.connections_of(to.id).to_vec();
+                        if to.id != user {
+                            conns.extend_from_slice(self.connections_of(user));
+                        }
+                        (ItemKind::Direct { to: to.username }, conns)
+                    }
+                    (item, _) => (item, recipients.unwrap_or_default()),
+                };
+                let delivered = report_delivered.then_some(recipients.len());
+                if !recipients.is_empty() {
+                    let event = Item {
+                        id,
+                        kind: item,
+                        from: self.username(user),
+                        text,
+                        ts,
+                    };
+                    actions.push(Action::Send {
+                        to: Recipients::Many(recipients),
+                        frame: event.frame(),
+                    });
+                }
+                serde_json::to_value(protocol::Posted { id, ts, delivered })
+                    .map_err(|_| ChatError::internal())
+            }
+            (
+                Step::Subscription { subscribed: wanted },
+                Answer::Subscription { target, subscribed },
+            ) => {
+                self.apply_subscription(user, target.id, subscribed);
+                if wanted && !subscribed {
+                    let cap = self.config.max_subscriptions;
+                    return Err(ChatError::new(
+                        ErrorCode::TooManySubscriptions,
+                        format!(
+                            "an account may be subscribed to at most {cap} users; unsubscribe from one first"
+                        ),
+                    ));
+                }
+                Ok(json!({"user": target.username}))
+            }
+            (Step::Read(kind), answer) => read_data(kind, answer),
+            (Step::Auth { claims }, Answer::User(Some(account)))
+                if account.password_version == claims.version =>
+            {
+                // The token's expiry is bounded when it is checked; checked again here
+                // so that no token can make this overflow.
+                let ms = claims.expires_at.checked_mul(1000).ok_or_else(|| {
                     ChatError::new(
                         ErrorCode::Unauthorized,
                         "the token's expiry is out of range",
                     )
                 })?;
-                out.push(Output::TokenRenewed {
+                actions.push(Action::TokenRenewed {
                     conn,
-                    expires_at: info.expires_at,
+                    expires_at: claims.expires_at,
                 });
-                Ok(Reply::Now(json!({ "expires_at": expires_at_ms })))
+                Ok(json!({ "expires_at": ms }))
             }
-        }
-    }
-
-    /// Turns one output of the turn into what the event loop does, once the turn's
-    /// writes have been committed (`committed`) or have failed. Outputs must be settled
-    /// in the order they were produced: a read then sees the subscription changes
-    /// before it, and replies keep the order of the requests.
-    pub fn settle(
-        &mut self,
-        output: Output,
-        committed: bool,
-        backend: &mut dyn Backend,
-    ) -> Option<Action> {
-        match output {
-            Output::Deliver(delivery) if delivery.durable && !committed => {
-                // Nobody sees what was not stored; the sender learns it failed.
-                let reference = delivery.fallback?;
-                Some(Action::Send {
-                    to: delivery.to,
-                    frame: protocol::reply_error(&reference, &ChatError::internal()),
-                })
-            }
-            Output::Deliver(delivery) => Some(Action::Send {
-                to: delivery.to,
-                frame: delivery.frame,
-            }),
-            Output::Close { conn, close } => Some(Action::Close { conn, close }),
-            Output::TokenRenewed { conn, expires_at } => {
-                Some(Action::TokenRenewed { conn, expires_at })
-            }
-            Output::Subscription {
-                subscriber,
-                target,
-                subscribed,
-                reserved,
-            } => {
-                if reserved {
-                    self.release_reservation(subscriber);
-                }
-                if committed {
-                    self.apply_subscription(subscriber, target, subscribed);
-                }
-                None
-            }
-            Output::Read(read) => {
-                let frame = match answer(&read, backend) {
-                    Ok(data) => protocol::reply_ok(&read.reference, data),
-                    Err(e) => protocol::reply_error(&read.reference, &internal(e)),
-                };
-                Some(Action::Send {
-                    to: Recipients::One(read.conn),
-                    frame,
-                })
-            }
+            (Step::Auth { .. }, _) => Err(ChatError::new(ErrorCode::Unauthorized, "invalid token")),
+            _ => Err(ChatError::internal()),
         }
     }
 
     fn apply_subscription(&mut self, subscriber: UserId, target: UserId, subscribed: bool) {
         if subscribed {
-            let added = self
-                .subscribers
+            self.subscribers
                 .entry(target)
                 .or_default()
                 .insert(subscriber);
-            if added {
-                *self.following.entry(subscriber).or_default() += 1;
-            }
         } else if let Some(set) = self.subscribers.get_mut(&target) {
-            let removed = set.remove(&subscriber);
+            set.remove(&subscriber);
             if set.is_empty() {
                 self.subscribers.remove(&target);
             }
-            if removed {
-                count_down(&mut self.following, subscriber);
-            }
         }
-    }
-
-    fn is_subscribed(&self, subscriber: UserId, target: UserId) -> bool {
-        self.subscribers
-            .get(&target)
-            .is_some_and(|set| set.contains(&subscriber))
-    }
-
-    /// A new subscription is refused once the account has `max_subscriptions`,
-    /// counting those requested earlier and not yet committed; an unsubscribe frees its
-    /// place once committed. Subscribing again to someone is never refused.
-    fn check_subscription_limit(&self, subscriber: UserId) -> Result<(), ChatError> {
-        let held = self.following.get(&subscriber).copied().unwrap_or(0)
-            + self.reserved.get(&subscriber).copied().unwrap_or(0);
-        let cap = self.config.max_subscriptions;
-        if held >= cap {
-            return Err(ChatError::new(
-                ErrorCode::TooManySubscriptions,
-                format!(
-                    "an account may be subscribed to at most {cap} users; unsubscribe from one first"
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    fn release_reservation(&mut self, subscriber: UserId) {
-        count_down(&mut self.reserved, subscriber);
-    }
-
-    /// Stores a message, then queues the ok reply to the sender and the event to its
-    /// recipients, both durable: they go out only once the message is committed.
-    #[allow(clippy::too_many_arguments)]
-    fn post(
-        &mut self,
-        conn: ConnId,
-        user: UserId,
-        reference: &Value,
-        post: Post<'_>,
-        backend: &mut dyn Backend,
-        now_ms: i64,
-        out: &mut Vec<Output>,
-    ) -> Result<Reply, ChatError> {
-        let message = NewMessage {
-            from: user,
-            kind: post.kind,
-            text: &post.text,
-            ts: now_ms,
-        };
-        let id = backend.store_message(&message).map_err(internal)?;
-        let data = protocol::Posted {
-            id,
-            ts: now_ms,
-            delivered: post.report_delivered.then_some(post.recipients.len()),
-        };
-        out.push(Output::Deliver(Delivery {
-            to: Recipients::One(conn),
-            frame: protocol::reply_ok(reference, data),
-            durable: true,
-            fallback: Some(reference.clone()),
-        }));
-        if !post.recipients.is_empty() {
-            let item = Item {
-                id,
-                kind: post.item,
-                from: self.username(user),
-                text: post.text,
-                ts: now_ms,
-            };
-            out.push(Output::Deliver(Delivery {
-                to: Recipients::Many(post.recipients),
-                frame: item.frame(),
-                durable: true,
-                fallback: None,
-            }));
-        }
-        Ok(Reply::Sent)
     }
 
     fn deliver(&mut self, out: &mut Vec<Output>, to: Recipients, frame: Frame) {
-        out.push(Output::Deliver(Delivery {
-            to,
-            frame,
-            durable: false,
-            fallback: None,
-        }));
+        out.push(Output::Deliver(Delivery { to, frame }));
     }
 
     fn username(&self, user: UserId) -> String {
@@ -863,13 +776,6 @@ impl Chat {
         self.online
             .get(&user)
             .is_some_and(|u| u.username.eq_ignore_ascii_case(name))
-    }
-
-    fn resolve_user(&self, name: &str, backend: &mut dyn Backend) -> Result<UserRef, ChatError> {
-        backend
-            .find_user(name)
-            .map_err(internal)?
-            .ok_or_else(|| ChatError::new(ErrorCode::UnknownUser, format!("no user named {name}")))
     }
 
     /// The data of the `join` reply for a room that exists: its distinct users, sorted.
@@ -1039,71 +945,43 @@ impl Chat {
     }
 }
 
-/// A message about to be stored and delivered.
-struct Post<'a> {
-    kind: NewKind<'a>,
-    /// The same kind, as it appears in the event.
-    item: ItemKind,
-    text: String,
-    recipients: Vec<ConnId>,
-    /// Publish reports how many connections it reached.
-    report_delivered: bool,
-}
-
 /// How a handled request is answered.
 enum Reply {
-    /// An ok reply that depends on nothing pending.
+    /// An ok reply that depends on nothing stored.
     Now(Value),
-    /// An ok reply that depends on this turn's writes.
-    Durable(Value),
-    /// A read, answered after the turn's commit.
-    Later(Query),
     /// The complete ok reply, built from kept data.
     Ready(Frame),
-    /// The reply has been queued already (with its fan-out).
-    Sent,
+    /// Answered once storage answers this ticket.
+    Wait(Ticket, Step),
 }
 
-/// The data of a read's ok reply, from committed storage.
-fn answer(read: &Read, backend: &mut dyn Backend) -> Result<Value, BackendError> {
-    Ok(match &read.query {
-        Query::RoomHistory { room, page, limit } => {
-            let (items, more) = backend.history(&HistoryScope::Room(room), *page, *limit)?;
+/// The data of a read's ok reply.
+fn read_data(kind: ReadKind, answer: Answer) -> Result<Value, ChatError> {
+    Ok(match (kind, answer) {
+        (ReadKind::History, Answer::History { items, more }) => {
             json!({"messages": items, "more": more})
         }
-        Query::DirectHistory { with, page, limit } => {
-            let scope = HistoryScope::Direct {
-                a: read.user,
-                b: *with,
-            };
-            let (items, more) = backend.history(&scope, *page, *limit)?;
-            json!({"messages": items, "more": more})
+        (ReadKind::Subscriptions, Answer::Usernames(users)) => json!({ "users": users }),
+        (ReadKind::Conversations, Answer::Conversations(conversations)) => {
+            json!({ "conversations": conversations })
         }
-        Query::Subscriptions => json!({"users": backend.subscriptions_of(read.user)?}),
-        Query::Conversations { limit } => {
-            json!({"conversations": backend.conversations(read.user, *limit)?})
-        }
+        _ => return Err(ChatError::internal()),
     })
+}
+
+/// The reply to a request storage could not answer.
+fn storage_error(failure: Failure) -> ChatError {
+    match failure {
+        Failure::Unavailable => ChatError::new(
+            ErrorCode::Unavailable,
+            "the database did not answer in time; try again",
+        ),
+        Failure::Failed => ChatError::internal(),
+    }
 }
 
 fn not_member(room: &str) -> ChatError {
     ChatError::new(ErrorCode::NotMember, format!("you are not in room {room}"))
-}
-
-fn internal(e: BackendError) -> ChatError {
-    log::error!("chat storage: {}", e.0);
-    ChatError::internal()
-}
-
-/// One less for `key`; a count that reaches zero leaves the map, so accounts that
-/// follow nobody cost nothing.
-fn count_down(counts: &mut HashMap<UserId, usize>, key: UserId) {
-    if let Some(count) = counts.get_mut(&key) {
-        *count -= 1;
-        if *count == 0 {
-            counts.remove(&key);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -51,6 +51,8 @@ pub enum ErrorCode {
     EmptyText,
     Unauthorized,
     TokenExpired,
+    /// The database did not answer within the database timeout.
+    Unavailable,
     InternalError,
 }
 
@@ -67,6 +69,7 @@ impl ErrorCode {
             ErrorCode::EmptyText => "empty_text",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::InternalError => "internal_error",
         }
     }
@@ -158,6 +161,23 @@ pub enum Request {
         limit: usize,
     },
     Ping,
+}
+
+impl Request {
+    /// The user a request names (`to`, `user`, `with`): the one an `unknown_user` reply
+    /// speaks of.
+    pub fn named_user(&self) -> Option<String> {
+        match self {
+            Request::Direct { to: name, .. }
+            | Request::Subscribe { user: name }
+            | Request::Unsubscribe { user: name }
+            | Request::History {
+                target: HistoryTarget::With(name),
+                ..
+            } => Some(name.clone()),
+            _ => None,
+        }
+    }
 }
 
 /// Limits applied while parsing.

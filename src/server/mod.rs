@@ -9,8 +9,10 @@
 //! 3. fire due deadlines, all from one heap (`timers`): the connections' (request,
 //!    idle, ping, token, linger) and the server's own (housekeeping, pruning, an accept
 //!    retry, the end of a shutdown's grace period);
-//! 4. commit the turn's database writes in one transaction, then release the chat
-//!    frames that depended on them (group commit);
+//! 4. flush storage (the turn's writes go in one transaction: group commit) and carry
+//!    on with whatever it answered, in this turn (SQLite) or a later one (PostgreSQL,
+//!    whose sockets are polled here too): parked HTTP requests resume, and chat
+//!    frames waiting for an answer are released in order;
 //! 5. flush every connection that has output, until `WouldBlock`, and remove those
 //!    that finished closing.
 //!
@@ -36,9 +38,11 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
+use crate::api::Waiting;
 use crate::app::App;
 use crate::chat::Output;
 use crate::limits::Refusal;
+use crate::store::Ticket;
 use crate::time::Now;
 use crate::ws::Close;
 use conn::{Conn, ConnError, FlushStatus, Phase, ReadStatus, Timeouts};
@@ -124,6 +128,17 @@ fn release_free_memory() {
     }
 }
 
+/// An HTTP request waiting for storage.
+#[derive(Debug)]
+struct ParkedHttp {
+    conn: ConnRef,
+    waiting: Waiting,
+    /// For the access log: what was asked, and since when.
+    method: String,
+    path: String,
+    started: Instant,
+}
+
 /// The server: listener, connections, timers and the application state.
 pub struct Server {
     poll: Poll,
@@ -143,8 +158,10 @@ pub struct Server {
     ready: Vec<ConnRef>,
     /// Connections to flush again next turn (write budget exhausted).
     flush_again: Vec<ConnRef>,
-    /// Chat outputs of this turn, released after the turn's commit.
+    /// Chat outputs of the chat call in progress, handed to the outbox after it.
     chat_outputs: Vec<Output>,
+    /// HTTP requests parked until storage answers their ticket.
+    http_waiting: std::collections::HashMap<Ticket, ParkedHttp>,
     /// Reused buffer for gathering small writes into one TLS record.
     scratch: Vec<u8>,
     /// The Date header value and the second it was made for.
@@ -197,6 +214,7 @@ impl Server {
             ready: Vec::new(),
             flush_again: Vec::new(),
             chat_outputs: Vec::new(),
+            http_waiting: std::collections::HashMap::new(),
             scratch: Vec::with_capacity(conn::MAX_RECORD),
             date: (i64::MIN, String::new()),
             shutting_down: false,
@@ -236,6 +254,7 @@ impl Server {
             // shows the heap as the previous turn left it (the heap lives here, the
             // rendering in `api`).
             self.app.metrics.timer_entries = self.timers.len();
+            self.app.metrics.http_waiting = self.http_waiting.len();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(now),
@@ -269,7 +288,7 @@ impl Server {
                 self.queue_flush(conn_ref);
             }
             self.fire_timers(now);
-            self.commit_and_dispatch(now);
+            self.settle_storage(now);
             self.flush_all(now);
             if self.shutting_down && (self.conns.is_empty() || self.shutdown_grace_over) {
                 break;
@@ -279,9 +298,14 @@ impl Server {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        // Chat outputs left after the turn's dispatch (a WebSocket dropped by a failed
-        // write during the flush leaves its rooms) go out next turn, which is now.
-        if !self.ready.is_empty() || !self.flush_again.is_empty() || !self.chat_outputs.is_empty() {
+        // Chat actions left after the turn's dispatch (a WebSocket dropped by a failed
+        // write during the flush leaves its rooms) go out next turn, which is now; so
+        // does storage work submitted since the flush.
+        if !self.ready.is_empty()
+            || !self.flush_again.is_empty()
+            || self.app.outbox.has_actions()
+            || self.app.store.has_submitted()
+        {
             return Some(Duration::ZERO);
         }
         // Round up so a deadline is never checked a hair too early and spun on.
@@ -385,6 +409,9 @@ impl Server {
         if self.chat_outputs.is_empty() {
             self.chat_outputs = Vec::new();
         }
+        if self.http_waiting.is_empty() {
+            self.http_waiting = std::collections::HashMap::new();
+        }
         release_free_memory();
         log::debug!(
             "housekeeping: {open} connections (peak {}), memory released",
@@ -438,9 +465,10 @@ impl Server {
             };
             match conn.phase {
                 Phase::WebSocket => self.close_ws(conn_ref, Close::GoingAway, now),
-                // A request already arriving may finish (its response will close the
-                // connection); idle connections and handshakes in progress close now.
-                Phase::Http if conn.inbuf.is_empty() => {
+                // A request already arriving or waiting for storage may finish (its
+                // response will close the connection); idle connections and handshakes
+                // in progress close now.
+                Phase::Http if conn.inbuf.is_empty() && !conn.http.is_parked() => {
                     conn.close_when_flushed = true;
                     self.queue_flush(conn_ref);
                 }
@@ -759,21 +787,26 @@ mod tests {
             public_dir: dir.to_path_buf(),
             ..Default::default()
         };
-        let store = crate::store::Store::open_in_memory().unwrap();
-        let app = App::new(config, store, &[7; 32]).unwrap();
+        let store = crate::store::SqliteStore::open_in_memory().unwrap();
+        let app = App::new(config, Box::new(store), Vec::new(), &[7; 32]).unwrap();
         Server::bind(app, tls_config).unwrap()
     }
 
     #[test]
-    fn pending_chat_outputs_wake_the_loop_at_once() {
+    fn pending_chat_actions_and_storage_work_wake_the_loop_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let mut server = server(dir.path());
         let now = Instant::now();
         assert_eq!(server.poll_timeout(now), None, "nothing to wait for");
-        server.chat_outputs.push(Output::Close {
+        let mut outputs = vec![Output::Close {
             conn: crate::chat::ConnId(1),
             close: Close::GoingAway,
-        });
+        }];
+        server.app.outbox.push(crate::chat::ConnId(1), &mut outputs);
+        assert_eq!(server.poll_timeout(now), Some(Duration::ZERO));
+        server.app.outbox.take_actions();
+        assert_eq!(server.poll_timeout(now), None);
+        server.app.submit(crate::store::Op::UserById(1));
         assert_eq!(server.poll_timeout(now), Some(Duration::ZERO));
     }
 }

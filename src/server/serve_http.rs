@@ -8,11 +8,12 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use super::{ConnRef, Server, conn::Phase};
-use crate::api::{self, Client};
+use super::{ConnRef, ParkedHttp, Server, conn::Phase};
+use crate::api::{self, Client, Step};
 use crate::app::Effect;
 use crate::http::{self, Body};
 use crate::session::{HttpContext, HttpDeadline};
+use crate::store::{Outcome, Ticket};
 use crate::time::Now;
 use crate::ws::Close;
 
@@ -20,11 +21,8 @@ impl Server {
     /// Parses and answers every complete request in the connection's input, in order.
     /// Returns true if the connection became a WebSocket.
     pub(super) fn process_http(&mut self, conn_ref: ConnRef, now: Now) -> bool {
-        let limits = http::RequestLimits {
-            max_header_bytes: self.app.config.max_header_bytes,
-            max_body_bytes: self.app.config.max_body_bytes,
-        };
         let shutting_down = self.shutting_down;
+        let context = self.http_context();
         let access_log = self.app.config.access_log;
         let Server {
             conns, app, date, ..
@@ -43,11 +41,12 @@ impl Server {
             return false;
         }
         let ip = conn.peer.ip();
+        let mut asked = None;
         let turn = conn.http.on_input(
             &conn.inbuf,
             conn.out.len(),
             HttpContext {
-                limits,
+                limits: context,
                 date: &date.1,
                 shutting_down,
             },
@@ -60,28 +59,117 @@ impl Server {
                     now,
                     shutting_down,
                 };
-                let handled = api::handle(app, request, client);
-                if let Some(started) = started {
-                    let response = &handled.response;
-                    let body = if response.sends_body() {
-                        response.body.len()
-                    } else {
-                        0
-                    };
-                    access_line(
-                        ip,
-                        request.method,
-                        request.path,
-                        response.status,
-                        body,
-                        started.elapsed(),
-                    );
+                let step = api::handle(app, request, client);
+                asked = Some((request.method.to_string(), request.path.to_string()));
+                if let (Some(started), Step::Done(handled)) = (started, &step) {
+                    log_answer(ip, request.method, request.path, handled, started.elapsed());
                 }
-                handled
+                step
             },
         );
-        let answered = !turn.answers.is_empty();
-        for answer in turn.answers {
+        if turn.consumed > 0 {
+            conn.inbuf.drain(..turn.consumed);
+        }
+        if let Some((ticket, waiting)) = turn.parked {
+            let (method, path) = asked.unwrap_or_default();
+            self.http_waiting.insert(
+                ticket,
+                ParkedHttp {
+                    conn: conn_ref,
+                    waiting,
+                    method,
+                    path,
+                    started: now.instant,
+                },
+            );
+        }
+        self.after_http_turn(conn_ref, turn.answers, turn.close, turn.upgrade, now)
+    }
+
+    /// Storage answered a parked request: go on with it, and once it is answered, with
+    /// the requests behind it.
+    pub(super) fn resume_http(&mut self, ticket: Ticket, outcome: Outcome, now: Now) {
+        let Some(parked) = self.http_waiting.remove(&ticket) else {
+            return;
+        };
+        let conn_ref = parked.conn;
+        let ip = match self.get(conn_ref) {
+            Some(conn) => conn.peer.ip(),
+            // The client left; what the request changed is stored and its effects (a
+            // password change closing sessions) still apply.
+            None => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        };
+        let client = Client {
+            ip,
+            now,
+            shutting_down: self.shutting_down,
+        };
+        let step = api::resume(&mut self.app, parked.waiting, outcome, client);
+        let limits = self.http_context();
+        let shutting_down = self.shutting_down;
+        let Server { conns, date, .. } = self;
+        let Some(conn) = conns
+            .get_mut(conn_ref.key)
+            .filter(|c| c.generation == conn_ref.generation)
+        else {
+            self.apply_effects();
+            return;
+        };
+        if let (true, Step::Done(handled)) = (self.app.config.access_log, &step) {
+            let took = now.instant.saturating_duration_since(parked.started);
+            log_answer(ip, &parked.method, &parked.path, handled, took);
+        }
+        let turn = conn.http.on_answer(
+            step,
+            HttpContext {
+                limits,
+                date: &date.1,
+                shutting_down,
+            },
+            now.instant,
+        );
+        if let Some((ticket, waiting)) = turn.parked {
+            self.http_waiting
+                .insert(ticket, ParkedHttp { waiting, ..parked });
+            return;
+        }
+        let upgraded = self.after_http_turn(conn_ref, turn.answers, turn.close, turn.upgrade, now);
+        if upgraded {
+            // Frames that came with the upgrade request, or after it.
+            self.process_ws(conn_ref, now);
+        }
+        // The input behind the parked request, and what the socket holds unread.
+        self.ready.push(conn_ref);
+    }
+
+    fn http_context(&self) -> http::RequestLimits {
+        http::RequestLimits {
+            max_header_bytes: self.app.config.max_header_bytes,
+            max_body_bytes: self.app.config.max_body_bytes,
+        }
+    }
+
+    /// Queues the answers of a turn, counts them, and starts the WebSocket side after an
+    /// accepted upgrade. Returns true if the connection became a WebSocket.
+    fn after_http_turn(
+        &mut self,
+        conn_ref: ConnRef,
+        answers: Vec<crate::session::http::Answer>,
+        close: bool,
+        upgrade: Option<api::WsSession>,
+        now: Now,
+    ) -> bool {
+        let access_log = self.app.config.access_log;
+        let Server { conns, app, .. } = self;
+        let Some(conn) = conns
+            .get_mut(conn_ref.key)
+            .filter(|c| c.generation == conn_ref.generation)
+        else {
+            return false;
+        };
+        let ip = conn.peer.ip();
+        let answered = !answers.is_empty();
+        for answer in answers {
             let body_bytes = answer.body.len();
             conn.out.push_owned(answer.head);
             match answer.body {
@@ -98,13 +186,10 @@ impl Server {
                 access_line(ip, "-", "-", answer.status, body_bytes, Duration::ZERO);
             }
         }
-        if turn.consumed > 0 {
-            conn.inbuf.drain(..turn.consumed);
-        }
-        if turn.close {
+        if close {
             conn.close_when_flushed = true;
             conn.inbuf = Vec::new();
-        } else if turn.upgrade.is_none() && !conn.http.is_paused() && conn.inbuf.is_empty() {
+        } else if upgrade.is_none() && !conn.http.is_paused() && conn.inbuf.is_empty() {
             conn.release_idle_input();
         }
         if answered {
@@ -112,12 +197,15 @@ impl Server {
             self.queue_flush(conn_ref);
         }
         self.apply_effects();
-        match turn.upgrade {
+        match upgrade {
             Some(session) => {
                 self.start_ws(conn_ref, session, now);
                 true
             }
-            None => false,
+            None => {
+                self.arm(conn_ref);
+                false
+            }
         }
     }
 
@@ -166,15 +254,29 @@ impl Server {
         for effect in std::mem::take(&mut self.app.effects) {
             match effect {
                 Effect::CredentialsChanged(user) => {
-                    self.app.chat.disconnect_user(
-                        user,
-                        Close::CredentialsChanged,
-                        &mut self.chat_outputs,
-                    );
+                    for conn in self.app.chat.connections_of(user).to_vec() {
+                        self.app.chat.disconnect(conn, &mut self.chat_outputs);
+                        self.chat_outputs.push(crate::chat::Output::Close {
+                            conn,
+                            close: Close::CredentialsChanged,
+                        });
+                        self.app.outbox.push(conn, &mut self.chat_outputs);
+                    }
                 }
             }
         }
     }
+}
+
+/// The access log line of a handled request.
+fn log_answer(ip: IpAddr, method: &str, path: &str, handled: &api::Handled, took: Duration) {
+    let response = &handled.response;
+    let body = if response.sends_body() {
+        response.body.len()
+    } else {
+        0
+    };
+    access_line(ip, method, path, response.status, body, took);
 }
 
 /// One line of the access log.

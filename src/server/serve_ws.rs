@@ -2,8 +2,9 @@
 //!
 //! The session ([`crate::session::WsSession`]) decodes frames, applies the request rate
 //! and the flood count, and decides pings and closes; its requests go to the chat core,
-//! whose outputs wait in `chat_outputs` until the turn's writes are committed, then
-//! each shared frame is queued on its recipients' output queues. A recipient whose
+//! whose outputs go to the outbox (in order per connection, behind any storage answer
+//! they wait for); what the outbox releases is carried out at the end of the turn, each
+//! shared frame queued on its recipients' output queues. A recipient whose
 //! queue would pass `max_outbound_bytes` is closed with 1013 instead of growing; pongs
 //! count against the same cap, so a client that pings without reading is cut off too.
 
@@ -13,7 +14,7 @@ use super::conn::Phase;
 use super::{ConnRef, Server};
 use crate::api::WsSession;
 use crate::chat::protocol::Frame;
-use crate::chat::{Action, ConnId, Output};
+use crate::chat::{Action, ConnId};
 use crate::config::DuplicateSessions;
 use crate::session::WsDeadline;
 use crate::time::Now;
@@ -66,6 +67,7 @@ impl Server {
         self.app
             .chat
             .connect(id, &session.user, replace, &mut self.chat_outputs);
+        self.app.outbox.push(id, &mut self.chat_outputs);
         self.arm(conn_ref);
     }
 
@@ -93,10 +95,12 @@ impl Server {
         for text in &decoded.requests {
             let (chat, mut backend) = app.backend();
             chat.handle(id, text, &mut backend, now.unix_ms, chat_outputs);
+            app.outbox.push(id, chat_outputs);
         }
         app.metrics.ws_rate_limited += decoded.refused.len() as u64;
         for text in &decoded.refused {
             app.chat.reject_rate_limited(id, text, chat_outputs);
+            app.outbox.push(id, chat_outputs);
         }
         if let Some(close) = decoded.close {
             match close {
@@ -108,10 +112,11 @@ impl Server {
                 Close::Echo(_) => {}
                 _ => log::debug!("{}: closing WebSocket: {}", conn.peer, close.reason()),
             }
-            // Leave the chat now; the close frame goes out after the replies already
-            // produced for this connection (see commit_and_dispatch).
+            // Leave the chat now; the close frame goes out after the replies owed to
+            // this connection (the outbox keeps them in order).
             app.chat.disconnect(id, chat_outputs);
-            chat_outputs.push(Output::Close { conn: id, close });
+            chat_outputs.push(crate::chat::Output::Close { conn: id, close });
+            app.outbox.push(id, chat_outputs);
             conn.inbuf = Vec::new();
         } else if decoded.consumed > 0 {
             conn.inbuf.drain(..decoded.consumed);
@@ -147,6 +152,7 @@ impl Server {
         conn.close_when_flushed = true;
         conn.inbuf = Vec::new();
         self.app.chat.disconnect(id, &mut self.chat_outputs);
+        self.app.outbox.push(id, &mut self.chat_outputs);
         self.queue_flush(conn_ref);
         self.arm(conn_ref);
     }
@@ -156,6 +162,7 @@ impl Server {
         if let Some(ws) = self.get(conn_ref).and_then(|c| c.ws.as_ref()) {
             let id = ws.id;
             self.app.chat.disconnect(id, &mut self.chat_outputs);
+            self.app.outbox.push(id, &mut self.chat_outputs);
         }
         self.remove(conn_ref.key);
     }
@@ -187,45 +194,48 @@ impl Server {
         }
     }
 
-    /// Commits the turn's writes (once: one transaction per turn), then releases the
-    /// chat outputs in order: durable frames only if the commit succeeded (their
-    /// fallback, the sender's error reply, otherwise), reads against what is now
-    /// committed.
-    pub(super) fn commit_and_dispatch(&mut self, now: Now) {
-        if self.chat_outputs.is_empty() && !self.app.store.has_pending() {
-            return;
+    /// The end of the turn's work: storage flushes what was submitted (the writes in
+    /// one transaction), its answers resume parked HTTP requests and release the chat
+    /// outputs that waited for them, in order; then the released chat actions are
+    /// carried out. Repeats while that submits more (a request's next step), which with
+    /// SQLite is answered in the same turn.
+    pub(super) fn settle_storage(&mut self, now: Now) {
+        let mut answers = Vec::new();
+        loop {
+            if self.app.store.has_submitted() {
+                self.app.store.flush(now.instant);
+            }
+            self.app.store.take_answers(&mut answers);
+            for (ticket, outcome) in answers.drain(..) {
+                if self.http_waiting.contains_key(&ticket) {
+                    self.resume_http(ticket, outcome, now);
+                } else {
+                    self.app.outbox.answer(ticket, outcome);
+                }
+            }
+            self.app.outbox.settle(&mut self.app.chat);
+            self.carry_out_chat_actions(now);
+            if !self.app.store.has_submitted() {
+                break;
+            }
         }
-        let committed = match self.app.store.commit_pending() {
-            Ok(0) => true,
-            Ok(_) => {
-                self.app.metrics.db_commits += 1;
-                true
-            }
-            Err(e) => {
-                log::error!("storing chat messages failed: {e}");
-                self.app.metrics.db_commit_failures += 1;
-                false
-            }
-        };
-        // Closing a connection below makes it leave the chat, which adds presence
-        // outputs (never durable ones): go on until none are left.
-        while !self.chat_outputs.is_empty() {
-            for output in std::mem::take(&mut self.chat_outputs) {
-                let action = {
-                    let (chat, mut backend) = self.app.backend();
-                    chat.settle(output, committed, &mut backend)
-                };
+    }
+
+    /// Carries out what the outbox released; closing a connection makes it leave the
+    /// chat, which may release more (presence): go on until nothing is left.
+    fn carry_out_chat_actions(&mut self, now: Now) {
+        while self.app.outbox.has_actions() {
+            for action in self.app.outbox.take_actions() {
                 match action {
-                    None => {}
-                    Some(Action::Send { to, frame }) => {
+                    Action::Send { to, frame } => {
                         for &id in to.as_slice() {
                             self.queue_frame(id, &frame, now);
                         }
                     }
-                    Some(Action::Close { conn, close }) => {
+                    Action::Close { conn, close } => {
                         self.close_ws(conn_ref(conn), close, now);
                     }
-                    Some(Action::TokenRenewed { conn, expires_at }) => {
+                    Action::TokenRenewed { conn, expires_at } => {
                         let conn_ref = conn_ref(conn);
                         if let Some(ws) = self.get(conn_ref).and_then(|c| c.ws.as_mut()) {
                             ws.renew_token(instant_at(expires_at, now));

@@ -11,8 +11,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::api::{Handled, WsSession as Upgraded};
+use crate::api::{Handled, Step, Waiting, WsSession as Upgraded};
 use crate::http::{self, Body, Response};
+use crate::store::Ticket;
 
 /// Queued output above which a connection's further requests wait unread.
 pub const OUTPUT_HIGH_WATER: usize = 256 * 1024;
@@ -21,6 +22,10 @@ pub const OUTPUT_HIGH_WATER: usize = 256 * 1024;
 /// still be reading towards it, the rest of a large answer) before the connection is
 /// dropped.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a request may wait for storage at most, whatever the timeouts: storage
+/// answers every request within the database timeout, so this only bounds a bug.
+pub const PARKED_BACKSTOP: Duration = Duration::from_secs(60);
 
 /// The configured durations of an HTTP connection's deadlines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +70,9 @@ pub struct HttpTurn {
     pub close: bool,
     /// The last answer accepted a WebSocket upgrade.
     pub upgrade: Option<Upgraded>,
+    /// The last request waits for storage: the requests after it wait unread until
+    /// [`HttpSession::on_answer`].
+    pub parked: Option<(Ticket, Waiting)>,
 }
 
 /// What an HTTP deadline that passed calls for.
@@ -98,7 +106,17 @@ pub struct HttpSession {
     paused: bool,
     /// `100 Continue` was sent for the request now arriving.
     continue_sent: bool,
+    /// A request waits for storage: whether its connection stays open after the answer,
+    /// and since when it waits.
+    parked: Option<Parked>,
     pub requests_served: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Parked {
+    keep_alive: bool,
+    head: bool,
+    since: Instant,
 }
 
 impl HttpSession {
@@ -110,12 +128,18 @@ impl HttpSession {
             close_deadline: None,
             paused: false,
             continue_sent: false,
+            parked: None,
             requests_served: 0,
         }
     }
 
+    /// Input waits: too much output queued, or a request waiting for storage.
     pub fn is_paused(&self) -> bool {
-        self.paused
+        self.paused || self.parked.is_some()
+    }
+
+    pub fn is_parked(&self) -> bool {
+        self.parked.is_some()
     }
 
     /// Whether input may resume with `queued` bytes still to send.
@@ -123,7 +147,7 @@ impl HttpSession {
         if self.paused && queued <= OUTPUT_HIGH_WATER / 2 {
             self.paused = false;
         }
-        !self.paused
+        !self.paused && self.parked.is_none()
     }
 
     /// The connection stops being HTTP (upgraded, or closing): no request timer.
@@ -132,17 +156,18 @@ impl HttpSession {
     }
 
     /// Answers every complete request at the front of `input`, in order, with
-    /// `handle`. `queued` is the output already waiting to be sent.
+    /// `handle`. `queued` is the output already waiting to be sent. A request that
+    /// waits for storage ends the turn ([`HttpTurn::parked`]).
     pub fn on_input(
         &mut self,
         input: &[u8],
         mut queued: usize,
         context: HttpContext<'_>,
         now: Instant,
-        mut handle: impl FnMut(&http::Request<'_, '_>) -> Handled,
+        mut handle: impl FnMut(&http::Request<'_, '_>) -> Step,
     ) -> HttpTurn {
         let mut turn = HttpTurn::default();
-        while !turn.close && turn.upgrade.is_none() {
+        while !turn.close && turn.upgrade.is_none() && self.parked.is_none() {
             if queued > OUTPUT_HIGH_WATER {
                 self.paused = true;
                 break;
@@ -152,78 +177,133 @@ impl HttpSession {
                 break;
             }
             let mut headers = [httparse::EMPTY_HEADER; http::MAX_HEADERS];
-            let (response, handled, len) =
-                match http::parse_request(rest, &mut headers, context.limits) {
-                    Ok(http::ParseStatus::Partial { expects_continue }) => {
-                        if expects_continue && !self.continue_sent {
-                            self.continue_sent = true;
-                            turn.answers.push(Answer {
-                                head: b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(),
-                                body: Body::Empty,
-                                status: 100,
-                                handled: false,
+            match http::parse_request(rest, &mut headers, context.limits) {
+                Ok(http::ParseStatus::Partial { expects_continue }) => {
+                    if expects_continue && !self.continue_sent {
+                        self.continue_sent = true;
+                        turn.answers.push(Answer {
+                            head: b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(),
+                            body: Body::Empty,
+                            status: 100,
+                            handled: false,
+                        });
+                    }
+                    break;
+                }
+                Ok(http::ParseStatus::Complete(parsed)) => {
+                    let request = &parsed.request;
+                    let keep_alive = request.keep_alive();
+                    let head = request.method == "HEAD";
+                    let step = handle(request);
+                    turn.consumed += parsed.len;
+                    self.continue_sent = false;
+                    self.request_started = None;
+                    match step {
+                        Step::Done(handled) => {
+                            queued += self.answer(&mut turn, handled, keep_alive, true, context);
+                        }
+                        Step::Wait(ticket, waiting) => {
+                            self.parked = Some(Parked {
+                                keep_alive,
+                                head,
+                                since: now,
                             });
+                            turn.parked = Some((ticket, waiting));
                         }
-                        break;
                     }
-                    Ok(http::ParseStatus::Complete(parsed)) => {
-                        let handled = handle(&parsed.request);
-                        let mut response = handled.response;
-                        turn.upgrade = handled.upgrade;
-                        if turn.upgrade.is_none()
-                            && (!parsed.request.keep_alive() || context.shutting_down)
-                        {
-                            response.close = true;
-                        }
-                        (response, true, parsed.len)
-                    }
-                    Err(e) => {
-                        let mut response = Response::error(&e);
-                        response.close = true;
-                        (response, false, 0)
-                    }
-                };
-            let mut head = Vec::with_capacity(512);
-            response.write_head(context.date, &mut head);
-            let body = if response.sends_body() {
-                response.body
-            } else {
-                Body::Empty
-            };
-            queued += head.len() + body.len();
-            turn.answers.push(Answer {
-                head,
-                body,
-                status: response.status,
-                handled,
-            });
-            turn.consumed += len;
-            self.requests_served += 1;
-            self.continue_sent = false;
-            self.request_started = None;
-            turn.close = response.close;
+                }
+                Err(e) => {
+                    let handled = Handled {
+                        response: Response::error(&e),
+                        upgrade: None,
+                    };
+                    self.answer(&mut turn, handled, false, false, context);
+                }
+            }
         }
+        self.after_turn(&turn, input.len(), now);
+        turn
+    }
+
+    /// The parked request's answer came (or the next thing it waits for): queue it;
+    /// the caller then goes on with the input behind it.
+    pub fn on_answer(&mut self, step: Step, context: HttpContext<'_>, now: Instant) -> HttpTurn {
+        let mut turn = HttpTurn::default();
+        let Some(parked) = self.parked else {
+            return turn;
+        };
+        match step {
+            Step::Wait(ticket, waiting) => turn.parked = Some((ticket, waiting)),
+            Step::Done(mut handled) => {
+                self.parked = None;
+                if parked.head {
+                    handled.response.omit_body = true;
+                }
+                self.answer(&mut turn, handled, parked.keep_alive, true, context);
+                // Input after the parked request is handled by the next `on_input`.
+                self.after_turn(&turn, 0, now);
+            }
+        }
+        turn
+    }
+
+    /// Queues one answer in `turn`; its size in bytes.
+    fn answer(
+        &mut self,
+        turn: &mut HttpTurn,
+        handled: Handled,
+        keep_alive: bool,
+        from_handler: bool,
+        context: HttpContext<'_>,
+    ) -> usize {
+        let mut response = handled.response;
+        turn.upgrade = handled.upgrade;
+        if turn.upgrade.is_none() && (!keep_alive || context.shutting_down) {
+            response.close = true;
+        }
+        let mut head = Vec::with_capacity(512);
+        response.write_head(context.date, &mut head);
+        let body = if response.sends_body() {
+            response.body
+        } else {
+            Body::Empty
+        };
+        let size = head.len() + body.len();
+        turn.answers.push(Answer {
+            head,
+            body,
+            status: response.status,
+            handled: from_handler,
+        });
+        self.requests_served += 1;
+        turn.close = response.close;
+        size
+    }
+
+    fn after_turn(&mut self, turn: &HttpTurn, input_len: usize, now: Instant) {
         if turn.close || turn.upgrade.is_some() {
             self.request_started = None;
-        } else if self.paused {
+        } else if self.paused || self.parked.is_some() {
             // The requests behind the queued answers wait unread: a client taking those
             // answers slowly is not slow to send, and the idle timeout cuts one that
             // stops taking them. The request timer starts again when input resumes.
             self.request_started = None;
-        } else if turn.consumed < input.len() && self.request_started.is_none() {
+        } else if turn.consumed < input_len && self.request_started.is_none() {
             // Part of a request is here: it must be complete within the header timeout.
             self.request_started = Some(now);
         }
-        turn
     }
 
     /// The earliest moment something must happen to this connection. `last_active` is
     /// when plaintext last arrived or bytes were last sent.
     pub fn deadline(&self, last_active: Instant, timeouts: &HttpTimeouts) -> Instant {
-        match (self.close_deadline, self.request_started) {
-            (Some(deadline), _) => deadline,
-            (None, Some(started)) => started + timeouts.header,
-            (None, None) => last_active + timeouts.idle,
+        match (self.close_deadline, self.request_started, self.parked) {
+            (Some(deadline), _, _) => deadline,
+            (None, Some(started), _) => started + timeouts.header,
+            // Storage answers within the database timeout (an error at worst); the idle
+            // timeout does not run meanwhile, only this backstop.
+            (None, None, Some(parked)) => parked.since + timeouts.idle.max(PARKED_BACKSTOP),
+            (None, None, None) => last_active + timeouts.idle,
         }
     }
 
@@ -241,6 +321,8 @@ impl HttpSession {
         }
         if self.close_deadline.is_some() {
             HttpDeadline::CloseNotDelivered
+        } else if self.parked.is_some() {
+            HttpDeadline::AnswerNotTaken
         } else if self.request_started.is_some() {
             HttpDeadline::HeaderTimeout
         } else if closing {
@@ -267,13 +349,15 @@ mod tests {
     };
 
     /// Answers every request with a body of `size` bytes.
-    fn answer(size: usize) -> impl FnMut(&http::Request<'_, '_>) -> Handled {
-        move |_| Handled {
-            response: Response {
-                body: Body::Owned(vec![b'x'; size]),
-                ..Response::new(200)
-            },
-            upgrade: None,
+    fn answer(size: usize) -> impl FnMut(&http::Request<'_, '_>) -> Step {
+        move |_| {
+            Step::Done(Handled {
+                response: Response {
+                    body: Body::Owned(vec![b'x'; size]),
+                    ..Response::new(200)
+                },
+                upgrade: None,
+            })
         }
     }
 
@@ -450,19 +534,82 @@ mod tests {
         let mut input = b"GET /ws HTTP/1.1\r\nHost: h\r\n\r\n".to_vec();
         let upgrade_len = input.len();
         input.extend_from_slice(b"\x81\x80frames");
-        let turn = s.on_input(&input, 0, context(false), t0, |_| Handled {
-            response: Response::new(101),
-            upgrade: Some(Upgraded {
-                user: crate::chat::SessionUser {
-                    id: 1,
-                    username: "alice".into(),
-                    display_name: "Alice".into(),
-                },
-                token_expires_at: 0,
-            }),
+        let turn = s.on_input(&input, 0, context(false), t0, |_| {
+            Step::Done(Handled {
+                response: Response::new(101),
+                upgrade: Some(Upgraded {
+                    user: crate::chat::SessionUser {
+                        id: 1,
+                        username: "alice".into(),
+                        display_name: "Alice".into(),
+                    },
+                    token_expires_at: 0,
+                }),
+            })
         });
         assert!(turn.upgrade.is_some() && !turn.close);
         assert_eq!(turn.consumed, upgrade_len);
         assert_eq!(s.deadline(t0, &TIMEOUTS), t0 + 60 * SEC, "no request timer");
+    }
+
+    #[test]
+    fn a_request_waiting_for_storage_holds_the_ones_behind_it_until_answered() {
+        let t0 = Instant::now();
+        let mut s = HttpSession::new(t0);
+        let mut input = GET.to_vec();
+        input.extend_from_slice(b"GET /b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+        let mut first = true;
+        let turn = s.on_input(&input, 0, context(false), t0, |_| {
+            assert!(first, "nothing behind the parked request is handled");
+            first = false;
+            Step::Wait(Ticket(7), Waiting::RegisterCreate)
+        });
+        assert_eq!(turn.consumed, GET.len(), "the second request waits unread");
+        assert!(turn.answers.is_empty());
+        assert!(matches!(turn.parked, Some((Ticket(7), _))));
+        assert!(s.is_parked() && s.is_paused());
+        // Input arriving meanwhile is not handled either.
+        let turn = feed(&mut s, &input[GET.len()..], 0, t0 + SEC);
+        assert_eq!((turn.consumed, turn.answers.len()), (0, 0));
+        // The idle timeout does not run while the request waits.
+        assert!(s.deadline(t0, &TIMEOUTS) >= t0 + TIMEOUTS.idle);
+        assert_eq!(
+            s.on_deadline(t0 + TIMEOUTS.idle - SEC, t0, false, &TIMEOUTS),
+            HttpDeadline::NotYet
+        );
+        // A second wait (the next step of the same request) keeps it parked.
+        let turn = s.on_answer(
+            Step::Wait(Ticket(8), Waiting::RegisterCreate),
+            context(false),
+            t0,
+        );
+        assert!(turn.answers.is_empty() && s.is_parked());
+        let done = Step::Done(Handled {
+            response: Response::new(200),
+            upgrade: None,
+        });
+        let turn = s.on_answer(done, context(false), t0 + 2 * SEC);
+        assert_eq!(turn.answers.len(), 1);
+        assert!(!turn.close, "keep-alive as the request asked");
+        assert!(!s.is_parked() && !s.is_paused());
+        let turn = feed(&mut s, &input[GET.len()..], 0, t0 + 2 * SEC);
+        assert_eq!(turn.answers.len(), 1);
+        assert!(turn.close);
+    }
+
+    #[test]
+    fn a_request_that_storage_never_answers_is_dropped_at_the_backstop() {
+        let t0 = Instant::now();
+        let mut s = HttpSession::new(t0);
+        let turn = s.on_input(GET, 0, context(false), t0, |_| {
+            Step::Wait(Ticket(1), Waiting::RegisterCreate)
+        });
+        assert!(turn.parked.is_some());
+        let at = s.deadline(t0, &TIMEOUTS);
+        assert_eq!(at, t0 + TIMEOUTS.idle.max(PARKED_BACKSTOP));
+        assert_eq!(
+            s.on_deadline(at, t0, false, &TIMEOUTS),
+            HttpDeadline::AnswerNotTaken
+        );
     }
 }

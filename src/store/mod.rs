@@ -1,212 +1,125 @@
-//! Durable state in SQLite: accounts now, messages and subscriptions later.
+//! Durable state behind one seam: accounts, messages, direct conversations and
+//! subscriptions, in SQLite (the embedded default), PostgreSQL (shared by several
+//! chatd processes) or memory (the chat core's tests).
 //!
-//! The database runs in WAL mode; migrations are applied in order at open and recorded
-//! in `schema_version`, so an old database is upgraded in place and a newer one refused.
-//! Every statement is parameterised and prepared once (statement cache).
+//! The event loop never waits for storage. A handler that needs it submits an [`Op`]
+//! under a [`Ticket`] and parks; at the end of the turn the loop calls
+//! [`Storage::flush`], and the [`Outcome`] comes back from [`Storage::take_answers`]
+//! with the same ticket, in this turn (SQLite, memory) or a later one (PostgreSQL). The
+//! implementation owns the group commit: every write submitted before a flush goes into
+//! one transaction, and no write's answer is given before that transaction committed;
+//! reads submitted in the same turn run after it, so they see every write acknowledged
+//! before them.
 
-mod messages;
-mod migrations;
-mod users;
+pub mod memory;
+mod ops;
+pub mod sqlite;
 
-use std::path::Path;
+use std::time::Instant;
 
-use rusqlite::Connection;
+pub use ops::{Answer, Failure, HistoryScope, NewKind, NewMessage, Op, Outcome, Ticket, User};
+pub use sqlite::{SqliteStore, StoreError};
 
-use crate::config::DbSynchronous;
-
-pub use users::User;
-
-/// Storage failures, with the one domain conflict callers act on.
-#[derive(Debug)]
-pub enum StoreError {
-    /// The username (ignoring case) belongs to another account.
-    UsernameTaken,
-    /// The database was written by a newer chatd.
-    SchemaTooNew {
-        found: i64,
-        known: i64,
-    },
-    /// Another process (another chatd, most likely) holds the database: chatd keeps it
-    /// locked while it runs.
-    InUse,
-    Io(std::io::Error),
-    Sqlite(rusqlite::Error),
+/// Why the database cannot take requests now (`/readyz`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotReady {
+    /// No connection to the database could be made (or kept).
+    Unreachable(String),
+    /// A request has waited longer than the database timeout: the database is frozen
+    /// or overloaded.
+    Stalled { waiting_ms: u64 },
 }
 
-impl std::fmt::Display for StoreError {
+impl NotReady {
+    /// The stable code given in `/readyz`'s JSON.
+    pub fn code(&self) -> &'static str {
+        match self {
+            NotReady::Unreachable(_) => "database_unreachable",
+            NotReady::Stalled { .. } => "database_stalled",
+        }
+    }
+}
+
+impl std::fmt::Display for NotReady {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StoreError::UsernameTaken => f.write_str("username taken"),
-            StoreError::SchemaTooNew { found, known } => write!(
+            NotReady::Unreachable(why) => write!(f, "the database is unreachable: {why}"),
+            NotReady::Stalled { waiting_ms } => write!(
                 f,
-                "database schema version {found} is newer than this chatd knows ({known})"
+                "the database has not answered a request for {waiting_ms} ms"
             ),
-            StoreError::InUse => f.write_str(
-                "the database is in use by another process (another chatd?); \
-                 chatd holds it exclusively while it runs",
-            ),
-            StoreError::Io(e) => write!(f, "database directory: {e}"),
-            StoreError::Sqlite(e) => write!(f, "sqlite: {e}"),
         }
     }
 }
 
-impl std::error::Error for StoreError {}
+/// Counters a backend keeps for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoreStats {
+    /// Transactions of writes committed.
+    pub commits: u64,
+    /// Transactions that failed (their requests were answered with an error).
+    pub commit_failures: u64,
+    /// Writes per committed transaction: sum and count give the mean batch size.
+    pub batched_writes: u64,
+    /// Connections (re)established after the first (networked backends).
+    pub reconnects: u64,
+    /// Requests answered with an error: storage failures and timeouts.
+    pub errors: u64,
+    /// Round-trip times of database requests, in seconds, bucketed as
+    /// [`ROUND_TRIP_BUCKETS`] (cumulative counts are made when rendering).
+    pub round_trips: [u64; ROUND_TRIP_BUCKETS.len() + 1],
+    pub round_trip_sum_secs: f64,
+}
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Sqlite(e)
+/// Upper bounds (seconds) of the round-trip histogram's buckets; one more for +Inf.
+pub const ROUND_TRIP_BUCKETS: [f64; 10] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
+];
+
+impl StoreStats {
+    pub fn observe_round_trip(&mut self, secs: f64) {
+        let bucket = ROUND_TRIP_BUCKETS
+            .iter()
+            .position(|&bound| secs <= bound)
+            .unwrap_or(ROUND_TRIP_BUCKETS.len());
+        self.round_trips[bucket] += 1;
+        self.round_trip_sum_secs += secs;
     }
 }
 
-pub type Result<T> = std::result::Result<T, StoreError>;
+/// A storage backend driven by the event loop.
+pub trait Storage: std::fmt::Debug {
+    /// Queues an operation; its outcome comes back from [`Storage::take_answers`] under
+    /// `ticket`, never before the next [`Storage::flush`].
+    fn submit(&mut self, ticket: Ticket, op: Op);
 
-/// The open database.
-pub struct Store {
-    conn: Connection,
-    /// The id the next message gets: one sequence for every kind of message.
-    next_message_id: i64,
-    /// Writes of the current turn, committed together.
-    pending: Vec<messages::PendingWrite>,
-}
+    /// Whether operations were submitted since the last flush.
+    fn has_submitted(&self) -> bool;
 
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").finish_non_exhaustive()
-    }
-}
+    /// Carries out (or sends) everything submitted since the last flush: the writes in
+    /// one transaction, then the reads. Called once at the end of every loop turn.
+    fn flush(&mut self, now: Instant);
 
-/// Creates `path` empty with mode 0600 unless it exists (SQLite takes an empty file as
-/// a new database).
-fn create_private(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        // The mode given at creation passes through the umask; set it exactly.
-        Ok(file) => file.set_permissions(std::fs::Permissions::from_mode(0o600)),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
-    }
-}
+    /// Moves the outcomes that are known into `out`.
+    fn take_answers(&mut self, out: &mut Vec<(Ticket, Outcome)>);
 
-impl Store {
-    /// Opens (creating if needed) the database with `synchronous = FULL` and brings its
-    /// schema up to date.
-    pub fn open(path: &Path) -> Result<Store> {
-        Store::open_with(path, DbSynchronous::Full)
+    /// A readiness event for one of the backend's own sockets.
+    fn on_ready(&mut self, _token: mio::Token, _now: Instant) {}
+
+    /// When [`Storage::on_deadline`] must next be called (timeouts, reconnects).
+    fn next_deadline(&self) -> Option<Instant> {
+        None
     }
 
-    /// Opens with the given durability setting. A new database file is created 0600,
-    /// whatever the umask: it holds password hashes and every direct message. SQLite
-    /// gives the `-wal` and `-shm` files the database file's mode.
-    pub fn open_with(path: &Path, synchronous: DbSynchronous) -> Result<Store> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(StoreError::Io)?;
-        }
-        create_private(path).map_err(StoreError::Io)?;
-        let conn = Connection::open(path)?;
-        Store::init(conn, synchronous)
+    fn on_deadline(&mut self, _now: Instant) {}
+
+    /// Whether the database answers (`/readyz`).
+    fn readiness(&self, _now: Instant) -> Result<(), NotReady> {
+        Ok(())
     }
 
-    /// A private in-memory database, for tests.
-    pub fn open_in_memory() -> Result<Store> {
-        Store::init(Connection::open_in_memory()?, DbSynchronous::Normal)
-    }
+    fn stats(&self) -> StoreStats;
 
-    fn init(conn: Connection, synchronous: DbSynchronous) -> Result<Store> {
-        // chatd is the database's only user: holding the lock for good keeps the WAL
-        // index in private memory, so no file-lock system calls are made around every
-        // statement. (Another process cannot open the database while chatd runs.)
-        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
-        // The first statement that takes the lock: busy means another process has it.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| match e.sqlite_error_code() {
-                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
-                    StoreError::InUse
-                }
-                _ => StoreError::Sqlite(e),
-            })?;
-        // FULL: every commit is fsynced. NORMAL (WAL): a commit survives a crash of
-        // chatd (kill -9); only an OS crash or power cut can lose the last commits.
-        let level = match synchronous {
-            DbSynchronous::Full => "FULL",
-            DbSynchronous::Normal => "NORMAL",
-        };
-        conn.pragma_update(None, "synchronous", level)?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(2))?;
-        conn.set_prepared_statement_cache_capacity(64);
-        migrations::apply(&conn)?;
-        let next_message_id: i64 =
-            conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM messages", [], |r| {
-                r.get(0)
-            })?;
-        Ok(Store {
-            conn,
-            next_message_id,
-            pending: Vec::new(),
-        })
-    }
-
-    /// The `synchronous` level SQLite reports for this connection (`OFF`, `NORMAL`,
-    /// `FULL` or `EXTRA`): what is in effect, not what was asked for.
-    pub fn synchronous(&self) -> Result<&'static str> {
-        let level: i64 = self
-            .conn
-            .query_row("PRAGMA synchronous", [], |r| r.get(0))?;
-        Ok(match level {
-            0 => "OFF",
-            1 => "NORMAL",
-            2 => "FULL",
-            _ => "EXTRA",
-        })
-    }
-
-    /// Commits what is pending, checkpoints the WAL and closes, for a clean shutdown.
-    pub fn close(mut self) -> Result<()> {
-        self.commit_pending()?;
-        self.conn
-            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
-        self.conn.close().map_err(|(_, e)| StoreError::Sqlite(e))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_database_held_by_another_store_is_reported_as_in_use() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("chatd.db");
-        let first = Store::open_with(&path, DbSynchronous::Full).unwrap();
-        let second = Store::open_with(&path, DbSynchronous::Full);
-        assert!(
-            matches!(second, Err(StoreError::InUse)),
-            "{:?}",
-            second.err().map(|e| e.to_string())
-        );
-        first.close().unwrap();
-        Store::open_with(&path, DbSynchronous::Full).expect("free once the first is closed");
-    }
-
-    #[test]
-    fn the_configured_synchronous_level_is_applied() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("chatd.db");
-        let full = Store::open_with(&path, DbSynchronous::Full).unwrap();
-        assert_eq!(full.synchronous().unwrap(), "FULL");
-        full.close().unwrap();
-        let normal = Store::open_with(&path, DbSynchronous::Normal).unwrap();
-        assert_eq!(normal.synchronous().unwrap(), "NORMAL");
-        let level: i64 = normal
-            .conn
-            .query_row("PRAGMA synchronous", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(level, 1, "NORMAL is 1 in SQLite's numbering");
-    }
+    /// Ends work for a shutdown: what is submitted is flushed, then connections close.
+    fn close(&mut self) -> Result<(), String>;
 }

@@ -18,7 +18,7 @@ use chatd::app::App;
 use chatd::auth::Passwords;
 use chatd::config::{Config, Rate};
 use chatd::http::{MAX_HEADERS, ParseStatus, Request, RequestLimits, Response, parse_request};
-use chatd::store::Store;
+use chatd::store::{Op, SqliteStore, Storage, Ticket};
 use chatd::time::Now;
 
 /// The JWT secret of the fixture app (the seeds' tokens are signed with it).
@@ -60,14 +60,21 @@ fn fixture() -> Fixture {
         allowed_origins: vec!["https://chat.example".to_string()],
         ..Config::default()
     };
-    let store = Store::open_in_memory().expect("an in-memory database");
+    let mut store = SqliteStore::open_in_memory().expect("an in-memory database");
     let mut passwords = Passwords::new(8, 1, 1).expect("argon2 parameters");
     let hash = passwords.hash("correct horse").expect("a hash");
     // id 1, password version 0: the account the seeds' tokens name.
-    store
-        .create_user("alice", &hash, 0)
-        .expect("the fixture account");
-    let app = App::new(config, store, SECRET).expect("the fixture app");
+    store.submit(
+        Ticket(0),
+        Op::CreateUser {
+            username: "alice".into(),
+            password_hash: hash,
+            created_at: 0,
+        },
+    );
+    store.flush(std::time::Instant::now());
+    store.take_answers(&mut Vec::new());
+    let app = App::new(config, Box::new(store), Vec::new(), SECRET).expect("the fixture app");
     Fixture {
         app,
         _public: public,
@@ -121,7 +128,8 @@ fn serve(app: &mut App, stream: &[u8], client: Client) {
                     rest.len()
                 );
                 check_round_trip(&parsed.request);
-                let handled = api::handle(app, &parsed.request, client);
+                let step = api::handle(app, &parsed.request, client);
+                let handled = api::complete(app, step, client);
                 check_response(&handled.response, parsed.request.method == "HEAD");
                 if handled.upgrade.is_some() {
                     assert_eq!(handled.response.status, 101, "an upgrade without 101");
@@ -296,7 +304,8 @@ mod tests {
             let got = FIXTURE.with(|cell| {
                 let mut cell = cell.borrow_mut();
                 let fixture = cell.get_or_insert_with(fixture);
-                api::handle(&mut fixture.app, &parsed.request, client)
+                let step = api::handle(&mut fixture.app, &parsed.request, client);
+                api::complete(&mut fixture.app, step, client)
                     .response
                     .status
             });

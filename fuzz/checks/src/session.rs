@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use chatd::api::{Handled, WsSession as Upgraded};
+use chatd::api::{Handled, Step as Handling, WsSession as Upgraded};
 use chatd::chat::{ConnId, SessionUser};
 use chatd::config::Rate;
 use chatd::http::{Body, RequestLimits, Response};
@@ -302,9 +302,9 @@ impl Driver {
 }
 
 /// The handler: `/ws` is an accepted upgrade, anything else a small answer.
-fn answer(request: &chatd::http::Request<'_, '_>) -> Handled {
+fn answer(request: &chatd::http::Request<'_, '_>) -> Handling {
     if request.path == "/ws" {
-        return Handled {
+        return Handling::Done(Handled {
             response: Response::new(101),
             upgrade: Some(Upgraded {
                 user: SessionUser {
@@ -314,13 +314,13 @@ fn answer(request: &chatd::http::Request<'_, '_>) -> Handled {
                 },
                 token_expires_at: 0,
             }),
-        };
+        });
     }
-    Handled {
+    Handling::Done(Handled {
         response: Response {
             body: Body::Owned(vec![b'x'; 64]),
             ..Response::new(200)
         },
         upgrade: None,
-    }
+    })
 }
