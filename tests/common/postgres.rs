@@ -116,6 +116,32 @@ fn as_server_user(program: &Path) -> Command {
     }
 }
 
+/// Whether every directory above `path` lets others through (o+x): the server user
+/// must reach its directory.
+fn traversable_by_others(path: &Path) -> bool {
+    path.ancestors().skip(1).all(|dir| {
+        fs::metadata(dir)
+            .map(|m| m.permissions().mode() & 0o001 != 0)
+            .unwrap_or(false)
+    })
+}
+
+/// Where the server's temporary directory goes: the usual temp dir, or /tmp when
+/// running as root and the server user could not reach the former.
+fn parent_dir() -> PathBuf {
+    let temp = std::env::temp_dir();
+    if !is_root() || traversable_by_others(&temp.join("x")) {
+        return temp;
+    }
+    let fallback = PathBuf::from("/tmp");
+    assert!(
+        traversable_by_others(&fallback.join("x")),
+        "neither {} nor /tmp can be traversed by the PostgreSQL server user",
+        temp.display()
+    );
+    fallback
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -133,7 +159,7 @@ impl PgServer {
         };
         let dir = tempfile::Builder::new()
             .prefix("chatd-pg-")
-            .tempdir()
+            .tempdir_in(parent_dir())
             .expect("temp dir");
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
