@@ -122,6 +122,18 @@ impl Driver {
         }
     }
 
+    /// One turn of the loop: waits up to 100 ms for readiness and handles it.
+    fn turn(&mut self) {
+        let mut events = Events::with_capacity(16);
+        self.poll
+            .poll(&mut events, Some(Duration::from_millis(100)))
+            .expect("poll");
+        if !events.is_empty() {
+            let got = self.conn.on_ready(self.poll.registry());
+            self.seen.extend(got);
+        }
+    }
+
     /// Waits for Ready (Ok) or Closed (its error).
     fn ready(&mut self) -> Result<(), PgError> {
         self.run_until(|seen| {
@@ -550,4 +562,39 @@ fn the_server_going_away_fails_every_unit_in_flight_then_closes() {
     driver.ready().expect("ready after restart");
     let results = driver.run_ok(vec![query(COUNT_USERS, vec![])]);
     assert_eq!(first_i64(&results[0]), 0);
+}
+
+#[test]
+fn plaintext_after_the_tls_answer_is_refused() {
+    // A fake server that answers the SSLRequest with S and, in the same breath, a
+    // plaintext AuthenticationOk: what a man in the middle would inject.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!(
+        "postgres://chatd@127.0.0.1:{}/chat?sslmode=require",
+        listener.local_addr().expect("addr").port()
+    );
+    let mut driver = Driver::connect(&parse_url(&url).expect("url")).expect("connect");
+    let (mut peer, _) = listener.accept().expect("accept");
+    peer.set_nonblocking(true).expect("nonblocking");
+    let mut request = [0u8; 8];
+    let deadline = Instant::now() + DEADLINE;
+    let mut got = 0;
+    while got < request.len() {
+        assert!(Instant::now() < deadline, "no SSLRequest");
+        driver.turn();
+        match std::io::Read::read(&mut peer, &mut request[got..]) {
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    peer.set_nonblocking(false).expect("blocking");
+    assert_eq!(request, [0, 0, 0, 8, 4, 210, 22, 47], "an SSLRequest");
+    std::io::Write::write_all(&mut peer, b"SR\0\0\0\x08\0\0\0\0").expect("write");
+    let e = driver.ready().expect_err("refused");
+    assert_eq!(e.code(), "protocol");
+    assert!(
+        e.to_string().contains("plaintext after accepting TLS"),
+        "{e}"
+    );
 }
