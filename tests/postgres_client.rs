@@ -384,6 +384,15 @@ fn tls_verify_full_require_and_their_failures() {
             Ok(true),
             "{mode:?} encrypted"
         );
+        // More pipelined than rustls buffers at once (64 KiB of plaintext): the rest
+        // goes out as the socket drains.
+        let units = (0..3000i64)
+            .map(|i| unit(vec![query(ECHO, vec![Box::new(i)])]))
+            .collect();
+        for (i, (_, outcome)) in driver.run(units).into_iter().enumerate() {
+            let results = outcome.expect("echo");
+            assert_eq!(first_i64(&results[0]), i as i64 + 1);
+        }
     }
 
     let (other_ca, _, _) = make_certificates("another CA");

@@ -403,16 +403,19 @@ impl PgConn {
         if let Some(tls) = &mut self.tls {
             loop {
                 let output = self.protocol.output();
+                let mut taken = 0;
                 if !output.is_empty() {
                     // rustls takes plaintext up to its buffer limit; the rest waits.
-                    let n = tls
+                    taken = tls
                         .writer()
                         .write(output)
                         .map_err(|e| PgError::Tls(e.to_string()))?;
-                    self.protocol.consume_output(n);
+                    self.protocol.consume_output(taken);
                 }
                 if !tls.wants_write() {
-                    if self.protocol.output().is_empty() {
+                    // Nothing to put on the wire: all taken, or rustls is full until the
+                    // handshake moves on.
+                    if self.protocol.output().is_empty() || taken == 0 {
                         return Ok(());
                     }
                     continue;
