@@ -16,6 +16,7 @@
 //! - [`chat`]: rooms, presence, messages, subscriptions (no I/O).
 //! - [`auth`]: argon2id password hashes and HS256 JWTs.
 //! - [`store`]: SQLite storage and migrations.
+//! - [`pg`]: the PostgreSQL client (sans-IO protocol, non-blocking connection).
 //! - [`limits`]: rate limits and connection counters.
 //! - [`metrics`]: counters in the Prometheus text format.
 //! - [`tls`]: certificates, keys, the JWT secret.
@@ -29,6 +30,7 @@ pub mod config;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod pg;
 pub mod server;
 pub mod session;
 pub mod store;

@@ -14,6 +14,7 @@
 //! Each test file uses only part of this module.
 #![allow(dead_code)]
 
+pub mod postgres;
 pub mod ws;
 
 use std::fs;
