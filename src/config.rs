@@ -68,6 +68,25 @@ pub enum DbSynchronous {
     Normal,
 }
 
+/// Where chatd keeps its data.
+#[derive(Debug, Clone)]
+pub enum Database {
+    /// The SQLite file at `db_path`, held by this process alone.
+    Sqlite,
+    /// A PostgreSQL database several chatd processes may share: the parsed URL (never
+    /// with a password: that comes from `CHATD_DATABASE_PASSWORD` or
+    /// `database_password_file`).
+    Postgres(crate::pg::ConnectParams),
+}
+
+/// How the connection to PostgreSQL is encrypted; None: by where it goes (verify-full
+/// over TCP to another host, disable over a Unix socket or to this machine).
+pub type DatabaseTls = Option<crate::pg::TlsMode>;
+
+/// The environment variable holding the PostgreSQL password: a secret, read like
+/// `SECRET_KEY`, not a configuration key (although it has the `CHATD_` prefix).
+pub const DATABASE_PASSWORD_VAR: &str = "CHATD_DATABASE_PASSWORD";
+
 /// Who may read `GET /metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricsAccess {
@@ -117,6 +136,17 @@ pub struct Config {
     pub registration: Registration,
     pub metrics: MetricsAccess,
     pub db_synchronous: DbSynchronous,
+    pub database: Database,
+    pub database_tls: DatabaseTls,
+    /// Trust anchors (PEM) for `database_tls = verify-full`.
+    pub database_ca_file: Option<PathBuf>,
+    /// Where the PostgreSQL password is kept when `CHATD_DATABASE_PASSWORD` is not set.
+    pub database_password_file: Option<PathBuf>,
+    /// Connections to PostgreSQL per process.
+    pub database_connections: usize,
+    /// How long a request may wait for the database before it is answered `unavailable`
+    /// (and how long a connection attempt may take).
+    pub database_timeout: Duration,
     /// Origins allowed to open a WebSocket besides `https://` + the request's Host.
     pub allowed_origins: Vec<String>,
     pub duplicate_sessions: DuplicateSessions,
@@ -199,6 +229,12 @@ pub const KEYS: &[&str] = &[
     "registration",
     "metrics",
     "db_synchronous",
+    "database",
+    "database_tls",
+    "database_ca_file",
+    "database_password_file",
+    "database_connections",
+    "database_timeout_ms",
     "allowed_origins",
     "duplicate_sessions",
     "max_message_bytes",
@@ -254,6 +290,12 @@ impl Default for Config {
             registration: Registration::Open,
             metrics: MetricsAccess::Loopback,
             db_synchronous: DbSynchronous::Full,
+            database: Database::Sqlite,
+            database_tls: None,
+            database_ca_file: None,
+            database_password_file: None,
+            database_connections: 2,
+            database_timeout: Duration::from_millis(5000),
             allowed_origins: Vec::new(),
             duplicate_sessions: DuplicateSessions::Allow,
             max_message_bytes: 16_384,
@@ -367,7 +409,7 @@ impl Config {
         }
         let mut overrides: Vec<(String, String)> = env
             .into_iter()
-            .filter(|(name, _)| name.starts_with("CHATD_"))
+            .filter(|(name, _)| name.starts_with("CHATD_") && name != DATABASE_PASSWORD_VAR)
             .collect();
         overrides.sort();
         for (name, value) in &overrides {
@@ -389,7 +431,11 @@ impl Config {
             &mut self.secret_file,
             &mut self.db_path,
             &mut self.public_dir,
-        ] {
+        ]
+        .into_iter()
+        .chain(self.database_ca_file.as_mut())
+        .chain(self.database_password_file.as_mut())
+        {
             if path.is_relative() {
                 *path = base.join(&*path);
             }
@@ -502,6 +548,47 @@ impl Config {
                     _ => return Err(bad("full|normal")),
                 };
             }
+            "database" => {
+                self.database = match value {
+                    "sqlite" => Database::Sqlite,
+                    url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                        // The value is not echoed: it could hold a password.
+                        let params = crate::pg::parse_url(url)
+                            .map_err(|e| ConfigError(format!("{origin}: key `database`: {e}")))?;
+                        Database::Postgres(params)
+                    }
+                    _ => {
+                        return Err(ConfigError(format!(
+                            "{origin}: key `database` must be `sqlite`, \
+                             postgres://USER@HOST:PORT/DBNAME or \
+                             postgres://USER@/DBNAME?host=/socket/dir"
+                        )));
+                    }
+                };
+            }
+            "database_tls" => {
+                self.database_tls = Some(match value {
+                    "disable" => crate::pg::TlsMode::Disable,
+                    "require" => crate::pg::TlsMode::Require,
+                    "verify-full" => crate::pg::TlsMode::VerifyFull,
+                    _ => return Err(bad("disable|require|verify-full")),
+                });
+            }
+            "database_ca_file" => {
+                self.database_ca_file = Some(parse_path(value).ok_or_else(|| bad("a path"))?);
+            }
+            "database_password_file" => {
+                self.database_password_file = Some(parse_path(value).ok_or_else(|| bad("a path"))?);
+            }
+            "database_connections" => {
+                self.database_connections =
+                    parse_count(value, 1, 64).ok_or_else(|| bad("an integer 1-64"))?;
+            }
+            "database_timeout_ms" => {
+                self.database_timeout = parse_u64(value, 100, 600_000)
+                    .map(Duration::from_millis)
+                    .ok_or_else(|| bad("milliseconds 100-600000"))?;
+            }
             "allowed_origins" => {
                 self.allowed_origins = parse_origins(value)
                     .ok_or_else(|| bad("comma-separated origins like https://chat.example.com"))?;
@@ -605,6 +692,22 @@ impl Config {
     /// Overlapping limits are not mistakes (nginx and Redis accept them too): the
     /// smaller one simply decides. They are named so the operator knows which.
     fn warn_redundant(&mut self, origins: &Origins) {
+        if matches!(self.database, Database::Sqlite) {
+            for key in [
+                "database_tls",
+                "database_ca_file",
+                "database_password_file",
+                "database_connections",
+                "database_timeout_ms",
+            ] {
+                if let Some(origin) = origins.0.get(key) {
+                    self.warnings.push(format!(
+                        "key `{key}` ({origin}) applies to PostgreSQL only and is ignored \
+                         with `database = sqlite`"
+                    ));
+                }
+            }
+        }
         if self.max_connections_per_ip > self.max_connections {
             self.warnings.push(format!(
                 "key {} is larger than {}: the server-wide limit applies to one address too",
@@ -761,12 +864,17 @@ mod tests {
         let text = include_str!("../server.conf");
         let c = parse(text, &[]).unwrap();
         assert_eq!(c.port, 8443);
+        // Keys without a useful default with the shipped settings (PostgreSQL's, with
+        // `database = sqlite`) are documented by a commented example.
         for key in KEYS {
             assert!(
-                text.lines().any(|l| l.starts_with(&format!("{key} ="))),
+                text.lines().any(|l| l.starts_with(&format!("{key} =")))
+                    || (key.starts_with("database_")
+                        && text.lines().any(|l| l.starts_with(&format!("# {key} =")))),
                 "server.conf does not set `{key}`"
             );
         }
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     }
 
     #[test]

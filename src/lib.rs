@@ -98,20 +98,8 @@ pub fn run(config: Config) -> Result<(), String> {
             }
         ),
     }
-    let db_error =
-        |e: store::StoreError| format!("cannot open database {}: {e}", config.db_path.display());
-    let store =
-        store::SqliteStore::open_with(&config.db_path, config.db_synchronous).map_err(db_error)?;
-    log::info!(
-        "database {} opened (WAL, synchronous = {})",
-        config.db_path.display(),
-        store.synchronous().map_err(db_error)?
-    );
-    warn_if_exposed(&config.db_path, "database")?;
-    let subscriptions = store
-        .subscriptions()
-        .map_err(|e| format!("cannot load subscriptions: {e}"))?;
-    let app = app::App::new(config, Box::new(store), subscriptions, &secret)?;
+    let (store, subscriptions) = open_store(&config)?;
+    let app = app::App::new(config, store, subscriptions, &secret)?;
     let server =
         server::Server::bind(app, tls_config).map_err(|e| format!("cannot listen: {e}"))?;
     let addr = server.local_addr();
@@ -122,6 +110,128 @@ pub fn run(config: Config) -> Result<(), String> {
     drop(stdout);
     log::info!("listening on https://{addr} (certificate SHA-256 {fingerprint})");
     server.run().map_err(|e| format!("event loop failed: {e}"))
+}
+
+/// The opened store and the stored subscriptions, as (subscriber, target).
+type OpenedStore = (Box<dyn store::Storage>, Vec<(i64, i64)>);
+
+/// Opens the configured database (migrated, its subscriptions loaded for the chat).
+fn open_store(config: &Config) -> Result<OpenedStore, String> {
+    match &config.database {
+        config::Database::Sqlite => {
+            let db_error = |e: store::StoreError| {
+                format!("cannot open database {}: {e}", config.db_path.display())
+            };
+            let store = store::SqliteStore::open_with(&config.db_path, config.db_synchronous)
+                .map_err(db_error)?;
+            log::info!(
+                "database {} opened (WAL, synchronous = {})",
+                config.db_path.display(),
+                store.synchronous().map_err(db_error)?
+            );
+            warn_if_exposed(&config.db_path, "database")?;
+            let subscriptions = store
+                .subscriptions()
+                .map_err(|e| format!("cannot load subscriptions: {e}"))?;
+            Ok((Box::new(store), subscriptions))
+        }
+        config::Database::Postgres(params) => {
+            let pg = postgres_config(config, params)?;
+            let described = describe_database(&pg.params);
+            let subscriptions = store::postgres::prepare(&pg)
+                .map_err(|e| format!("cannot open database {described}: {e}"))?;
+            log::info!(
+                "database {described} ready ({} connections, timeout {} ms)",
+                pg.connections,
+                pg.timeout.as_millis()
+            );
+            Ok((Box::new(store::postgres::PgStore::new(pg)), subscriptions))
+        }
+    }
+}
+
+/// The PostgreSQL settings: the URL's, the password from the environment or its file,
+/// the TLS mode (by default by where the connection goes) and its trust anchors.
+fn postgres_config(
+    config: &Config,
+    params: &pg::ConnectParams,
+) -> Result<store::postgres::PgConfig, String> {
+    let mut params = params.clone();
+    params.password = database_password(config)?;
+    let local = match &params.target {
+        pg::Target::Unix { .. } => true,
+        pg::Target::Tcp { .. } => params
+            .target
+            .socket_addr()
+            .ok()
+            .flatten()
+            .is_some_and(|addr| addr.ip().is_loopback()),
+    };
+    params.tls = match config.database_tls {
+        Some(mode) => mode,
+        None if local => pg::TlsMode::Disable,
+        None => pg::TlsMode::VerifyFull,
+    };
+    if let Some(path) = &config.database_ca_file {
+        let pem =
+            std::fs::read(path).map_err(|e| format!("database_ca_file {}: {e}", path.display()))?;
+        params.ca_roots =
+            Some(std::sync::Arc::new(tls::root_store(&pem).map_err(|e| {
+                format!("database_ca_file {}: {e}", path.display())
+            })?));
+    }
+    if params.tls == pg::TlsMode::VerifyFull && params.ca_roots.is_none() {
+        return Err(format!(
+            "database: TLS with verify-full (the default for {}) needs database_ca_file: the \
+             CA certificate the database's certificate chains to (or set database_tls)",
+            describe_database(&params)
+        ));
+    }
+    Ok(store::postgres::PgConfig {
+        params,
+        connections: config.database_connections,
+        timeout: config.database_timeout,
+    })
+}
+
+/// The PostgreSQL password: `CHATD_DATABASE_PASSWORD`, else the first line of
+/// `database_password_file`, else none (trust authentication).
+fn database_password(config: &Config) -> Result<Option<String>, String> {
+    if let Some(value) = std::env::var_os(config::DATABASE_PASSWORD_VAR) {
+        let value = value
+            .into_string()
+            .map_err(|_| format!("{} is not valid UTF-8", config::DATABASE_PASSWORD_VAR))?;
+        return Ok(Some(value));
+    }
+    let Some(path) = &config.database_password_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("database_password_file {}: {e}", path.display()))?;
+    warn_if_exposed(path, "database password")?;
+    let password = text.lines().next().unwrap_or("").to_string();
+    if password.is_empty() {
+        return Err(format!(
+            "database_password_file {} is empty",
+            path.display()
+        ));
+    }
+    Ok(Some(password))
+}
+
+/// `postgres://user@host:port/db` for logs: never a password.
+fn describe_database(params: &pg::ConnectParams) -> String {
+    match &params.target {
+        pg::Target::Tcp { host, port } => {
+            format!("postgres://{}@{host}:{port}/{}", params.user, params.dbname)
+        }
+        pg::Target::Unix { path } => format!(
+            "postgres://{}@/{} (socket {})",
+            params.user,
+            params.dbname,
+            path.display()
+        ),
+    }
 }
 
 /// Warns when a file holding key material or private data is open to other local users.

@@ -336,6 +336,21 @@ fn provider() -> rustls::crypto::CryptoProvider {
 }
 
 /// SHA-256 of the DER certificate as `AB:CD:...`.
+/// Trust anchors from PEM certificates (for the database's verify-full TLS).
+pub fn root_store(pem: &[u8]) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| format!("not a PEM certificate: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no certificate in the file".into());
+    }
+    Ok(roots)
+}
+
 pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.as_ref());
     digest

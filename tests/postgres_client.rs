@@ -76,7 +76,10 @@ fn query(statement: usize, params: Vec<Box<dyn postgres_types::ToSql + Send + Sy
 }
 
 fn unit(queries: Vec<Query>) -> Unit {
-    Unit { queries }
+    Unit {
+        queries,
+        simple: None,
+    }
 }
 
 /// A connection and the poll it is registered with: the test's event loop.

@@ -39,7 +39,7 @@ use super::{ConnectParams, PgError};
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// A statement of the catalogue, prepared once per connection.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Statement {
     /// For logs and errors (the server-side name is `chatd_<index>`).
     pub name: &'static str,
@@ -63,6 +63,20 @@ pub struct Query {
 #[derive(Debug, Default)]
 pub struct Unit {
     pub queries: Vec<Query>,
+    /// Instead of the queries: SQL text sent as one simple query (several statements,
+    /// one implicit transaction, rows in text: [`Row::text`]). For what cannot be
+    /// prepared ahead, such as the schema migrations that create the tables the
+    /// catalogue names.
+    pub simple: Option<String>,
+}
+
+impl Unit {
+    pub fn simple(sql: impl Into<String>) -> Unit {
+        Unit {
+            queries: Vec::new(),
+            simple: Some(sql.into()),
+        }
+    }
 }
 
 /// Names a unit handed to [`Protocol::send`]; its outcome carries the same id.
@@ -97,6 +111,8 @@ pub struct Row {
     columns: Arc<[Type]>,
     body: Bytes,
     ranges: Vec<Option<Range<usize>>>,
+    /// A simple query's row: values in text.
+    text: bool,
 }
 
 impl fmt::Debug for Row {
@@ -128,6 +144,11 @@ impl Row {
                 self.ranges.len()
             )));
         };
+        if self.text {
+            return Err(PgError::Decode(
+                "a simple query's row is text: read it with Row::text".into(),
+            ));
+        }
         if !T::accepts(ty) {
             return Err(PgError::Decode(format!(
                 "column {index} is {ty}, which cannot be read as {}",
@@ -193,6 +214,10 @@ enum State {
 struct InFlight {
     id: UnitId,
     sent_at: Instant,
+    /// A simple query: its results are counted by the server, its rows are text, and
+    /// each statement's columns come with its RowDescription.
+    simple: bool,
+    simple_columns: Arc<[Type]>,
     statements: Vec<usize>,
     results: Vec<Rows>,
     current: Vec<Row>,
@@ -289,8 +314,58 @@ fn affected_rows(tag: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Writes Bind + Execute for each query and one Sync.
+impl Row {
+    /// Column `index` of a simple query's row, as the server wrote it (None for NULL).
+    pub fn text(&self, index: usize) -> Result<Option<&str>, PgError> {
+        let Some(range) = self.ranges.get(index) else {
+            return Err(PgError::Decode(format!(
+                "no column {index}: the row has {}",
+                self.ranges.len()
+            )));
+        };
+        if !self.text {
+            return Err(PgError::Decode(
+                "a prepared query's row is binary: read it with Row::get".into(),
+            ));
+        }
+        range
+            .clone()
+            .map(|r| {
+                std::str::from_utf8(&self.body[r])
+                    .map_err(|e| PgError::Decode(format!("column {index}: {e}")))
+            })
+            .transpose()
+    }
+}
+
+/// The column types a RowDescription announces.
+fn column_types(
+    body: &postgres_protocol::message::backend::RowDescriptionBody,
+) -> Result<Arc<[Type]>, PgError> {
+    let mut types = Vec::new();
+    let mut fields = body.fields();
+    loop {
+        match fields.next() {
+            Ok(Some(field)) => types.push(Type::from_oid(field.type_oid()).unwrap_or_else(|| {
+                Type::new(
+                    format!("oid {}", field.type_oid()),
+                    field.type_oid(),
+                    Kind::Simple,
+                    String::new(),
+                )
+            })),
+            Ok(None) => return Ok(Arc::from(types)),
+            Err(e) => return Err(PgError::Protocol(format!("bad RowDescription: {e}"))),
+        }
+    }
+}
+
+/// Writes Bind + Execute for each query and one Sync (or the simple query).
 fn encode_unit(catalogue: &[Statement], unit: &Unit, buf: &mut BytesMut) -> Result<(), PgError> {
+    if let Some(sql) = &unit.simple {
+        return frontend::query(sql, buf)
+            .map_err(|e| PgError::Encode(format!("simple query: {e}")));
+    }
     for query in &unit.queries {
         let statement = catalogue.get(query.statement).ok_or_else(|| {
             PgError::Encode(format!(
@@ -429,6 +504,8 @@ impl Protocol {
         self.in_flight.push_back(InFlight {
             id,
             sent_at: now,
+            simple: unit.simple.is_some(),
+            simple_columns: Arc::from(Vec::new()),
             statements: unit.queries.iter().map(|q| q.statement).collect(),
             results: Vec::new(),
             current: Vec::new(),
@@ -693,30 +770,11 @@ impl Protocol {
                 )
             }
             (State::Preparing { described }, Message::RowDescription(body)) => {
-                let mut types = Vec::new();
-                let mut fields = body.fields();
-                loop {
-                    match fields.next() {
-                        Ok(Some(field)) => {
-                            types.push(Type::from_oid(field.type_oid()).unwrap_or_else(|| {
-                                Type::new(
-                                    format!("oid {}", field.type_oid()),
-                                    field.type_oid(),
-                                    Kind::Simple,
-                                    String::new(),
-                                )
-                            }))
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            return (
-                                State::Closed,
-                                Err(PgError::Protocol(format!("bad RowDescription: {e}"))),
-                            );
-                        }
-                    }
-                }
-                self.columns.push(Arc::from(types));
+                let types = match column_types(&body) {
+                    Ok(types) => types,
+                    Err(e) => return (State::Closed, Err(e)),
+                };
+                self.columns.push(types);
                 (
                     State::Preparing {
                         described: described + 1,
@@ -757,6 +815,23 @@ impl Protocol {
         };
         match message {
             Message::BindComplete => Ok(()),
+            Message::RowDescription(body) if unit.simple => {
+                unit.simple_columns = column_types(&body)?;
+                Ok(())
+            }
+            Message::DataRow(body) if unit.error.is_none() && unit.simple => {
+                let ranges: Vec<Option<Range<usize>>> = body
+                    .ranges()
+                    .collect()
+                    .map_err(|e| PgError::Protocol(format!("bad DataRow: {e}")))?;
+                unit.current.push(Row {
+                    columns: unit.simple_columns.clone(),
+                    body: body.buffer_bytes().clone(),
+                    ranges,
+                    text: true,
+                });
+                Ok(())
+            }
             Message::DataRow(body) if unit.error.is_none() => {
                 let statement = unit
                     .statements
@@ -781,6 +856,7 @@ impl Protocol {
                     columns,
                     body: body.buffer_bytes().clone(),
                     ranges,
+                    text: false,
                 });
                 Ok(())
             }
@@ -805,7 +881,9 @@ impl Protocol {
                 };
                 let outcome = match unit.error {
                     Some(error) => Err(error),
-                    None if unit.results.len() == unit.statements.len() => Ok(unit.results),
+                    None if unit.simple || unit.results.len() == unit.statements.len() => {
+                        Ok(unit.results)
+                    }
                     None => {
                         return Err(PgError::Protocol(format!(
                             "{} results for a unit of {} queries",
@@ -1032,10 +1110,17 @@ mod tests {
         let a = p.send(
             Unit {
                 queries: vec![insert("alice"), select(1)],
+                simple: None,
             },
             t0,
         );
-        let b = p.send(Unit { queries: vec![] }, t0 + Duration::from_secs(1));
+        let b = p.send(
+            Unit {
+                queries: vec![],
+                simple: None,
+            },
+            t0 + Duration::from_secs(1),
+        );
         assert_eq!((p.in_flight(), p.oldest_unanswered_since()), (2, Some(t0)));
         take_output(&mut p);
         p.receive(&server_startup());
@@ -1082,12 +1167,14 @@ mod tests {
         let a = p.send(
             Unit {
                 queries: vec![insert("bob"), insert("bob")],
+                simple: None,
             },
             now,
         );
         let b = p.send(
             Unit {
                 queries: vec![insert("carol")],
+                simple: None,
             },
             now,
         );
@@ -1139,12 +1226,14 @@ mod tests {
         p.send(
             Unit {
                 queries: vec![select(3)],
+                simple: None,
             },
             now,
         );
         p.send(
             Unit {
                 queries: vec![select(4)],
+                simple: None,
             },
             now,
         );
@@ -1275,6 +1364,7 @@ mod tests {
         let a = p.send(
             Unit {
                 queries: vec![select(1)],
+                simple: None,
             },
             Instant::now(),
         );
@@ -1330,6 +1420,7 @@ mod tests {
         p.send(
             Unit {
                 queries: vec![select(1)],
+                simple: None,
             },
             Instant::now(),
         );
@@ -1356,6 +1447,7 @@ mod tests {
         p.send(
             Unit {
                 queries: vec![select(1)],
+                simple: None,
             },
             Instant::now(),
         );
@@ -1415,6 +1507,7 @@ mod tests {
             let id = p.send(
                 Unit {
                     queries: vec![select(1), query],
+                    simple: None,
                 },
                 now,
             );

@@ -50,6 +50,9 @@ use timers::{ConnRef, ServerTimer, TimerKey, Timers};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
+/// Storage's sockets (database connections) use the tokens from here on; connection
+/// slots never come near.
+const STORAGE_TOKENS: usize = usize::MAX / 2;
 
 /// Bytes read from one connection before the loop serves the others.
 const READ_BUDGET: usize = 64 * 1024;
@@ -162,6 +165,8 @@ pub struct Server {
     chat_outputs: Vec<Output>,
     /// HTTP requests parked until storage answers their ticket.
     http_waiting: std::collections::HashMap<Ticket, ParkedHttp>,
+    /// The storage deadline in the timer heap, if any.
+    storage_armed: Option<Instant>,
     /// Reused buffer for gathering small writes into one TLS record.
     scratch: Vec<u8>,
     /// The Date header value and the second it was made for.
@@ -189,6 +194,9 @@ impl Server {
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let mut app = app;
+        app.store
+            .attach(poll.registry(), STORAGE_TOKENS, Instant::now())?;
         let timeouts = Timeouts {
             http: crate::session::HttpTimeouts {
                 header: app.config.header_timeout,
@@ -215,6 +223,7 @@ impl Server {
             flush_again: Vec::new(),
             chat_outputs: Vec::new(),
             http_waiting: std::collections::HashMap::new(),
+            storage_armed: None,
             scratch: Vec::with_capacity(conn::MAX_RECORD),
             date: (i64::MIN, String::new()),
             shutting_down: false,
@@ -259,6 +268,9 @@ impl Server {
                 match event.token() {
                     LISTENER => self.accept_all(now),
                     SIGNALS => self.handle_signals(now),
+                    Token(t) if t >= STORAGE_TOKENS => {
+                        self.app.store.on_ready(event.token(), now.instant)
+                    }
                     Token(key) => {
                         let Some(conn) = self.conns.get_mut(key) else {
                             continue;
@@ -289,6 +301,7 @@ impl Server {
             }
             self.fire_timers(now);
             self.settle_storage(now);
+            self.arm_storage();
             self.flush_all(now);
             if self.shutting_down && (self.conns.is_empty() || self.shutdown_grace_over) {
                 break;
@@ -744,6 +757,20 @@ impl Server {
                 self.accept_all(now);
             }
             ServerTimer::ShutdownGrace => self.shutdown_grace_over = true,
+            ServerTimer::Storage => {
+                self.storage_armed = None;
+                self.app.store.on_deadline(now.instant);
+            }
+        }
+    }
+
+    /// Puts storage's next deadline in the heap if it is earlier than the one there.
+    fn arm_storage(&mut self) {
+        if let Some(at) = self.app.store.next_deadline()
+            && self.storage_armed.is_none_or(|armed| at < armed)
+        {
+            self.storage_armed = Some(at);
+            self.timers.push(at, TimerKey::Server(ServerTimer::Storage));
         }
     }
 

@@ -31,6 +31,8 @@ pub enum ServerTimer {
     AcceptRetry,
     /// The graceful shutdown's grace period is over: close what is left.
     ShutdownGrace,
+    /// Storage's next deadline (a request's timeout, a reconnect, a connect timeout).
+    Storage,
 }
 
 /// Whose deadline an entry is.

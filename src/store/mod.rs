@@ -1,6 +1,7 @@
 //! Durable state behind one seam: accounts, messages, direct conversations and
 //! subscriptions, in SQLite (the embedded default), PostgreSQL (shared by several
-//! chatd processes) or memory (the chat core's tests).
+//! chatd processes, spoken from the loop without blocking) or memory (the chat core's
+//! tests).
 //!
 //! The event loop never waits for storage. A handler that needs it submits an [`Op`]
 //! under a [`Ticket`] and parks; at the end of the turn the loop calls
@@ -13,6 +14,7 @@
 
 pub mod memory;
 mod ops;
+pub mod postgres;
 pub mod sqlite;
 
 use std::time::Instant;
@@ -89,6 +91,23 @@ impl StoreStats {
 
 /// A storage backend driven by the event loop.
 pub trait Storage: std::fmt::Debug {
+    /// Gives a networked backend the loop's poller: its sockets are registered under
+    /// tokens `first_token ..first_token + tokens()`, and their events come back through
+    /// [`Storage::on_ready`].
+    fn attach(
+        &mut self,
+        _registry: &mio::Registry,
+        _first_token: usize,
+        _now: Instant,
+    ) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    /// How many poller tokens the backend uses.
+    fn tokens(&self) -> usize {
+        0
+    }
+
     /// Queues an operation; its outcome comes back from [`Storage::take_answers`] under
     /// `ticket`, never before the next [`Storage::flush`].
     fn submit(&mut self, ticket: Ticket, op: Op);

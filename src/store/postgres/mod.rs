@@ -1,0 +1,519 @@
+//! The PostgreSQL backend: the store several chatd processes share.
+//!
+//! `database_connections` connections ([`crate::pg::PgConn`]), each a non-blocking
+//! socket on the loop's poller. A flush sends the turn's writes as one unit (one
+//! transaction, one Sync) and each read as a unit of its own, all pipelined: the loop
+//! goes on at once, and the answers arrive with readiness events, in the order sent on
+//! each connection. Writes always go on the first connection, so transactions commit in
+//! the order of the turns that made them; a read goes there too while writes are in
+//! flight on it (it then sees them), and otherwise to the least busy ready connection.
+//!
+//! Every request has `database_timeout_ms` to be answered, from its submission: after
+//! that it is answered `Unavailable` and its late answer, if any, is dropped. A lost
+//! connection fails its units (`Failed`: a write whose COMMIT was not seen is never
+//! acknowledged) and is made again with a growing, jittered delay; requests submitted
+//! while no connection is ready wait for one, within their timeout.
+
+mod decode;
+mod schema;
+mod sql;
+mod startup;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::{Registry, Token};
+
+use super::{Failure, NotReady, Op, Outcome, Storage, StoreStats, Ticket};
+use crate::pg::{ConnectParams, Event, PgConn, PgError, Statement, Unit, UnitId};
+
+pub use startup::prepare;
+
+/// The first delay before connecting again; doubled up to [`MAX_BACKOFF`], with up to
+/// a quarter added at random so that processes do not reconnect in step.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Short enough that service resumes within two seconds of the database being back.
+const MAX_BACKOFF: Duration = Duration::from_millis(1000);
+
+/// How the store is set up.
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    pub params: ConnectParams,
+    pub connections: usize,
+    pub timeout: Duration,
+}
+
+/// What a unit in flight answers.
+#[derive(Debug)]
+struct InFlight {
+    /// The requests of the unit, one per query, in order.
+    requests: Vec<(Ticket, Op)>,
+    sent: Instant,
+}
+
+#[derive(Debug)]
+enum SlotState {
+    /// Connecting and authenticating since then.
+    Connecting(Instant),
+    Ready,
+    /// Connect again at this time.
+    Down(Instant),
+}
+
+#[derive(Debug)]
+struct Slot {
+    conn: Option<PgConn>,
+    state: SlotState,
+    units: HashMap<UnitId, InFlight>,
+    /// The next delay before connecting again.
+    backoff: Duration,
+    /// Whether this slot was ever ready (a later Ready is a reconnect).
+    was_ready: bool,
+}
+
+/// A unit waiting for a ready connection.
+#[derive(Debug)]
+struct Backlogged {
+    requests: Vec<(Ticket, Op)>,
+    writes: bool,
+}
+
+pub struct PgStore {
+    config: PgConfig,
+    catalogue: Arc<[Statement]>,
+    registry: Option<Registry>,
+    first_token: usize,
+    slots: Vec<Slot>,
+    submitted: Vec<(Ticket, Op)>,
+    backlog: VecDeque<Backlogged>,
+    answers: Vec<(Ticket, Outcome)>,
+    /// Tickets not yet answered and when they time out, in submission order.
+    deadlines: VecDeque<(Instant, Ticket)>,
+    /// Tickets still owed an answer.
+    open: std::collections::HashSet<Ticket>,
+    stats: StoreStats,
+    /// Why the last connection attempt or connection failed.
+    last_error: Option<String>,
+    /// A small xorshift state for the reconnect jitter.
+    jitter: u64,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("connections", &self.slots.len())
+            .field("open", &self.open.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// A store that connects once [`Storage::attach`] gives it the poller.
+    pub fn new(config: PgConfig) -> PgStore {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0x9E37_79B9, |d| d.as_nanos() as u64)
+            | 1;
+        PgStore {
+            catalogue: Arc::from(sql::CATALOGUE.to_vec()),
+            registry: None,
+            first_token: 0,
+            slots: Vec::new(),
+            submitted: Vec::new(),
+            backlog: VecDeque::new(),
+            answers: Vec::new(),
+            deadlines: VecDeque::new(),
+            open: std::collections::HashSet::new(),
+            stats: StoreStats::default(),
+            last_error: None,
+            jitter: seed ^ u64::from(std::process::id()),
+            config,
+        }
+    }
+
+    fn connect(&mut self, index: usize, now: Instant) {
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        let token = Token(self.first_token + index);
+        let slot = &mut self.slots[index];
+        match PgConn::connect(&self.config.params, self.catalogue.clone(), registry, token) {
+            Ok(conn) => {
+                slot.conn = Some(conn);
+                slot.state = SlotState::Connecting(now);
+            }
+            Err(e) => {
+                let error = e.to_string();
+                self.slot_down(index, error, now);
+            }
+        }
+    }
+
+    /// The connection of `index` is gone: try again after the backoff.
+    fn slot_down(&mut self, index: usize, error: String, now: Instant) {
+        let jitter = self.next_jitter();
+        let slot = &mut self.slots[index];
+        if let (Some(conn), Some(registry)) = (slot.conn.as_mut(), &self.registry) {
+            // Units still in flight were reported before Closed; nothing to collect.
+            let _ = conn.close(registry);
+        }
+        slot.conn = None;
+        let delay = slot.backoff + slot.backoff.mul_f64(jitter * 0.25);
+        slot.state = SlotState::Down(now + delay);
+        slot.backoff = (slot.backoff * 2).min(MAX_BACKOFF);
+        if self.last_error.as_deref() != Some(error.as_str()) {
+            log::warn!("database connection {index}: {error}; connecting again");
+        }
+        self.last_error = Some(error);
+    }
+
+    /// A number in [0, 1).
+    fn next_jitter(&mut self) -> f64 {
+        let mut x = self.jitter;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.jitter = x;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn is_ready(&self, index: usize) -> bool {
+        matches!(self.slots[index].state, SlotState::Ready)
+    }
+
+    /// Where a read goes: behind the writes in flight on the first connection (so it
+    /// sees them), or to the least busy ready connection.
+    fn read_slot(&self) -> Option<usize> {
+        let writes_in_flight = self.slots[0]
+            .units
+            .values()
+            .any(|u| u.requests.iter().any(|(_, op)| op.is_write()));
+        if writes_in_flight {
+            return self.is_ready(0).then_some(0);
+        }
+        (0..self.slots.len())
+            .filter(|&i| self.is_ready(i))
+            .min_by_key(|&i| self.slots[i].units.len())
+    }
+
+    /// Sends a unit, or keeps it until a connection is ready.
+    fn dispatch(&mut self, requests: Vec<(Ticket, Op)>, writes: bool, now: Instant) {
+        // Writes behind an earlier backlogged unit wait with it: order is kept.
+        let slot = if writes || !self.backlog.is_empty() {
+            (self.backlog.is_empty() && self.is_ready(0)).then_some(0)
+        } else {
+            self.read_slot()
+        };
+        let Some(index) = slot else {
+            self.backlog.push_back(Backlogged { requests, writes });
+            return;
+        };
+        self.send_on(index, requests, now);
+    }
+
+    fn send_on(&mut self, index: usize, requests: Vec<(Ticket, Op)>, now: Instant) {
+        let queries = requests
+            .iter()
+            .map(|(_, op)| decode::query_for(op))
+            .collect();
+        let slot = &mut self.slots[index];
+        let Some(conn) = slot.conn.as_mut() else {
+            return;
+        };
+        let id = conn.send(
+            Unit {
+                queries,
+                simple: None,
+            },
+            now,
+        );
+        slot.units.insert(
+            id,
+            InFlight {
+                requests,
+                sent: now,
+            },
+        );
+    }
+
+    /// Sends what waited for a ready connection, in order.
+    fn drain_backlog(&mut self, now: Instant) {
+        while let Some(next) = self.backlog.front() {
+            let slot = if next.writes {
+                self.is_ready(0).then_some(0)
+            } else {
+                self.read_slot()
+            };
+            let Some(index) = slot else {
+                return;
+            };
+            if let Some(unit) = self.backlog.pop_front() {
+                self.send_on(index, unit.requests, now);
+            }
+        }
+    }
+
+    fn flush_conns(&mut self, now: Instant) {
+        for index in 0..self.slots.len() {
+            let events = match (self.slots[index].conn.as_mut(), &self.registry) {
+                (Some(conn), Some(registry)) => conn.flush(registry),
+                _ => continue,
+            };
+            self.on_events(index, events, now);
+        }
+    }
+
+    fn on_events(&mut self, index: usize, events: Vec<Event>, now: Instant) {
+        for event in events {
+            match event {
+                Event::Ready => {
+                    let slot = &mut self.slots[index];
+                    slot.state = SlotState::Ready;
+                    slot.backoff = FIRST_BACKOFF;
+                    if slot.was_ready {
+                        self.stats.reconnects += 1;
+                        log::info!("database connection {index} is back");
+                    }
+                    slot.was_ready = true;
+                    self.last_error = None;
+                    self.drain_backlog(now);
+                }
+                Event::Unit { id, outcome } => {
+                    if let Some(unit) = self.slots[index].units.remove(&id) {
+                        self.answer_unit(unit, outcome, now);
+                    }
+                }
+                Event::Closed(error) => self.slot_down(index, describe(&error), now),
+            }
+        }
+    }
+
+    fn answer_unit(
+        &mut self,
+        unit: InFlight,
+        outcome: Result<Vec<crate::pg::Rows>, PgError>,
+        now: Instant,
+    ) {
+        let writes = unit.requests.iter().any(|(_, op)| op.is_write());
+        self.stats
+            .observe_round_trip(now.saturating_duration_since(unit.sent).as_secs_f64());
+        match outcome {
+            Ok(results) => {
+                if writes {
+                    self.stats.commits += 1;
+                    self.stats.batched_writes += unit.requests.len() as u64;
+                }
+                let mut results = results.into_iter();
+                for (ticket, op) in unit.requests {
+                    let outcome = match results.next().map(|rows| decode::answer(&op, rows)) {
+                        Some(Ok(answer)) => Ok(answer),
+                        Some(Err(e)) => {
+                            log::error!("database answer to {}: {e}", decode::name(&op));
+                            Err(Failure::Failed)
+                        }
+                        None => Err(Failure::Failed),
+                    };
+                    self.give(ticket, outcome);
+                }
+            }
+            Err(error) => {
+                if writes {
+                    self.stats.commit_failures += 1;
+                }
+                if !matches!(error, PgError::ConnectionLost) {
+                    log::error!(
+                        "a database {} failed: {}",
+                        if writes { "transaction" } else { "read" },
+                        describe(&error)
+                    );
+                }
+                for (ticket, _) in unit.requests {
+                    self.give(ticket, Err(Failure::Failed));
+                }
+            }
+        }
+    }
+
+    /// Answers a ticket unless it was answered already (timed out).
+    fn give(&mut self, ticket: Ticket, outcome: Outcome) {
+        if self.open.remove(&ticket) {
+            if outcome.is_err() {
+                self.stats.errors += 1;
+            }
+            self.answers.push((ticket, outcome));
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(at, ticket)) = self.deadlines.front() {
+            if !self.open.contains(&ticket) {
+                self.deadlines.pop_front();
+                continue;
+            }
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            self.give(ticket, Err(Failure::Unavailable));
+        }
+        // Backlogged requests all timed out: drop the units, nothing is sent for them.
+        let open = &self.open;
+        self.backlog
+            .retain(|unit| unit.requests.iter().any(|(t, _)| open.contains(t)));
+    }
+}
+
+/// A database error for logs and `/readyz`, never with a password in it (the client's
+/// errors carry none).
+fn describe(error: &PgError) -> String {
+    error.to_string()
+}
+
+impl Storage for PgStore {
+    fn attach(
+        &mut self,
+        registry: &Registry,
+        first_token: usize,
+        now: Instant,
+    ) -> std::io::Result<()> {
+        self.registry = Some(registry.try_clone()?);
+        self.first_token = first_token;
+        self.slots = (0..self.config.connections.max(1))
+            .map(|_| Slot {
+                conn: None,
+                state: SlotState::Down(now),
+                units: HashMap::new(),
+                backoff: FIRST_BACKOFF,
+                was_ready: false,
+            })
+            .collect();
+        for index in 0..self.slots.len() {
+            self.connect(index, now);
+        }
+        Ok(())
+    }
+
+    fn tokens(&self) -> usize {
+        self.config.connections.max(1)
+    }
+
+    fn submit(&mut self, ticket: Ticket, op: Op) {
+        self.submitted.push((ticket, op));
+    }
+
+    fn has_submitted(&self) -> bool {
+        !self.submitted.is_empty()
+    }
+
+    fn flush(&mut self, now: Instant) {
+        let submitted = std::mem::take(&mut self.submitted);
+        let timeout = self.config.timeout;
+        for (ticket, _) in &submitted {
+            self.open.insert(*ticket);
+            self.deadlines.push_back((now + timeout, *ticket));
+        }
+        let (writes, reads): (Vec<_>, Vec<_>) =
+            submitted.into_iter().partition(|(_, op)| op.is_write());
+        if !writes.is_empty() {
+            self.dispatch(writes, true, now);
+        }
+        for read in reads {
+            self.dispatch(vec![read], false, now);
+        }
+        self.flush_conns(now);
+    }
+
+    fn take_answers(&mut self, out: &mut Vec<(Ticket, Outcome)>) {
+        out.append(&mut self.answers);
+    }
+
+    fn on_ready(&mut self, token: Token, now: Instant) {
+        let Some(index) = token.0.checked_sub(self.first_token) else {
+            return;
+        };
+        let events = match (
+            self.slots.get_mut(index).and_then(|s| s.conn.as_mut()),
+            &self.registry,
+        ) {
+            (Some(conn), Some(registry)) => conn.on_ready(registry),
+            _ => return,
+        };
+        self.on_events(index, events, now);
+        // Units that went out on Ready, or were held by a full socket.
+        self.flush_conns(now);
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let timeout = self.config.timeout;
+        let slots = self.slots.iter().filter_map(|slot| match slot.state {
+            SlotState::Down(at) => Some(at),
+            SlotState::Connecting(since) => Some(since + timeout),
+            SlotState::Ready => None,
+        });
+        let requests = self
+            .deadlines
+            .iter()
+            .find(|(_, t)| self.open.contains(t))
+            .map(|(at, _)| *at);
+        slots.chain(requests).min()
+    }
+
+    fn on_deadline(&mut self, now: Instant) {
+        self.expire(now);
+        let timeout = self.config.timeout;
+        for index in 0..self.slots.len() {
+            match self.slots[index].state {
+                SlotState::Down(at) if at <= now => self.connect(index, now),
+                SlotState::Connecting(since) if since + timeout <= now => {
+                    let error = format!(
+                        "no answer within database_timeout_ms ({} ms) while connecting",
+                        timeout.as_millis()
+                    );
+                    self.slot_down(index, error, now);
+                }
+                _ => {}
+            }
+        }
+        self.flush_conns(now);
+    }
+
+    fn readiness(&self, now: Instant) -> Result<(), NotReady> {
+        if !(0..self.slots.len()).any(|i| self.is_ready(i)) {
+            let why = self
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "connecting".to_string());
+            return Err(NotReady::Unreachable(why));
+        }
+        let oldest = self
+            .slots
+            .iter()
+            .filter_map(|s| s.conn.as_ref()?.oldest_unanswered_since())
+            .min();
+        if let Some(since) = oldest {
+            let waiting = now.saturating_duration_since(since);
+            if waiting > self.config.timeout {
+                return Err(NotReady::Stalled {
+                    waiting_ms: u64::try_from(waiting.as_millis()).unwrap_or(u64::MAX),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.stats.clone()
+    }
+
+    fn close(&mut self) -> Result<(), String> {
+        if let Some(registry) = &self.registry {
+            for slot in &mut self.slots {
+                if let Some(conn) = slot.conn.as_mut() {
+                    let _ = conn.close(registry);
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,46 @@
+//! chatd on PostgreSQL end to end: a real PostgreSQL started by the test, chatd's own
+//! binary over real TLS, the same requests as on SQLite.
+
+mod common;
+
+use common::postgres::{PgOptions, PgServer};
+use common::{TestServer, ws};
+use serde_json::json;
+
+fn postgres() -> Option<PgServer> {
+    PgServer::start(PgOptions::default())
+}
+
+fn chatd_on(pg: &PgServer, extra: &str) -> TestServer {
+    let conf = format!("database = {}\n{extra}", pg.url());
+    TestServer::start_with_env(&conf, &[("CHATD_DATABASE_PASSWORD", pg.password())])
+}
+
+#[test]
+fn accounts_and_chat_work_on_postgres() {
+    let Some(pg) = postgres() else { return };
+    let server = chatd_on(&pg, "");
+    let (mut alice, _) = ws::user(&server, "alice");
+    let (mut bob, _) = ws::user(&server, "bob");
+    alice.ok(json!({"type":"join","room":"dev"}));
+    bob.ok(json!({"type":"join","room":"dev"}));
+    let sent = alice.ok(json!({"type":"send","room":"dev","text":"hello"}));
+    let id = sent["id"].as_i64().expect("an id");
+    let direct = bob.ok(json!({"type":"direct","to":"ALICE","text":"hi"}));
+    assert!(direct["id"].as_i64().expect("an id") > id);
+    let history = bob.ok(json!({"type":"history","room":"dev"}));
+    assert_eq!(history["messages"][0]["text"], "hello");
+    let with = alice.ok(json!({"type":"history","with":"bob"}));
+    assert_eq!(with["messages"][0]["to"], "alice");
+    let r = alice.ok(json!({"type":"subscribe","user":"bob"}));
+    assert_eq!(r, json!({"user":"bob"}));
+    assert_eq!(
+        alice.ok(json!({"type":"subscriptions"})),
+        json!({"users":["bob"]})
+    );
+    let c = alice.ok(json!({"type":"conversations"}));
+    assert_eq!(c["conversations"][0]["with"], "bob");
+    let e = alice.error(json!({"type":"direct","to":"nobody","text":"x"}));
+    assert_eq!(e, "unknown_user");
+    assert!(pg.psql("SELECT count(*) FROM messages").contains('2'));
+}
