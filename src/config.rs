@@ -1145,4 +1145,109 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn database_keys() {
+        let c = parse("", &[]).unwrap();
+        assert!(matches!(c.database, Database::Sqlite));
+        assert_eq!(c.database_connections, 2);
+        assert_eq!(c.database_timeout, Duration::from_millis(5000));
+        let c = parse(
+            "database = postgres://chat@127.0.0.1:5433/chatdb\ndatabase_tls = require\n\
+             database_ca_file = ca.pem\ndatabase_password_file = pw\n\
+             database_connections = 4\ndatabase_timeout_ms = 250\n",
+            &[],
+        )
+        .unwrap();
+        let Database::Postgres(params) = &c.database else {
+            panic!("{:?}", c.database)
+        };
+        assert_eq!(
+            (params.user.as_str(), params.dbname.as_str()),
+            ("chat", "chatdb")
+        );
+        assert_eq!(c.database_tls, Some(crate::pg::TlsMode::Require));
+        assert_eq!(c.database_ca_file, Some(PathBuf::from("/base/ca.pem")));
+        assert_eq!(c.database_password_file, Some(PathBuf::from("/base/pw")));
+        assert_eq!(c.database_connections, 4);
+        assert_eq!(c.database_timeout, Duration::from_millis(250));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let c = parse(
+            "database = postgres://chat@/chatdb?host=/run/postgresql\n",
+            &[],
+        )
+        .unwrap();
+        assert!(matches!(c.database, Database::Postgres(_)));
+    }
+
+    #[test]
+    fn a_database_password_never_comes_from_the_url_nor_shows_in_errors() {
+        let e = parse(
+            "database = postgres://chat:hunter2secret@127.0.0.1/chat\n",
+            &[],
+        )
+        .unwrap_err()
+        .0;
+        assert!(
+            e.contains("test.conf line 1") && e.contains("`database`"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2secret"), "the password is echoed: {e}");
+        let e = parse(
+            "",
+            &[(
+                "CHATD_DATABASE",
+                "postgres://chat:hunter2secret@127.0.0.1/chat",
+            )],
+        )
+        .unwrap_err()
+        .0;
+        assert!(
+            e.contains("CHATD_DATABASE") && !e.contains("hunter2secret"),
+            "{e}"
+        );
+        // The password's own variable is a secret, not an unknown key.
+        let c = parse(
+            "database = postgres://chat@127.0.0.1/chat\n",
+            &[("CHATD_DATABASE_PASSWORD", "hunter2secret")],
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2secret"));
+    }
+
+    #[test]
+    fn database_key_errors_name_the_key_and_where() {
+        for (line, allowed) in [
+            ("database = mysql://x", "must be `sqlite`"),
+            ("database_tls = prefer", "disable|require|verify-full"),
+            ("database_connections = 0", "an integer 1-64"),
+            ("database_connections = 65", "an integer 1-64"),
+            ("database_timeout_ms = 99", "milliseconds 100-600000"),
+            ("database_ca_file = ", "a path"),
+        ] {
+            let e = parse(&format!("{line}\n"), &[]).unwrap_err().0;
+            assert!(
+                e.contains("test.conf line 1") && e.contains(allowed),
+                "{line}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn postgres_keys_with_sqlite_are_warned_about() {
+        let c = parse(
+            "database_connections = 3\n",
+            &[("CHATD_DATABASE_TIMEOUT_MS", "900")],
+        )
+        .unwrap();
+        let w = c.warnings.join("\n");
+        assert!(
+            w.contains("`database_connections` (test.conf line 1)")
+                && w.contains(
+                    "`database_timeout_ms` (environment variable CHATD_DATABASE_TIMEOUT_MS)"
+                )
+                && w.contains("ignored with `database = sqlite`"),
+            "{w}"
+        );
+    }
 }
