@@ -426,6 +426,15 @@ impl Storage for PgStore {
 
     fn take_answers(&mut self, out: &mut Vec<(Ticket, Outcome)>) {
         out.append(&mut self.answers);
+        // Deadlines of answered requests leave from the front, so the next deadline is
+        // found without walking past them.
+        while self
+            .deadlines
+            .front()
+            .is_some_and(|(_, ticket)| !self.open.contains(ticket))
+        {
+            self.deadlines.pop_front();
+        }
     }
 
     fn on_ready(&mut self, token: Token, now: Instant) {
