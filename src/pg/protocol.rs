@@ -1572,4 +1572,51 @@ mod tests {
         assert_eq!(affected_rows("CREATE TABLE"), 0);
         assert_eq!(affected_rows(""), 0);
     }
+
+    #[test]
+    fn a_simple_query_runs_several_statements_and_reads_text_rows() {
+        let mut p = ready_protocol();
+        let a = p.send(
+            Unit::simple("CREATE TABLE t (x int); SELECT 42::text, NULL"),
+            Instant::now(),
+        );
+        let b = p.send(Unit::simple("SELECT broken"), Instant::now());
+        let sent = take_output(&mut p);
+        assert_eq!(tags(&sent), b"QQ", "simple queries, no Sync");
+        assert!(String::from_utf8_lossy(&sent).contains("CREATE TABLE t (x int); SELECT 42"));
+        let mut answer = command_complete("CREATE TABLE");
+        answer.extend(row_description(&[Type::TEXT, Type::TEXT]));
+        answer.extend(data_row(&[Some(b"42"), None]));
+        answer.extend(command_complete("SELECT 1"));
+        answer.extend(ready_for_query());
+        answer.extend(error("ERROR", "42703", "column \"broken\" does not exist"));
+        answer.extend(ready_for_query());
+        p.receive(&answer);
+        let got = events(&mut p);
+        let [
+            Event::Unit {
+                id: first,
+                outcome: Ok(results),
+            },
+            Event::Unit {
+                id: second,
+                outcome: Err(e),
+            },
+        ] = &got[..]
+        else {
+            panic!("{got:?}")
+        };
+        assert_eq!((*first, *second), (a, b));
+        assert_eq!(results.len(), 2, "one result per statement");
+        let row = &results[1].rows[0];
+        assert_eq!(row.text(0).unwrap(), Some("42"));
+        assert_eq!(row.text(1).unwrap(), None);
+        assert!(row.get::<String>(0).is_err(), "text rows are not binary");
+        assert!(row.text(2).is_err());
+        assert_eq!(e.sqlstate(), Some("42703"));
+        assert!(
+            p.is_ready(),
+            "an error in a simple query ends only that query"
+        );
+    }
 }
