@@ -40,10 +40,11 @@ define postgres_missing
 	echo "PostgreSQL tests SKIPPED: $(1) need PostgreSQL, which is not installed (Debian package postgresql; .ci/run installs it)"
 endef
 
-# The integration tests (tests/*.rs) with chatd on PostgreSQL.
+# The integration tests (tests/*.rs) with chatd on PostgreSQL; --workspace selects the
+# same packages as the SQLite run, so the test binaries built there are reused.
 test-postgres:
 ifneq ($(HAVE_POSTGRES),)
-	CHATD_TEST_DATABASE=postgres $(CARGO) test -j$(JOBS) --test '*'
+	CHATD_TEST_DATABASE=postgres $(CARGO) test -j$(JOBS) --workspace --test '*'
 else
 	@$(call postgres_missing,the integration tests on PostgreSQL)
 endif

@@ -388,6 +388,11 @@ impl PgServer {
         self.dir.path().join("data")
     }
 
+    /// The server's temporary directory (data, socket, log), removed on drop.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// The directory holding the Unix socket.
     pub fn socket_dir(&self) -> PathBuf {
         self.dir.path().join("sock")
