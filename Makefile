@@ -5,7 +5,8 @@ CONFIG ?= server.conf
 SCENARIO ?= all
 BENCH_QUICK ?= 0
 
-.PHONY: build run test unit lint fmt certs clean web-test js-unit e2e bench attack fuzz soak soak-ci
+.PHONY: build run test test-postgres unit lint fmt certs clean web-test js-unit e2e e2e-browser \
+	e2e-postgres bench attack fuzz soak soak-ci
 
 # Browser tests: Debian's Chromium, driven by playwright-core from tests/e2e.
 CHROMIUM ?= /usr/bin/chromium
@@ -19,17 +20,41 @@ build:
 run: build
 	./target/release/chatd --config $(CONFIG)
 
-# Formatting, clippy, then unit and end-to-end tests, then the web client's tests.
+# Formatting, clippy, then unit and end-to-end tests on SQLite, the end-to-end tests
+# again on PostgreSQL, then the web client's tests on each.
 test: lint
-	$(CARGO) test -j$(JOBS) --workspace --all-targets
+	CHATD_TEST_DATABASE=sqlite $(CARGO) test -j$(JOBS) --workspace --all-targets
+	@$(MAKE) --no-print-directory test-postgres
 	@$(MAKE) --no-print-directory web-test
+
+# PostgreSQL runs: every test starts a server of its own from Debian's postgresql
+# package (initdb in a temporary directory, a free loopback port or a Unix socket, a
+# SCRAM password). Without the package they are skipped, saying so, unless CI=true or
+# REQUIRE_ALL_TESTS=1 makes that a failure.
+HAVE_POSTGRES = $(wildcard /usr/lib/postgresql/*/bin/postgres)
+define postgres_missing
+	if [ "$$CI" = true ] || [ "$$REQUIRE_ALL_TESTS" = 1 ]; then \
+		echo "PostgreSQL tests FAILED: $(1) need PostgreSQL (Debian package postgresql; CI=true or REQUIRE_ALL_TESTS=1)" >&2; \
+		exit 1; \
+	fi; \
+	echo "PostgreSQL tests SKIPPED: $(1) need PostgreSQL, which is not installed (Debian package postgresql; .ci/run installs it)"
+endef
+
+# The integration tests (tests/*.rs) with chatd on PostgreSQL; --workspace selects the
+# same packages as the SQLite run, so the test binaries built there are reused.
+test-postgres:
+ifneq ($(HAVE_POSTGRES),)
+	CHATD_TEST_DATABASE=postgres $(CARGO) test -j$(JOBS) --workspace --test '*'
+else
+	@$(call postgres_missing,the integration tests on PostgreSQL)
+endif
 
 # The browser tests need node, npm (to install playwright-core) and Chromium; without
 # them they are skipped (the JS unit tests still run if node is there), unless
 # E2E_REQUIRED=1 makes that a failure.
 web-test:
 	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 && [ -x "$(CHROMIUM)" ]; then \
-		$(MAKE) --no-print-directory e2e; \
+		$(MAKE) --no-print-directory e2e && $(MAKE) --no-print-directory e2e-postgres; \
 	elif [ "$$E2E_REQUIRED" = 1 ]; then \
 		echo "e2e browser tests FAILED: chromium, node or npm not found (E2E_REQUIRED=1)" >&2; \
 		exit 1; \
@@ -43,13 +68,25 @@ web-test:
 js-unit:
 	node --test --test-reporter=spec tests/js/*.test.mjs
 
-# Builds chatd (debug), installs playwright-core if needed, runs the browser tests.
+# Builds chatd (debug), installs playwright-core if needed, runs the browser tests on
+# E2E_DATABASE (sqlite, or postgres: a PostgreSQL per test chatd, see e2e-postgres).
 # Screenshots go to $(TARGET_DIR)/e2e.
-e2e: js-unit
+E2E_DATABASE ?= sqlite
+e2e: js-unit e2e-browser
+
+e2e-browser:
 	$(CARGO) build -j$(JOBS)
 	@[ -d $(E2E_DIR)/node_modules ] || (cd $(E2E_DIR) && npm ci --no-audit --no-fund --loglevel=error)
-	E2E_CHATD_BIN=$(TARGET_DIR)/debug/chatd E2E_OUT=$(TARGET_DIR)/e2e CHROMIUM=$(CHROMIUM) \
-		node --test --test-reporter=spec --test-concurrency=2 $(E2E_DIR)/*.test.mjs
+	E2E_DATABASE=$(E2E_DATABASE) E2E_CHATD_BIN=$(TARGET_DIR)/debug/chatd E2E_OUT=$(TARGET_DIR)/e2e \
+		CHROMIUM=$(CHROMIUM) node --test --test-reporter=spec --test-concurrency=2 $(E2E_DIR)/*.test.mjs
+
+# The browser tests again with chatd on PostgreSQL.
+e2e-postgres:
+ifneq ($(HAVE_POSTGRES),)
+	@$(MAKE) --no-print-directory e2e-browser E2E_DATABASE=postgres
+else
+	@$(call postgres_missing,the browser tests on PostgreSQL)
+endif
 
 lint:
 	$(CARGO) fmt --all -- --check

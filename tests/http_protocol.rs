@@ -659,7 +659,13 @@ fn metrics_are_prometheus_text_and_can_be_turned_off() {
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let (name, value) = line.rsplit_once(' ').expect("sample line");
         assert!(name.starts_with("chatd_"), "{line}");
-        value.parse::<u64>().unwrap_or_else(|_| panic!("{line}"));
+        // Counts are integers; a histogram's sum is in seconds.
+        if name.ends_with("_seconds_sum") {
+            let secs = value.parse::<f64>().unwrap_or_else(|_| panic!("{line}"));
+            assert!(secs.is_finite() && secs >= 0.0, "{line}");
+        } else {
+            value.parse::<u64>().unwrap_or_else(|_| panic!("{line}"));
+        }
     }
     assert_eq!(metric_value(&text, "chatd_registrations_total"), 1);
     // This client's address is held by the per-address HTTP limiter.

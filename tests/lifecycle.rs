@@ -69,8 +69,9 @@ fn first_start_generates_certificate_key_and_jwt_secret() {
     );
 
     // Relative paths resolved against the config file's directory: the database is
-    // there and nothing was written to the working directory.
-    assert!(server.db_path().is_file());
+    // there (on PostgreSQL no SQLite file at all) and nothing was written to the
+    // working directory.
+    assert_eq!(server.db_path().is_file(), server.pg().is_none());
     let cwd_entries = std::fs::read_dir(server.dir().join("cwd")).unwrap().count();
     assert_eq!(cwd_entries, 0, "chatd wrote into its working directory");
     assert!(
@@ -235,16 +236,20 @@ fn sigterm_finishes_in_flight_requests_exits_0_and_keeps_the_data() {
     assert!(signalled.elapsed() < Duration::from_secs(5));
 
     // The database is intact and holds both accounts.
-    let db = rusqlite::Connection::open(server.db_path()).expect("open db");
-    let check: String = db
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .expect("integrity_check");
-    assert_eq!(check, "ok");
-    let users: i64 = db
-        .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
-        .expect("count users");
-    assert_eq!(users, 2);
-    drop(db);
+    if let Some(pg) = server.pg() {
+        assert_eq!(pg.psql("SELECT count(*) FROM users"), "2");
+    } else {
+        let db = rusqlite::Connection::open(server.db_path()).expect("open db");
+        let check: String = db
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .expect("integrity_check");
+        assert_eq!(check, "ok");
+        let users: i64 = db
+            .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+            .expect("count users");
+        assert_eq!(users, 2);
+        drop(db);
+    }
 
     // Restart: same users, same certificate, tokens from before still valid.
     server.restart();
@@ -357,6 +362,9 @@ fn ipv6_loopback_works() {
 
 #[test]
 fn db_synchronous_is_applied_and_logged_at_start() {
+    if sqlite_only("db_synchronous is SQLite's pragma") {
+        return;
+    }
     let mut server = TestServer::start("");
     assert!(
         server.log().contains("(WAL, synchronous = FULL)"),
@@ -392,8 +400,12 @@ fn the_key_the_secret_and_the_database_are_private_whatever_the_umask() {
     assert_eq!(mode(&server.cert_path()), 0o644);
     assert_eq!(server.connect().get("/healthz").status, 200);
     // The database holds password hashes and direct messages: private too, and so are
-    // the WAL files SQLite makes beside it.
+    // the WAL files SQLite makes beside it. PostgreSQL keeps its files itself.
     server.register("alice", "password-123");
+    if server.pg().is_some() {
+        assert!(!server.db_path().exists(), "a SQLite file on PostgreSQL");
+        return;
+    }
     let db = server.db_path();
     let wal = db.with_file_name("chatd.db-wal");
     for file in [&db, &wal] {
@@ -413,14 +425,18 @@ fn key_secret_and_database_files_readable_by_others_are_warned_about() {
     server.stop();
     std::fs::set_permissions(server.key_path(), PermissionsExt::from_mode(0o644)).unwrap();
     std::fs::set_permissions(&secret, PermissionsExt::from_mode(0o640)).unwrap();
-    std::fs::set_permissions(server.db_path(), PermissionsExt::from_mode(0o644)).unwrap();
-    server.restart();
-    let log = server.log();
-    for (what, path, mode) in [
+    let mut exposed = vec![
         ("private key", server.key_path(), "0644"),
         ("JWT secret", secret.clone(), "0640"),
-        ("database", server.db_path(), "0644"),
-    ] {
+    ];
+    // Only SQLite's file is chatd's own to check; PostgreSQL keeps its files itself.
+    if server.pg().is_none() {
+        std::fs::set_permissions(server.db_path(), PermissionsExt::from_mode(0o644)).unwrap();
+        exposed.push(("database", server.db_path(), "0644"));
+    }
+    server.restart();
+    let log = server.log();
+    for (what, path, mode) in exposed {
         let warning = format!(
             "the {what} file {} is accessible to group or others (mode {mode})",
             path.display()
@@ -612,6 +628,9 @@ fn a_skip_is_a_note_outside_ci_and_a_failure_under_it() {
 
 #[test]
 fn a_second_chatd_on_the_same_database_is_refused_and_the_first_keeps_serving() {
+    if sqlite_only("chatd holds its SQLite file exclusively; a PostgreSQL database is shared") {
+        return;
+    }
     let server = TestServer::start("");
     server.register("first", "first-password");
     // The same configuration, so the same database file (a port of its own: port 0).

@@ -23,6 +23,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -83,6 +84,12 @@ pub struct TestServer {
     stdout_lines: Vec<String>,
     /// Applied to the command before every start (extra environment, `pre_exec`).
     customize: Option<Customize>,
+    /// The `database` URL the harness sets when the tests run on PostgreSQL and the
+    /// test's own configuration names no database.
+    database: Option<String>,
+    /// This server's own PostgreSQL: outlives every restart of chatd, and is dropped
+    /// after it (fields drop after `Drop::drop` has killed chatd).
+    pg: Option<postgres::PgServer>,
 }
 
 /// A change made to the chatd command before it is spawned.
@@ -119,19 +126,41 @@ impl TestServer {
             .tempdir()
             .expect("create temp dir");
         create_public_dir(dir.path());
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let names_database = conf_keys(conf_lines).contains(&"database")
+            || env.iter().any(|(k, _)| k == "CHATD_DATABASE");
+        let (pg, database) = if test_database() == TestDatabase::Postgres && !names_database {
+            let pg = postgres::PgServer::start(postgres::PgOptions::default())
+                .expect("CHATD_TEST_DATABASE=postgres, but PostgreSQL is not installed");
+            // Every other server goes through the Unix socket, so both paths are used.
+            let url = if PG_SERVERS.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) {
+                pg.url()
+            } else {
+                pg.unix_url()
+            };
+            env.push((
+                "CHATD_DATABASE_PASSWORD".to_string(),
+                pg.password().to_string(),
+            ));
+            (Some(pg), Some(url))
+        } else {
+            (None, None)
+        };
         let mut server = TestServer {
             dir,
             conf_lines: conf_lines.to_string(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            env,
             child: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             fingerprint: String::new(),
             stdout: None,
             stdout_lines: Vec::new(),
             customize,
+            database,
+            pg,
         };
         server.write_conf();
         server.spawn();
@@ -172,7 +201,16 @@ impl TestServer {
     }
 
     fn write_conf(&self) {
-        fs::write(self.conf_path(), full_conf(&self.conf_lines)).expect("write server.conf");
+        fs::write(
+            self.conf_path(),
+            full_conf(&self.conf_lines, self.database.as_deref()),
+        )
+        .expect("write server.conf");
+    }
+
+    /// The PostgreSQL this server runs on, when the tests run on PostgreSQL.
+    pub fn pg(&self) -> Option<&postgres::PgServer> {
+        self.pg.as_ref()
     }
 
     fn spawn(&mut self) {
@@ -426,14 +464,20 @@ impl Drop for TestServer {
     }
 }
 
-/// The configuration the harness writes: its defaults for every key the test's lines
-/// do not set (port 0, loopback, the temp public folder and database, debug logs).
-fn full_conf(conf_lines: &str) -> String {
-    let set_by_test: Vec<&str> = conf_lines
+/// The keys a block of configuration lines sets.
+fn conf_keys(conf_lines: &str) -> Vec<&str> {
+    conf_lines
         .lines()
         .filter_map(|l| l.split_once('='))
         .map(|(k, _)| k.trim())
-        .collect();
+        .collect()
+}
+
+/// The configuration the harness writes: its defaults for every key the test's lines
+/// do not set (port 0, loopback, the temp public folder and database, debug logs, and
+/// the PostgreSQL URL when the tests run there).
+fn full_conf(conf_lines: &str, database: Option<&str>) -> String {
+    let set_by_test = conf_keys(conf_lines);
     let mut text = String::from("# written by the chatd test harness\n");
     for (key, value) in [
         ("port", "0"),
@@ -441,7 +485,10 @@ fn full_conf(conf_lines: &str) -> String {
         ("public_dir", "public"),
         ("db_path", "chatd.db"),
         ("log_level", "debug"),
-    ] {
+    ]
+    .into_iter()
+    .chain(database.map(|url| ("database", url)))
+    {
         if !set_by_test.contains(&key) {
             text.push_str(&format!("{key} = {value}\n"));
         }
@@ -547,6 +594,40 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// Whether this machine has an IPv6 loopback address.
 pub fn has_ipv6_loopback() -> bool {
     std::net::TcpListener::bind("[::1]:0").is_ok()
+}
+
+/// The database the end-to-end tests run chatd on, from `CHATD_TEST_DATABASE`
+/// (chatd itself never sees the variable: [`chatd_command`] removes every `CHATD_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestDatabase {
+    /// The default: `database = sqlite`, the file in the server's temp dir.
+    Sqlite,
+    /// A PostgreSQL of the server's own, started by [`TestServer`].
+    Postgres,
+}
+
+/// `CHATD_TEST_DATABASE=sqlite|postgres` (sqlite when unset); anything else fails.
+pub fn test_database() -> TestDatabase {
+    match std::env::var("CHATD_TEST_DATABASE").as_deref() {
+        Err(_) | Ok("") | Ok("sqlite") => TestDatabase::Sqlite,
+        Ok("postgres") => TestDatabase::Postgres,
+        Ok(other) => panic!("CHATD_TEST_DATABASE={other:?}: expected sqlite or postgres"),
+    }
+}
+
+/// Servers started on PostgreSQL so far: even ones get the TCP URL, odd ones the
+/// Unix socket.
+static PG_SERVERS: AtomicUsize = AtomicUsize::new(0);
+
+/// For a test about SQLite alone (its file, its pragmas): true, with a note saying
+/// why, when the tests run on PostgreSQL, and the test returns. The same test runs in
+/// the SQLite pass.
+pub fn sqlite_only(why: &str) -> bool {
+    if test_database() == TestDatabase::Sqlite {
+        return false;
+    }
+    eprintln!("NOTE: SQLite only, not run on PostgreSQL: {why}");
+    true
 }
 
 /// Whether every test must run in full: set by CI (`CI=true`), or by hand with

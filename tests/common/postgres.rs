@@ -1,6 +1,7 @@
 //! A real PostgreSQL from Debian's packages, started for one test in a temporary
-//! directory: initdb (superuser `chatd`, a password file), `postgres` on a free
-//! loopback port and a socket directory of its own, a database `chat`.
+//! directory: a copy of a cluster initdb'd once per test process (superuser `chatd`,
+//! a password file, a database `chat`), `postgres` on a free loopback port and a
+//! socket directory of its own.
 //!
 //! As root the server runs as `nobody` (PostgreSQL refuses root), through `setpriv`,
 //! which execs: the child's pid is the postmaster's. Dropping the server shuts it
@@ -9,10 +10,12 @@
 #![allow(dead_code)]
 
 use std::fs;
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tempfile::TempDir;
@@ -126,9 +129,36 @@ fn traversable_by_others(path: &Path) -> bool {
     })
 }
 
-/// Where the server's temporary directory goes: the usual temp dir, or /tmp when
-/// running as root and the server user could not reach the former.
+/// Space /dev/shm must have free before clusters go there: a Docker container's
+/// default 64 MiB would not hold two of them.
+const SHM_MIN_FREE: u64 = 1 << 30;
+
+/// /dev/shm when it is a roomy memory file system everyone may write to: a cluster
+/// is copied for every test, which on a busy disk costs a second or more, and in
+/// memory a few milliseconds.
+fn shm_dir() -> Option<PathBuf> {
+    let shm = PathBuf::from("/dev/shm");
+    let meta = fs::metadata(&shm).ok()?;
+    if !meta.is_dir() || meta.permissions().mode() & 0o1777 != 0o1777 {
+        return None;
+    }
+    let path = std::ffi::CString::new("/dev/shm").ok()?;
+    // SAFETY: statvfs(3) fills the zeroed struct we own from a NUL-terminated path.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    (free >= SHM_MIN_FREE).then_some(shm)
+}
+
+/// Where the server's temporary directory goes: /dev/shm when it fits, else the usual
+/// temp dir, or /tmp when running as root and the server user could not reach the
+/// temp dir.
 fn parent_dir() -> PathBuf {
+    if let Some(shm) = shm_dir() {
+        return shm;
+    }
     let temp = std::env::temp_dir();
     if !is_root() || traversable_by_others(&temp.join("x")) {
         return temp;
@@ -149,9 +179,115 @@ fn free_port() -> u16 {
         .port()
 }
 
+fn new_password() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("pw-{}-{nanos:x}", std::process::id())
+}
+
+/// initdb into `data` as the server user, superuser [`PG_USER`] with `password`.
+fn initdb(bin: &Path, dir: &Path, data: &Path, auth: &str, password: &str) {
+    let pwfile = dir.join("pwfile");
+    fs::write(&pwfile, format!("{password}\n")).expect("pwfile");
+    if is_root() {
+        let status = Command::new("chown")
+            .args(["-R", "nobody:nogroup"])
+            .arg(dir)
+            .status()
+            .expect("chown");
+        assert!(status.success(), "chown the PostgreSQL directory");
+    }
+    let out = as_server_user(&bin.join("initdb"))
+        .arg("-D")
+        .arg(data)
+        .args(["-U", PG_USER, "-E", "UTF8", "--no-locale", "--no-sync"])
+        // 1 MiB WAL segments instead of 16: less to copy for every test.
+        .arg("--wal-segsize=1")
+        .arg(format!("--auth={auth}"))
+        .arg(format!("--pwfile={}", pwfile.display()))
+        .env("HOME", dir)
+        .output()
+        .expect("run initdb");
+    assert!(
+        out.status.success(),
+        "initdb failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// One initdb'd cluster per test process, with the test database already created,
+/// that every server copies: initdb costs seconds, a copy a fraction of one.
+struct Template {
+    /// `chatd-pg-template-PID`, removed when the process exits.
+    dir: PathBuf,
+    password: String,
+}
+
+impl Template {
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+}
+
+static TEMPLATE: OnceLock<Template> = OnceLock::new();
+
+/// The template's directory, for the exit hook (a static is never dropped).
+static TEMPLATE_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+extern "C" fn remove_template() {
+    if let Some(dir) = TEMPLATE_DIR.get() {
+        let _ = fs::remove_dir_all(dir);
+    }
+}
+
+/// The process's template, made by the first server that needs it.
+fn template(bin: &Path) -> &'static Template {
+    TEMPLATE.get_or_init(|| {
+        let dir = parent_dir().join(format!("chatd-pg-template-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).expect("template dir");
+        if TEMPLATE_DIR.set(dir.clone()).is_ok() {
+            // SAFETY: registers a plain function without captures; the test harness
+            // ends with exit(3), which runs it once.
+            unsafe { libc::atexit(remove_template) };
+        }
+        let password = new_password();
+        let data = dir.join("data");
+        initdb(bin, &dir, &data, "scram-sha-256", &password);
+        // Single-user mode creates the database without a port or a socket.
+        let mut child = as_server_user(&bin.join("postgres"))
+            .args(["--single", "-D"])
+            .arg(&data)
+            .arg("postgres")
+            .env("HOME", &dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run postgres --single");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("CREATE DATABASE {PG_DB};\n").as_bytes())
+            .expect("write to postgres --single");
+        let out = child.wait_with_output().expect("postgres --single");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !stderr.contains("ERROR"),
+            "CREATE DATABASE in single-user mode failed: {stderr}"
+        );
+        Template { dir, password }
+    })
+}
+
 impl PgServer {
-    /// initdb, start, wait until it accepts, create the database. None (after
-    /// `skip_unless_required`) when PostgreSQL is not installed.
+    /// A copy of this process's template cluster (or a fresh initdb for md5), started
+    /// and answering, with the database created. None (after `skip_unless_required`)
+    /// when PostgreSQL is not installed.
     pub fn start(options: PgOptions) -> Option<PgServer> {
         let Some(bin) = find_bin() else {
             skip_unless_required("PostgreSQL is not installed (Debian package postgresql)");
@@ -161,13 +297,7 @@ impl PgServer {
             .prefix("chatd-pg-")
             .tempdir_in(parent_dir())
             .expect("temp dir");
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let password = format!("pw-{}-{nanos:x}", std::process::id());
         fs::create_dir(dir.path().join("sock")).expect("socket dir");
-        fs::write(dir.path().join("pwfile"), format!("{password}\n")).expect("pwfile");
         if let Some((cert, key)) = &options.tls {
             fs::write(dir.path().join("server.crt"), cert).expect("cert");
             fs::write(dir.path().join("server.key"), key).expect("key");
@@ -177,6 +307,26 @@ impl PgServer {
             )
             .expect("key mode");
         }
+        let data = dir.path().join("data");
+        let password = if options.auth == PgAuth::Md5 {
+            // The md5 case stores its password as md5 once started, from a trust
+            // cluster of its own.
+            let password = new_password();
+            initdb(&bin, dir.path(), &data, "trust", &password);
+            password
+        } else {
+            // pg_hba.conf is written at every start, so one template serves the other
+            // methods; `cp -a` keeps the server user's ownership.
+            let template = template(&bin);
+            let status = Command::new("cp")
+                .arg("-a")
+                .arg(template.data())
+                .arg(&data)
+                .status()
+                .expect("run cp");
+            assert!(status.success(), "copy the template cluster");
+            template.password.clone()
+        };
         if is_root() {
             // The temp dir is 0700 root: the server user must own it to get in.
             let status = Command::new("chown")
@@ -186,27 +336,6 @@ impl PgServer {
                 .expect("chown");
             assert!(status.success(), "chown the PostgreSQL directory");
         }
-        let data = dir.path().join("data");
-        // Trust first: the md5 case needs to store its password as md5 once started.
-        let initdb_auth = match options.auth {
-            PgAuth::Md5 => "trust",
-            other => other.hba(),
-        };
-        let out = as_server_user(&bin.join("initdb"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", PG_USER, "-E", "UTF8", "--no-locale", "--no-sync"])
-            .arg(format!("--auth={initdb_auth}"))
-            .arg(format!("--pwfile={}", dir.path().join("pwfile").display()))
-            .env("HOME", dir.path())
-            .output()
-            .expect("run initdb");
-        assert!(
-            out.status.success(),
-            "initdb failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
         let mut server = PgServer {
             dir,
             bin,
@@ -216,8 +345,8 @@ impl PgServer {
             child: None,
         };
         server.start_again();
-        server.psql_in("postgres", &format!("CREATE DATABASE {PG_DB}"));
         if server.options.auth == PgAuth::Md5 {
+            server.psql_in("postgres", &format!("CREATE DATABASE {PG_DB}"));
             let password = server.password.clone();
             server.psql(&format!(
                 "SET password_encryption = 'md5'; ALTER ROLE {PG_USER} PASSWORD '{password}'"
@@ -257,6 +386,11 @@ impl PgServer {
 
     fn data(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// The server's temporary directory (data, socket, log), removed on drop.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// The directory holding the Unix socket.

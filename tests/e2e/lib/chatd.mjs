@@ -1,12 +1,17 @@
 // Starts the real chatd binary for a test: a temporary directory with its own config,
 // database, certificate and JWT secret, port 0 (or a given port, for restarts), and
-// the address read from the `listening on https://HOST:PORT` line.
+// the address read from the `listening on https://HOST:PORT` line. With
+// E2E_DATABASE=postgres (or CHATD_TEST_DATABASE=postgres) the database is a PostgreSQL
+// of the directory's own, started with its first chatd and kept across restarts in the
+// same directory until removeDir.
 
 import { spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+
+import { startPostgres } from './postgres.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const repoRoot = path.resolve(here, '../../..');
@@ -18,6 +23,18 @@ export const chatdBin = process.env.E2E_CHATD_BIN || path.join(repoRoot, 'target
 export const outDir = process.env.E2E_OUT || path.join(repoRoot, 'target/e2e');
 
 const STARTUP_TIMEOUT_MS = 20_000;
+
+/** `sqlite` (the default) or `postgres`. */
+export const database = (() => {
+  const value = process.env.E2E_DATABASE || process.env.CHATD_TEST_DATABASE || 'sqlite';
+  if (value !== 'sqlite' && value !== 'postgres') {
+    throw new Error(`E2E_DATABASE=${value}: expected sqlite or postgres`);
+  }
+  return value;
+})();
+
+/** Each data directory's PostgreSQL, kept across restarts of chatd in it. */
+const postgresOf = new Map();
 
 /** Settings that keep the tests fast and independent of the rate limits meant for production. */
 const TEST_CONFIG = {
@@ -46,7 +63,15 @@ export async function dataDir() {
  */
 export async function startChatd({ dir, port = 0, config = {} } = {}) {
   const dataDirectory = dir || (await dataDir());
-  const settings = { ...TEST_CONFIG, port: String(port), ...config };
+  const extraEnv = {};
+  const databaseConfig = {};
+  if (database === 'postgres' && config.database === undefined) {
+    if (!postgresOf.has(dataDirectory)) postgresOf.set(dataDirectory, await startPostgres());
+    const pg = postgresOf.get(dataDirectory);
+    databaseConfig.database = pg.url;
+    extraEnv.CHATD_DATABASE_PASSWORD = pg.password;
+  }
+  const settings = { ...TEST_CONFIG, port: String(port), ...databaseConfig, ...config };
   const confPath = path.join(dataDirectory, 'chatd.conf');
   await writeFile(confPath, Object.entries(settings).map(([k, v]) => `${k} = ${v}`).join('\n') + '\n');
 
@@ -54,6 +79,7 @@ export async function startChatd({ dir, port = 0, config = {} } = {}) {
   for (const [k, v] of Object.entries(process.env)) {
     if (!k.startsWith('CHATD_') && k !== 'RUST_LOG' && k !== 'SECRET_KEY') env[k] = v;
   }
+  Object.assign(env, extraEnv);
   const proc = spawn(chatdBin, ['--config', confPath], { cwd: dataDirectory, env, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
@@ -110,6 +136,10 @@ export async function startChatd({ dir, port = 0, config = {} } = {}) {
   };
 }
 
+/** Removes a data directory, and stops and removes its PostgreSQL (after chatd is gone). */
 export async function removeDir(dir) {
+  const pg = postgresOf.get(dir);
+  postgresOf.delete(dir);
+  await pg?.stop();
   await rm(dir, { recursive: true, force: true });
 }
