@@ -11,6 +11,8 @@ mod common;
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::postgres::{PgAuth, PgOptions, PgServer};
@@ -659,5 +661,179 @@ fn frozen_past_the_timeout_requests_get_unavailable_once_and_late_answers_are_dr
     assert_eq!(bob.next_of_type("message")["text"], "after");
     let mut c = server.connect();
     assert_eq!(c.get_auth("/me", &token).status, 200);
+    assert_password_not_shown(&server, pg.password());
+}
+
+// ---------------------------------------------------------------------------------------
+// PostgreSQL stopped (`pg_ctl stop -m immediate`) and started again
+// ---------------------------------------------------------------------------------------
+
+/// One `send` of the loop: what it sent and what came back when.
+#[derive(Debug, Clone)]
+struct Sent {
+    text: String,
+    answered: Instant,
+    /// The id acknowledged, or the error code.
+    outcome: Result<i64, String>,
+}
+
+/// Senders posting to room `dev` one request at a time each, until `stop` (bounded in
+/// count and time), every answer recorded.
+fn send_loop(
+    mut ws: ws::Ws,
+    name: &'static str,
+    log: Arc<Mutex<Vec<Sent>>>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        for i in 0..20_000 {
+            if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
+                return;
+            }
+            let text = format!("{name}-{i}");
+            let reply = ws.request(json!({"type":"send","room":"dev","text":text}));
+            let outcome = if reply["ok"] == true {
+                Ok(reply["data"]["id"].as_i64().expect("an id"))
+            } else {
+                Err(reply["error"]["code"].as_str().unwrap_or("").to_string())
+            };
+            log.lock().expect("log").push(Sent {
+                text,
+                answered: Instant::now(),
+                outcome,
+            });
+        }
+    })
+}
+
+fn acknowledged_after(log: &Mutex<Vec<Sent>>, after: Instant) -> usize {
+    log.lock()
+        .expect("log")
+        .iter()
+        .filter(|s| s.answered > after && s.outcome.is_ok())
+        .count()
+}
+
+#[test]
+fn an_immediate_stop_and_start_loses_nothing_acknowledged_and_service_resumes() {
+    let Some(mut pg) = postgres(PgAuth::ScramSha256) else {
+        return;
+    };
+    let server = chatd_on(
+        &pg,
+        "database_timeout_ms = 2000\nws_rate = 10000/s burst 10000",
+    );
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut senders = Vec::new();
+    let mut token = String::new();
+    for name in ["alice", "bob", "carol"] {
+        let (mut member, member_token) = ws::user(&server, name);
+        token = member_token;
+        member.ok(json!({"type":"join","room":"dev"}));
+        senders.push(send_loop(member, name, log.clone(), stop.clone()));
+    }
+    let started = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(30), || acknowledged_after(
+            &log, started
+        ) >= 100),
+        "the send loop did not get going"
+    );
+
+    let stopped_at = Instant::now();
+    pg.stop_immediate();
+    let mut down = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let (status, body) = readyz(&server);
+            down = body;
+            status == 503
+        }),
+        "/readyz stayed ready with PostgreSQL down"
+    );
+    assert_eq!(
+        (&down["status"], &down["reason"]),
+        (&json!("unavailable"), &json!("database_unreachable")),
+        "{down}"
+    );
+    let me = http_in_background(&server, "GET", "/me", None, Some(token.clone()));
+    let (r, took, _) = me.join().expect("HTTP thread");
+    common::assert_error(&r, 503, "unavailable");
+    assert!(took >= Duration::from_millis(2000), "503 after {took:?}");
+    // Down long enough for requests to wait and time out.
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(stopped_at.elapsed()));
+    let starting_at = Instant::now();
+    pg.start_again();
+    let back_at = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(10), || acknowledged_after(
+            &log, back_at
+        ) > 0),
+        "no send acknowledged within 10 s of PostgreSQL being back"
+    );
+    let resumed = log
+        .lock()
+        .expect("log")
+        .iter()
+        .filter(|s| s.answered > back_at && s.outcome.is_ok())
+        .map(|s| s.answered - back_at)
+        .min()
+        .expect("an acknowledged send");
+    assert!(
+        wait_until(Duration::from_secs(20), || acknowledged_after(
+            &log, back_at
+        ) >= 100),
+        "the send loop did not go on"
+    );
+    stop.store(true, Ordering::Relaxed);
+    for sender in senders {
+        sender.join().expect("sender");
+    }
+
+    let log = log.lock().expect("log").clone();
+    let stored: HashMap<i64, String> = stored_messages(&pg).into_iter().collect();
+    let mut errors: HashMap<String, usize> = HashMap::new();
+    let mut acknowledged = 0;
+    for sent in &log {
+        match &sent.outcome {
+            Ok(id) => {
+                acknowledged += 1;
+                assert_eq!(
+                    stored.get(id),
+                    Some(&sent.text),
+                    "acknowledged as {id} but not stored"
+                );
+            }
+            Err(code) => *errors.entry(code.clone()).or_default() += 1,
+        }
+    }
+    eprintln!(
+        "{} sends, {acknowledged} acknowledged and all stored, errors {errors:?}; \
+         the first acknowledged {} ms after PostgreSQL accepted again ({} ms after it \
+         was started, down {} ms)",
+        log.len(),
+        resumed.as_millis(),
+        (back_at - starting_at + resumed).as_millis(),
+        (starting_at - stopped_at).as_millis(),
+    );
+    for code in errors.keys() {
+        assert!(
+            code == "internal_error" || code == "unavailable",
+            "unexpected error {code}: {errors:?}"
+        );
+    }
+    assert!(
+        !errors.is_empty(),
+        "no request met the stopped database: {}",
+        log.len()
+    );
+    let (status, body) = readyz(&server);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server.connect().get_auth("/me", &token).status, 200);
+    let reconnects = server.metric("chatd_db_reconnects_total");
+    eprintln!("chatd_db_reconnects_total {reconnects}");
+    assert!(reconnects >= 1);
     assert_password_not_shown(&server, pg.password());
 }
