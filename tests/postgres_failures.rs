@@ -357,8 +357,12 @@ fn the_password_file_is_read_warned_about_when_exposed_and_refused_when_empty() 
         file.display()
     );
     let server = TestServer::start(&conf);
-    let (status, body) = readyz(&server);
-    assert_eq!((status, &body["status"]), (200, &json!("ready")), "{body}");
+    // Ready once the loop's connections are up (they connect after the listener).
+    assert!(
+        wait_until(Duration::from_secs(10), || readyz(&server).0 == 200),
+        "{:?}",
+        readyz(&server)
+    );
     server.register("alice", "password-123");
     assert!(
         server.log().contains("accessible to group or others"),
@@ -835,5 +839,156 @@ fn an_immediate_stop_and_start_loses_nothing_acknowledged_and_service_resumes() 
     let reconnects = server.metric("chatd_db_reconnects_total");
     eprintln!("chatd_db_reconnects_total {reconnects}");
     assert!(reconnects >= 1);
+    assert_password_not_shown(&server, pg.password());
+}
+
+// ---------------------------------------------------------------------------------------
+// Connections that go silent (a partition, a failover behind one address)
+// ---------------------------------------------------------------------------------------
+
+/// A TCP relay to PostgreSQL that can make the connections it carries go silent
+/// without closing them, as a partition or a failover behind one address does, while
+/// new connections get through. Its threads end with it.
+struct Relay {
+    port: u16,
+    /// Connections numbered below this forward nothing more.
+    silenced_below: Arc<std::sync::atomic::AtomicUsize>,
+    next: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Relay {
+    fn start(target_port: u16) -> Relay {
+        use std::sync::atomic::AtomicUsize;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        let relay = Relay {
+            port,
+            silenced_below: Arc::new(AtomicUsize::new(0)),
+            next: Arc::new(AtomicUsize::new(0)),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let (silenced_below, next, stop) = (
+            relay.silenced_below.clone(),
+            relay.next.clone(),
+            relay.stop.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target_port)) else {
+                    continue;
+                };
+                let number = next.fetch_add(1, Ordering::Relaxed);
+                for (from, to) in [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ] {
+                    let (Ok(from), Ok(to)) = (from, to) else {
+                        continue;
+                    };
+                    let (silenced_below, stop) = (silenced_below.clone(), stop.clone());
+                    std::thread::spawn(move || {
+                        relay_one_way(from, to, number, &silenced_below, &stop)
+                    });
+                }
+            }
+        });
+        relay
+    }
+
+    /// Every connection open now forwards nothing more; later ones work.
+    fn silence_open_connections(&self) {
+        self.silenced_below
+            .store(self.next.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://chatd@127.0.0.1:{}/chat", self.port)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn relay_one_way(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    number: usize,
+    silenced_below: &std::sync::atomic::AtomicUsize,
+    stop: &AtomicBool,
+) {
+    use std::io::{Read, Write};
+    let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut buf = [0u8; 16 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                // A silenced connection swallows what it carries and stays open.
+                if number >= silenced_below.load(Ordering::Relaxed)
+                    && to.write_all(&buf[..n]).is_err()
+                {
+                    break;
+                }
+            }
+            Err(e) if common::is_timeout(&e) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+#[test]
+fn a_connection_that_goes_silent_is_abandoned_and_made_again() {
+    let Some(pg) = postgres(PgAuth::ScramSha256) else {
+        return;
+    };
+    let relay = Relay::start(pg.port());
+    let conf = format!("database = {}\ndatabase_timeout_ms = 1000", relay.url());
+    let server = TestServer::start_with_env(&conf, &[("CHATD_DATABASE_PASSWORD", pg.password())]);
+    let (mut alice, _) = ws::user(&server, "alice");
+    alice.ok(json!({"type":"join","room":"dev"}));
+    alice.ok(json!({"type":"send","room":"dev","text":"before"}));
+
+    relay.silence_open_connections();
+    let silenced_at = Instant::now();
+    assert_eq!(
+        alice.error(json!({"type":"send","room":"dev","text":"into the void"})),
+        "unavailable"
+    );
+    // The database itself is fine: a new connection gets through at once.
+    let mut recovered = None;
+    while silenced_at.elapsed() < Duration::from_secs(15) {
+        let reply = alice.request(json!({"type":"send","room":"dev","text":"again"}));
+        if reply["ok"] == true {
+            recovered = Some(silenced_at.elapsed());
+            break;
+        }
+        // Unavailable after the timeout, or internal_error for a unit still waiting
+        // on the connection when it was given up (its outcome is unknown).
+        let code = &reply["error"]["code"];
+        assert!(code == "unavailable" || code == "internal_error", "{reply}");
+    }
+    let recovered = recovered.expect("chatd never left the silent connection");
+    eprintln!(
+        "a silent connection (database_timeout_ms 1000) was replaced {} ms after it went silent",
+        recovered.as_millis()
+    );
+    let (status, body) = readyz(&server);
+    assert_eq!(status, 200, "{body}");
+    assert!(server.metric("chatd_db_reconnects_total") >= 1);
+    assert!(
+        server.wait_for_log("connection abandoned", Duration::from_secs(1)),
+        "{}",
+        server.log()
+    );
     assert_password_not_shown(&server, pg.password());
 }

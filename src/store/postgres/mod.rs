@@ -12,7 +12,10 @@
 //! that it is answered `Unavailable` and its late answer, if any, is dropped. A lost
 //! connection fails its units (`Failed`: a write whose COMMIT was not seen is never
 //! acknowledged) and is made again with a growing, jittered delay; requests submitted
-//! while no connection is ready wait for one, within their timeout.
+//! while no connection is ready wait for one, within their timeout. A connection that
+//! leaves a unit unanswered for [`ABANDON_AFTER_TIMEOUTS`] timeouts is abandoned and
+//! made again: TCP alone notices a partition, or a failover behind one address, only
+//! after many minutes, and the database may well answer on a new connection.
 
 mod decode;
 mod schema;
@@ -35,6 +38,11 @@ pub use startup::prepare;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Short enough that service resumes within two seconds of the database being back.
 const MAX_BACKOFF: Duration = Duration::from_millis(1000);
+
+/// A connection whose oldest unit has waited this many database timeouts is given up:
+/// its requests were answered `Unavailable` one timeout earlier, and a database that is
+/// only slow (or frozen for less) still answers them on the connection.
+const ABANDON_AFTER_TIMEOUTS: u32 = 2;
 
 /// How the store is set up.
 #[derive(Debug, Clone)]
@@ -345,6 +353,33 @@ impl PgStore {
         }
     }
 
+    /// When the ready connection of `index` is to be given up if its oldest unit is
+    /// still unanswered.
+    fn abandon_at(&self, index: usize) -> Option<Instant> {
+        let slot = &self.slots[index];
+        if !matches!(slot.state, SlotState::Ready) {
+            return None;
+        }
+        let since = slot.conn.as_ref()?.oldest_unanswered_since()?;
+        Some(since + self.config.timeout * ABANDON_AFTER_TIMEOUTS)
+    }
+
+    /// Gives up a connection that stopped answering: its units fail (their requests
+    /// were answered `Unavailable` already; a write may still commit, as after any
+    /// timeout) and it is made again after the backoff.
+    fn abandon(&mut self, index: usize, now: Instant) {
+        let units: Vec<InFlight> = self.slots[index].units.drain().map(|(_, u)| u).collect();
+        for unit in units {
+            self.answer_unit(unit, Err(PgError::ConnectionLost), now);
+        }
+        let error = format!(
+            "no answer within {ABANDON_AFTER_TIMEOUTS} × database_timeout_ms ({} ms): \
+             connection abandoned",
+            (self.config.timeout * ABANDON_AFTER_TIMEOUTS).as_millis()
+        );
+        self.slot_down(index, error, now);
+    }
+
     fn expire(&mut self, now: Instant) {
         while let Some(&(at, ticket)) = self.deadlines.front() {
             if !self.open.contains(&ticket) {
@@ -451,12 +486,13 @@ impl Storage for PgStore {
             SlotState::Connecting(since) => Some(since + timeout),
             SlotState::Ready => None,
         });
+        let stalls = (0..self.slots.len()).filter_map(|i| self.abandon_at(i));
         let requests = self
             .deadlines
             .iter()
             .find(|(_, t)| self.open.contains(t))
             .map(|(at, _)| *at);
-        slots.chain(requests).min()
+        slots.chain(stalls).chain(requests).min()
     }
 
     fn on_deadline(&mut self, now: Instant) {
@@ -471,6 +507,9 @@ impl Storage for PgStore {
                         timeout.as_millis()
                     );
                     self.slot_down(index, error, now);
+                }
+                SlotState::Ready if self.abandon_at(index).is_some_and(|at| at <= now) => {
+                    self.abandon(index, now);
                 }
                 _ => {}
             }
