@@ -134,6 +134,37 @@ fn readyz(server: &TestServer) -> (u16, Value) {
     (r.status, r.json())
 }
 
+/// Polls `GET /readyz` on one kept-alive connection (within the request rates) every
+/// 50 ms until `until` holds for its status and body; the last answer, if it held.
+fn poll_readyz(
+    server: &TestServer,
+    timeout: Duration,
+    until: impl Fn(u16, &Value) -> bool,
+) -> Option<(u16, Value)> {
+    let mut c = server.connect();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let r = c.get("/readyz");
+        let body = r.json();
+        if until(r.status, &body) {
+            return Some((r.status, body));
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Polls `/readyz` until it answers 200, asserting it does within 10 s.
+fn wait_ready(server: &TestServer) {
+    assert!(
+        poll_readyz(server, Duration::from_secs(10), |status, _| status == 200).is_some(),
+        "/readyz is not ready: {:?}",
+        readyz(server)
+    );
+}
+
 /// A WebSocket ping frame answered by its pong: how long that took.
 fn ws_ping(ws: &mut ws::Ws) -> Duration {
     use tungstenite::Message;
@@ -358,11 +389,7 @@ fn the_password_file_is_read_warned_about_when_exposed_and_refused_when_empty() 
     );
     let server = TestServer::start(&conf);
     // Ready once the loop's connections are up (they connect after the listener).
-    assert!(
-        wait_until(Duration::from_secs(10), || readyz(&server).0 == 200),
-        "{:?}",
-        readyz(&server)
-    );
+    wait_ready(&server);
     server.register("alice", "password-123");
     assert!(
         server.log().contains("accessible to group or others"),
@@ -644,10 +671,7 @@ fn frozen_past_the_timeout_requests_get_unavailable_once_and_late_answers_are_dr
     let thawed_at = Instant::now();
     frozen.thaw();
 
-    assert!(
-        wait_until(Duration::from_secs(10), || readyz(&server).0 == 200),
-        "/readyz did not come back"
-    );
+    wait_ready(&server);
     eprintln!(
         "/readyz answered 200 again {} ms after SIGCONT",
         thawed_at.elapsed().as_millis()
@@ -748,15 +772,8 @@ fn an_immediate_stop_and_start_loses_nothing_acknowledged_and_service_resumes() 
 
     let stopped_at = Instant::now();
     pg.stop_immediate();
-    let mut down = Value::Null;
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            let (status, body) = readyz(&server);
-            down = body;
-            status == 503
-        }),
-        "/readyz stayed ready with PostgreSQL down"
-    );
+    let (_, down) = poll_readyz(&server, Duration::from_secs(10), |status, _| status == 503)
+        .expect("/readyz stayed ready with PostgreSQL down");
     assert_eq!(
         (&down["status"], &down["reason"]),
         (&json!("unavailable"), &json!("database_unreachable")),
@@ -982,8 +999,8 @@ fn a_connection_that_goes_silent_is_abandoned_and_made_again() {
         "a silent connection (database_timeout_ms 1000) was replaced {} ms after it went silent",
         recovered.as_millis()
     );
-    let (status, body) = readyz(&server);
-    assert_eq!(status, 200, "{body}");
+    // Ready again once no connection holds a request past the timeout.
+    wait_ready(&server);
     assert!(server.metric("chatd_db_reconnects_total") >= 1);
     assert!(
         server.wait_for_log("connection abandoned", Duration::from_secs(1)),
@@ -991,4 +1008,38 @@ fn a_connection_that_goes_silent_is_abandoned_and_made_again() {
         server.log()
     );
     assert_password_not_shown(&server, pg.password());
+}
+
+#[test]
+fn readyz_notices_a_frozen_database_without_traffic() {
+    let Some(pg) = postgres(PgAuth::ScramSha256) else {
+        return;
+    };
+    let server = chatd_on(&pg, "database_timeout_ms = 1000");
+    wait_ready(&server);
+    // Idle for several timeouts: the probes of idle connections are answered, nothing
+    // is made again.
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(readyz(&server).0, 200);
+    assert_eq!(server.metric("chatd_db_reconnects_total"), 0);
+
+    let frozen = Frozen::new(&pg);
+    let (_, seen) = poll_readyz(&server, Duration::from_secs(10), |status, _| status == 503)
+        .expect("/readyz stayed ready with PostgreSQL frozen and no traffic");
+    eprintln!(
+        "/readyz said {} {} ms after PostgreSQL froze, without traffic",
+        seen["reason"],
+        frozen.since.elapsed().as_millis()
+    );
+    assert_eq!(seen["reason"], "database_stalled", "{seen}");
+    let thawed_at = Instant::now();
+    frozen.thaw();
+    wait_ready(&server);
+    eprintln!(
+        "/readyz said ready {} ms after SIGCONT",
+        thawed_at.elapsed().as_millis()
+    );
+    let (mut alice, _) = ws::user(&server, "alice");
+    alice.ok(json!({"type":"join","room":"dev"}));
+    alice.ok(json!({"type":"send","room":"dev","text":"after"}));
 }

@@ -15,7 +15,10 @@
 //! while no connection is ready wait for one, within their timeout. A connection that
 //! leaves a unit unanswered for [`ABANDON_AFTER_TIMEOUTS`] timeouts is abandoned and
 //! made again: TCP alone notices a partition, or a failover behind one address, only
-//! after many minutes, and the database may well answer on a new connection.
+//! after many minutes, and the database may well answer on a new connection. A ready
+//! connection that sent nothing for one timeout sends a probe (a Sync alone), so that
+//! a database frozen while chatd is idle shows in `/readyz` and a dead connection is
+//! found before a request needs it.
 
 mod decode;
 mod schema;
@@ -78,6 +81,9 @@ struct Slot {
     backoff: Duration,
     /// Whether this slot was ever ready (a later Ready is a reconnect).
     was_ready: bool,
+    /// When a unit last went out on this connection (or it became ready): an idle one
+    /// is probed one timeout after.
+    last_sent: Instant,
 }
 
 /// A unit waiting for a ready connection.
@@ -229,6 +235,7 @@ impl PgStore {
         let Some(conn) = slot.conn.as_mut() else {
             return;
         };
+        slot.last_sent = now;
         let id = conn.send(
             Unit {
                 queries,
@@ -278,6 +285,7 @@ impl PgStore {
                 Event::Ready => {
                     let slot = &mut self.slots[index];
                     slot.state = SlotState::Ready;
+                    slot.last_sent = now;
                     slot.backoff = FIRST_BACKOFF;
                     if slot.was_ready {
                         self.stats.reconnects += 1;
@@ -364,6 +372,24 @@ impl PgStore {
         Some(since + self.config.timeout * ABANDON_AFTER_TIMEOUTS)
     }
 
+    /// When the ready connection of `index`, idle, is to be probed.
+    fn probe_at(&self, index: usize) -> Option<Instant> {
+        let slot = &self.slots[index];
+        let idle = slot.conn.as_ref()?.oldest_unanswered_since().is_none();
+        (matches!(slot.state, SlotState::Ready) && idle)
+            .then_some(slot.last_sent + self.config.timeout)
+    }
+
+    /// Sends a unit with no query: PostgreSQL answers its Sync with ReadyForQuery,
+    /// starting no transaction. Its answer is nobody's; only its absence counts.
+    fn probe(&mut self, index: usize, now: Instant) {
+        let slot = &mut self.slots[index];
+        if let Some(conn) = slot.conn.as_mut() {
+            slot.last_sent = now;
+            conn.send(Unit::default(), now);
+        }
+    }
+
     /// Gives up a connection that stopped answering: its units fail (their requests
     /// were answered `Unavailable` already; a write may still commit, as after any
     /// timeout) and it is made again after the backoff.
@@ -421,6 +447,7 @@ impl Storage for PgStore {
                 units: HashMap::new(),
                 backoff: FIRST_BACKOFF,
                 was_ready: false,
+                last_sent: now,
             })
             .collect();
         for index in 0..self.slots.len() {
@@ -486,7 +513,8 @@ impl Storage for PgStore {
             SlotState::Connecting(since) => Some(since + timeout),
             SlotState::Ready => None,
         });
-        let stalls = (0..self.slots.len()).filter_map(|i| self.abandon_at(i));
+        let stalls =
+            (0..self.slots.len()).filter_map(|i| self.abandon_at(i).or_else(|| self.probe_at(i)));
         let requests = self
             .deadlines
             .iter()
@@ -510,6 +538,9 @@ impl Storage for PgStore {
                 }
                 SlotState::Ready if self.abandon_at(index).is_some_and(|at| at <= now) => {
                     self.abandon(index, now);
+                }
+                SlotState::Ready if self.probe_at(index).is_some_and(|at| at <= now) => {
+                    self.probe(index, now);
                 }
                 _ => {}
             }
