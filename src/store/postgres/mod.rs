@@ -24,6 +24,8 @@ mod decode;
 mod schema;
 mod sql;
 mod startup;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
