@@ -42,17 +42,19 @@ fn startup_conf(url: &str, extra: &str) -> String {
     format!("port = 0\npublic_dir = public\ndb_path = chatd.db\ndatabase = {url}\n{extra}\n")
 }
 
-/// Asserts that `password` appears nowhere in chatd's log nor in its `/metrics`.
+/// Asserts that `password` appears nowhere in chatd's log, `/metrics` or `/readyz`.
 fn assert_password_not_shown(server: &TestServer, password: &str) {
     assert!(
         !server.log().contains(password),
         "the database password is in chatd's log"
     );
-    let metrics = server.connect().get("/metrics").text();
-    assert!(
-        !metrics.contains(password),
-        "the database password is in /metrics"
-    );
+    for path in ["/metrics", "/readyz"] {
+        let text = server.connect().get(path).text();
+        assert!(
+            !text.contains(password),
+            "the database password is in {path}"
+        );
+    }
 }
 
 /// Runs chatd expecting a startup failure: its stderr, after checking that it exited
@@ -533,33 +535,35 @@ fn three_members(server: &TestServer) -> (ws::Ws, ws::Ws, ws::Ws, String) {
     (alice, bob, dave, token)
 }
 
-/// An HTTP request answered on a thread of its own: its response and how long it took
-/// from being sent, then a GET /healthz on the same connection (whose answer must come
-/// next: a second answer to the first request would come first).
+/// An HTTP request answered on a thread of its own: its response, how long it took
+/// from being sent, when it was answered, and the connection for more.
+type Answered = (common::Response, Duration, Instant, common::Client);
+
 fn http_in_background(
     server: &TestServer,
     method: &'static str,
     path: &'static str,
     body: Option<Value>,
     token: Option<String>,
-) -> std::thread::JoinHandle<(common::Response, Duration, Instant)> {
+) -> std::thread::JoinHandle<Answered> {
     let mut client = server.connect();
     std::thread::spawn(move || {
         let start = Instant::now();
-        let r = match &body {
-            Some(body) => client.send_json(method, path, body, token.as_deref()),
-            None => client.send_json(method, path, &json!({}), token.as_deref()),
-        };
-        let took = start.elapsed();
-        let answered = Instant::now();
-        let healthz = client.get("/healthz");
-        assert_eq!(
-            (healthz.status, healthz.text()),
-            (200, r#"{"status":"ok"}"#.to_string()),
-            "the answer after {method} {path}"
-        );
-        (r, took, answered)
+        let body = body.unwrap_or_else(|| json!({}));
+        let r = client.send_json(method, path, &body, token.as_deref());
+        (r, start.elapsed(), Instant::now(), client)
     })
+}
+
+/// Asserts that the next answer on `client` is the one to a GET /healthz sent now: a
+/// second answer to an earlier request would come first.
+fn assert_answered_once(client: &mut common::Client) {
+    let healthz = client.get("/healthz");
+    assert_eq!(
+        (healthz.status, healthz.text()),
+        (200, r#"{"status":"ok"}"#.to_string()),
+        "the answer to GET /healthz"
+    );
 }
 
 #[test]
@@ -604,10 +608,12 @@ fn frozen_for_3_s_the_rest_answers_and_database_requests_complete_after_sigcont(
         held.as_millis(),
         after_thaw.as_millis()
     );
+    let mut clients = Vec::new();
     for (request, expected) in [(me, 200), (register, 201)] {
-        let (r, took, answered) = request.join().expect("HTTP thread");
+        let (r, took, answered, client) = request.join().expect("HTTP thread");
         assert_eq!(r.status, expected, "{}", r.text());
         assert!(answered >= thawed_at, "answered {took:?} after its request");
+        clients.push(client);
     }
     for member in [&mut alice, &mut bob] {
         let event = member.next_of_type("message");
@@ -621,6 +627,9 @@ fn frozen_for_3_s_the_rest_answers_and_database_requests_complete_after_sigcont(
     std::thread::sleep(Duration::from_secs(5).saturating_sub(held) + Duration::from_millis(500));
     assert_only_presence_pending(&mut alice);
     bob.assert_nothing_pending();
+    for client in &mut clients {
+        assert_answered_once(client);
+    }
     assert_eq!(
         stored_messages(&pg),
         vec![(id, "sent while frozen".to_string())]
@@ -658,9 +667,10 @@ fn frozen_past_the_timeout_requests_get_unavailable_once_and_late_answers_are_dr
         took >= Duration::from_millis(1000) && took < Duration::from_millis(2500),
         "unavailable after {took:?}"
     );
-    let (r, took, _) = me.join().expect("HTTP thread");
+    let (r, took, _, mut me_client) = me.join().expect("HTTP thread");
     common::assert_error(&r, 503, "unavailable");
     assert!(took >= Duration::from_millis(1000), "503 after {took:?}");
+    assert_answered_once(&mut me_client);
     let (status, body) = readyz(&server);
     assert_eq!(
         (status, &body["status"], &body["reason"]),
@@ -679,6 +689,7 @@ fn frozen_past_the_timeout_requests_get_unavailable_once_and_late_answers_are_dr
     // The late answers arrived and were dropped: nobody hears of them.
     assert_only_presence_pending(&mut alice);
     bob.assert_nothing_pending();
+    assert_answered_once(&mut me_client);
     // The write's outcome was unknown when it was answered: it committed after all.
     let stored = stored_messages(&pg);
     assert_eq!(stored.len(), 1, "{stored:?}");
@@ -780,9 +791,10 @@ fn an_immediate_stop_and_start_loses_nothing_acknowledged_and_service_resumes() 
         "{down}"
     );
     let me = http_in_background(&server, "GET", "/me", None, Some(token.clone()));
-    let (r, took, _) = me.join().expect("HTTP thread");
+    let (r, took, _, mut me_client) = me.join().expect("HTTP thread");
     common::assert_error(&r, 503, "unavailable");
     assert!(took >= Duration::from_millis(2000), "503 after {took:?}");
+    assert_answered_once(&mut me_client);
     // Down long enough for requests to wait and time out.
     std::thread::sleep(Duration::from_secs(3).saturating_sub(stopped_at.elapsed()));
     let starting_at = Instant::now();
