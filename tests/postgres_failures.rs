@@ -1044,6 +1044,24 @@ fn readyz_notices_a_frozen_database_without_traffic() {
         frozen.since.elapsed().as_millis()
     );
     assert_eq!(seen["reason"], "database_stalled", "{seen}");
+    // Frozen on, past the point where chatd gives its connections up and makes them
+    // again (two timeouts): still stalled, not unreachable.
+    let mut c = server.connect();
+    while frozen.since.elapsed() < Duration::from_millis(5000) {
+        let r = c.get("/readyz");
+        assert_eq!(
+            (r.status, &r.json()["reason"]),
+            (503, &json!("database_stalled")),
+            "{} ms after the freeze",
+            frozen.since.elapsed().as_millis()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        server.log().contains("connection abandoned"),
+        "{}",
+        server.log()
+    );
     let thawed_at = Instant::now();
     frozen.thaw();
     wait_ready(&server);

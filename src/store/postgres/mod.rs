@@ -111,6 +111,11 @@ pub struct PgStore {
     stats: StoreStats,
     /// Why the last connection attempt or connection failed.
     last_error: Option<String>,
+    /// Since when the database has left a request unanswered, while the connections
+    /// given up for it are made again: a database that accepts connections and says
+    /// nothing is stalled, not unreachable, for `/readyz`. Cleared by a connection
+    /// becoming ready, or failing in a way that says the database is gone.
+    stalled_since: Option<Instant>,
     /// A small xorshift state for the reconnect jitter.
     jitter: u64,
 }
@@ -143,6 +148,7 @@ impl PgStore {
             open: std::collections::HashSet::new(),
             stats: StoreStats::default(),
             last_error: None,
+            stalled_since: None,
             jitter: seed ^ u64::from(std::process::id()),
             config,
         }
@@ -161,6 +167,7 @@ impl PgStore {
             }
             Err(e) => {
                 let error = e.to_string();
+                self.stalled_since = None;
                 self.slot_down(index, error, now);
             }
         }
@@ -295,6 +302,7 @@ impl PgStore {
                     }
                     slot.was_ready = true;
                     self.last_error = None;
+                    self.stalled_since = None;
                     self.drain_backlog(now);
                 }
                 Event::Unit { id, outcome } => {
@@ -302,7 +310,10 @@ impl PgStore {
                         self.answer_unit(unit, outcome, now);
                     }
                 }
-                Event::Closed(error) => self.slot_down(index, describe(&error), now),
+                Event::Closed(error) => {
+                    self.stalled_since = None;
+                    self.slot_down(index, describe(&error), now);
+                }
             }
         }
     }
@@ -396,6 +407,12 @@ impl PgStore {
     /// were answered `Unavailable` already; a write may still commit, as after any
     /// timeout) and it is made again after the backoff.
     fn abandon(&mut self, index: usize, now: Instant) {
+        let since = self.slots[index]
+            .conn
+            .as_ref()
+            .and_then(PgConn::oldest_unanswered_since)
+            .unwrap_or(now);
+        self.stalled_since = Some(self.stalled_since.map_or(since, |s| s.min(since)));
         let units: Vec<InFlight> = self.slots[index].units.drain().map(|(_, u)| u).collect();
         for unit in units {
             self.answer_unit(unit, Err(PgError::ConnectionLost), now);
@@ -552,6 +569,12 @@ impl Storage for PgStore {
 
     fn readiness(&self, now: Instant) -> Result<(), NotReady> {
         if !(0..self.slots.len()).any(|i| self.is_ready(i)) {
+            if let Some(since) = self.stalled_since {
+                let waiting = now.saturating_duration_since(since);
+                return Err(NotReady::Stalled {
+                    waiting_ms: u64::try_from(waiting.as_millis()).unwrap_or(u64::MAX),
+                });
+            }
             let why = self
                 .last_error
                 .clone()

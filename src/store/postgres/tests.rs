@@ -187,9 +187,16 @@ fn an_idle_connection_is_probed_and_one_that_stops_answering_is_abandoned() {
             .iter()
             .all(|s| matches!(s.state, SlotState::Down(at) if at > abandon) && s.conn.is_none())
     );
+    // Still stalled, not unreachable, while they are made again: the database took
+    // the connections and said nothing.
     assert!(matches!(
         store.readiness(abandon),
-        Err(NotReady::Unreachable(why)) if why.contains("connection abandoned")
+        Err(NotReady::Stalled { waiting_ms }) if waiting_ms == 2000
+    ));
+    store.on_deadline(abandon + TIMEOUT * 3);
+    assert!(matches!(
+        store.readiness(abandon + TIMEOUT * 3),
+        Err(NotReady::Stalled { waiting_ms }) if waiting_ms == 5000
     ));
 }
 
