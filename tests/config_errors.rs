@@ -281,3 +281,17 @@ fn verify_full_without_a_ca_file_is_refused_naming_database_ca_file() {
         );
     }
 }
+
+#[test]
+fn an_empty_database_password_variable_is_refused() {
+    // Refused before any connection is tried (nothing listens on port 1).
+    let (status, stderr) = run_expecting_exit(
+        &conf("database = postgres://chatd@127.0.0.1:1/chat"),
+        &[("CHATD_DATABASE_PASSWORD", "")],
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("CHATD_DATABASE_PASSWORD is empty"),
+        "{stderr}"
+    );
+}
