@@ -1073,3 +1073,68 @@ fn readyz_notices_a_frozen_database_without_traffic() {
     alice.ok(json!({"type":"join","room":"dev"}));
     alice.ok(json!({"type":"send","room":"dev","text":"after"}));
 }
+
+/// The pids of chatd's backends (its connections, by application_name).
+fn chatd_backends(pg: &PgServer) -> Vec<i32> {
+    pg.psql("SELECT pid FROM pg_stat_activity WHERE application_name = 'chatd'")
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn requests_on_a_connection_lost_mid_unit_get_internal_error_once_and_nothing_is_stored() {
+    let Some(pg) = postgres(PgAuth::ScramSha256) else {
+        return;
+    };
+    let server = chatd_on(&pg, "database_timeout_ms = 5000");
+    let (mut alice, token) = ws::user(&server, "alice");
+    alice.ok(json!({"type":"join","room":"dev"}));
+    alice.ok(json!({"type":"send","room":"dev","text":"kept"}));
+    let backends = chatd_backends(&pg);
+    assert_eq!(backends.len(), 2, "chatd's connections: {backends:?}");
+
+    // The backends stop before reading the units: they are in flight, not run. Then
+    // they die, and PostgreSQL ends every connection to recover.
+    signal_all(&backends, libc::SIGSTOP);
+    alice.send_json(&json!({"type":"send","room":"dev","text":"lost","ref":"lost"}));
+    let me = http_in_background(&server, "GET", "/me", None, Some(token.clone()));
+    assert!(
+        wait_until(Duration::from_secs(5), || server
+            .metric("chatd_storage_waiting")
+            == 2),
+        "the requests did not reach the database"
+    );
+    let killed_at = Instant::now();
+    signal_all(&backends, libc::SIGKILL);
+
+    let reply = reply_within(&mut alice, Duration::from_secs(5)).expect("a reply");
+    assert_eq!(
+        (&reply["ref"], &reply["ok"], &reply["error"]["code"]),
+        (&json!("lost"), &json!(false), &json!("internal_error")),
+        "{reply}"
+    );
+    let (r, _, _, mut me_client) = me.join().expect("HTTP thread");
+    common::assert_error(&r, 500, "internal_error");
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(4),
+        "answered at the timeout"
+    );
+    assert_answered_once(&mut me_client);
+
+    // Service resumes once PostgreSQL has recovered; nothing of the lost unit is stored,
+    // and no second answer comes for it.
+    let resumed = wait_until(Duration::from_secs(20), || {
+        alice.request(json!({"type":"send","room":"dev","text":"after"}))["ok"] == true
+    });
+    assert!(resumed, "no send acknowledged after the recovery");
+    let texts: Vec<String> = stored_messages(&pg).into_iter().map(|(_, t)| t).collect();
+    assert!(!texts.contains(&"lost".to_string()), "{texts:?}");
+    assert_eq!(texts.first().map(String::as_str), Some("kept"));
+    assert_eq!(texts.last().map(String::as_str), Some("after"));
+    assert_eq!(alice.next_of_type("message")["text"], "after");
+    assert_only_presence_pending(&mut alice);
+    assert_answered_once(&mut me_client);
+    wait_ready(&server);
+    assert_password_not_shown(&server, pg.password());
+}
