@@ -299,6 +299,31 @@ fn a_wrong_password_is_refused_at_startup_naming_the_user() {
 }
 
 #[test]
+fn no_password_for_a_server_that_asks_for_one_is_refused_at_startup() {
+    let Some(pg) = postgres(PgAuth::ScramSha256) else {
+        return;
+    };
+    let (status, stderr) = run_expecting_exit(&startup_conf(&pg.url(), ""), &[]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the server asks for a password and none is configured"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn tls_required_of_a_server_without_it_is_refused_at_startup() {
+    let Some(pg) = postgres(PgAuth::ScramSha256) else {
+        return;
+    };
+    let stderr = refused_at_startup(
+        &startup_conf(&pg.url(), "database_tls = require"),
+        pg.password(),
+    );
+    assert!(stderr.contains("TLS"), "{stderr}");
+}
+
+#[test]
 fn md5_and_cleartext_authentication_are_refused_naming_the_method() {
     for (auth, method) in [(PgAuth::Md5, "md5"), (PgAuth::Password, "cleartext")] {
         let Some(pg) = postgres(auth) else {
