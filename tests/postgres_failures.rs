@@ -1163,3 +1163,40 @@ fn requests_on_a_connection_lost_mid_unit_get_internal_error_once_and_nothing_is
     wait_ready(&server);
     assert_password_not_shown(&server, pg.password());
 }
+
+#[test]
+fn a_graceful_shutdown_is_not_held_up_by_a_frozen_database() {
+    let Some(pg) = postgres(PgAuth::ScramSha256) else {
+        return;
+    };
+    let mut server = chatd_on(&pg, "database_timeout_ms = 30000");
+    let (mut alice, token) = ws::user(&server, "alice");
+    alice.ok(json!({"type":"join","room":"dev"}));
+    let frozen = Frozen::new(&pg);
+    alice.send_json(&json!({"type":"send","room":"dev","text":"parked","ref":"parked"}));
+    let mut me = server.connect();
+    let auth = format!("Bearer {token}");
+    let request = me.build_request("GET", "/me", &[("Authorization", &auth)], b"");
+    me.send(&request);
+    assert!(
+        wait_until(Duration::from_secs(5), || server
+            .metric("chatd_storage_waiting")
+            == 2),
+        "the requests did not park"
+    );
+    let stopping = Instant::now();
+    server.stop();
+    let took = stopping.elapsed();
+    eprintln!(
+        "SIGTERM with PostgreSQL frozen: chatd exited in {} ms",
+        took.as_millis()
+    );
+    // Its grace period (3 s), not the database timeout (30 s).
+    assert!(took < Duration::from_secs(8), "exit took {took:?}");
+    // The parked request's connection was closed with the rest, unanswered.
+    assert!(me.try_read_any_response("GET").is_err());
+    // The WebSocket with a send waiting was told the server is going away.
+    let ended = alice.ended(Duration::from_secs(5));
+    assert!(matches!(ended, ws::Ended::Close(1001, _)), "{ended:?}");
+    drop(frozen);
+}
