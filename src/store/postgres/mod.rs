@@ -418,7 +418,7 @@ impl PgStore {
             self.answer_unit(unit, Err(PgError::ConnectionLost), now);
         }
         let error = format!(
-            "no answer within {ABANDON_AFTER_TIMEOUTS} × database_timeout_ms ({} ms): \
+            "no answer within {ABANDON_AFTER_TIMEOUTS} times database_timeout_ms ({} ms): \
              connection abandoned",
             (self.config.timeout * ABANDON_AFTER_TIMEOUTS).as_millis()
         );
