@@ -20,7 +20,7 @@ use common::{TestServer, run_expecting_exit, wait_until, ws};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------
-// Helpers
+// Starting things, freezing them, asking them
 // ---------------------------------------------------------------------------------------
 
 fn postgres(auth: PgAuth) -> Option<PgServer> {
@@ -246,19 +246,16 @@ fn liveness(
     worst
 }
 
-/// The figure for requests that need no database while it is frozen.
-const LIVENESS_TARGET: Duration = Duration::from_millis(100);
-/// What the tests hold them to: the target with room for two shared cores running
-/// an unoptimised chatd, and still far below any database timeout or freeze here, so a
-/// loop that waited for the database fails it.
-const LIVENESS_BOUND: Duration = Duration::from_millis(250);
+/// The longest a request that needs no database may take while PostgreSQL is frozen.
+/// The loop answers them in a few milliseconds; one that waited for the database would
+/// take the freeze or the database timeout, a second or more.
+const LIVENESS_BOUND: Duration = Duration::from_millis(100);
 
 fn assert_live(samples: &[(&'static str, Duration)]) {
     for (what, worst) in samples {
         eprintln!(
-            "while PostgreSQL is frozen: {what} answered within {:.1} ms (target {} ms)",
+            "while PostgreSQL is frozen: {what} answered within {:.1} ms",
             worst.as_secs_f64() * 1000.0,
-            LIVENESS_TARGET.as_millis()
         );
     }
     for (what, worst) in samples {
@@ -269,7 +266,7 @@ fn assert_live(samples: &[(&'static str, Duration)]) {
     }
 }
 
-/// Everything in `rooms` of the messages table, as (id, text).
+/// Every stored message, as (id, text), by id.
 fn stored_messages(pg: &PgServer) -> Vec<(i64, String)> {
     pg.psql("SELECT id, text FROM messages ORDER BY id")
         .lines()
