@@ -201,6 +201,14 @@ fn database_password(config: &Config) -> Result<Option<String>, String> {
         let value = value
             .into_string()
             .map_err(|_| format!("{} is not valid UTF-8", config::DATABASE_PASSWORD_VAR))?;
+        // Set but empty is a password that went missing on the way (an unset variable
+        // expanded, say), not a choice: unset it for trust authentication.
+        if value.is_empty() {
+            return Err(format!(
+                "{} is empty (unset it when the database needs no password)",
+                config::DATABASE_PASSWORD_VAR
+            ));
+        }
         return Ok(Some(value));
     }
     let Some(path) = &config.database_password_file else {

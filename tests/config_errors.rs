@@ -242,3 +242,56 @@ fn other_variables_that_are_not_utf8_are_ignored() {
     });
     assert_eq!(server.connect().get("/healthz").status, 200);
 }
+
+#[test]
+fn a_password_in_the_database_url_is_refused_without_repeating_it() {
+    let secret = "hunter2-in-the-url-4e1f";
+    for url in [
+        format!("postgres://chatd:{secret}@127.0.0.1:5432/chat"),
+        format!("postgresql://chatd:{secret}@/chat?host=/run/postgresql"),
+    ] {
+        let (status, stderr) = run_expecting_exit(&conf(&format!("database = {url}")), &[]);
+        assert_config_error(status, &stderr, &["database", "password"]);
+        assert!(
+            !stderr.contains(secret),
+            "the password is repeated: {stderr}"
+        );
+        let (status, stderr) = run_expecting_exit(&conf(""), &[("CHATD_DATABASE", &url)]);
+        assert_config_error(status, &stderr, &["CHATD_DATABASE", "password"]);
+        assert!(
+            !stderr.contains(secret),
+            "the password is repeated: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn verify_full_without_a_ca_file_is_refused_naming_database_ca_file() {
+    // Nothing listens there: the refusal comes before any connection is tried.
+    for extra in [
+        "database = postgres://chatd@127.0.0.1:1/chat\ndatabase_tls = verify-full",
+        // verify-full is the default for a database on another host.
+        "database = postgres://chatd@192.0.2.1:5432/chat",
+    ] {
+        let (status, stderr) = run_expecting_exit(&conf(extra), &[]);
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("database_ca_file") && stderr.contains("verify-full"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn an_empty_database_password_variable_is_refused() {
+    // Refused before any connection is tried (nothing listens on port 1).
+    let (status, stderr) = run_expecting_exit(
+        &conf("database = postgres://chatd@127.0.0.1:1/chat"),
+        &[("CHATD_DATABASE_PASSWORD", "")],
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("CHATD_DATABASE_PASSWORD is empty"),
+        "{stderr}"
+    );
+}

@@ -12,12 +12,20 @@
 //! that it is answered `Unavailable` and its late answer, if any, is dropped. A lost
 //! connection fails its units (`Failed`: a write whose COMMIT was not seen is never
 //! acknowledged) and is made again with a growing, jittered delay; requests submitted
-//! while no connection is ready wait for one, within their timeout.
+//! while no connection is ready wait for one, within their timeout. A connection that
+//! leaves a unit unanswered for [`ABANDON_AFTER_TIMEOUTS`] timeouts is abandoned and
+//! made again: TCP alone notices a partition, or a failover behind one address, only
+//! after many minutes, and the database may well answer on a new connection. A ready
+//! connection that sent nothing for one timeout sends a probe (a Sync alone), so that
+//! a database frozen while chatd is idle shows in `/readyz` and a dead connection is
+//! found before a request needs it.
 
 mod decode;
 mod schema;
 mod sql;
 mod startup;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -35,6 +43,11 @@ pub use startup::prepare;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Short enough that service resumes within two seconds of the database being back.
 const MAX_BACKOFF: Duration = Duration::from_millis(1000);
+
+/// A connection whose oldest unit has waited this many database timeouts is given up:
+/// its requests were answered `Unavailable` one timeout earlier, and a database that is
+/// only slow (or frozen for less) still answers them on the connection.
+const ABANDON_AFTER_TIMEOUTS: u32 = 2;
 
 /// How the store is set up.
 #[derive(Debug, Clone)]
@@ -70,6 +83,9 @@ struct Slot {
     backoff: Duration,
     /// Whether this slot was ever ready (a later Ready is a reconnect).
     was_ready: bool,
+    /// When a unit last went out on this connection (or it became ready): an idle one
+    /// is probed one timeout after.
+    last_sent: Instant,
 }
 
 /// A unit waiting for a ready connection.
@@ -95,6 +111,11 @@ pub struct PgStore {
     stats: StoreStats,
     /// Why the last connection attempt or connection failed.
     last_error: Option<String>,
+    /// Since when the database has left a request unanswered, while the connections
+    /// given up for it are made again: a database that accepts connections and says
+    /// nothing is stalled, not unreachable, for `/readyz`. Cleared by a connection
+    /// becoming ready, or failing in a way that says the database is gone.
+    stalled_since: Option<Instant>,
     /// A small xorshift state for the reconnect jitter.
     jitter: u64,
 }
@@ -127,6 +148,7 @@ impl PgStore {
             open: std::collections::HashSet::new(),
             stats: StoreStats::default(),
             last_error: None,
+            stalled_since: None,
             jitter: seed ^ u64::from(std::process::id()),
             config,
         }
@@ -145,6 +167,7 @@ impl PgStore {
             }
             Err(e) => {
                 let error = e.to_string();
+                self.stalled_since = None;
                 self.slot_down(index, error, now);
             }
         }
@@ -221,6 +244,7 @@ impl PgStore {
         let Some(conn) = slot.conn.as_mut() else {
             return;
         };
+        slot.last_sent = now;
         let id = conn.send(
             Unit {
                 queries,
@@ -270,6 +294,7 @@ impl PgStore {
                 Event::Ready => {
                     let slot = &mut self.slots[index];
                     slot.state = SlotState::Ready;
+                    slot.last_sent = now;
                     slot.backoff = FIRST_BACKOFF;
                     if slot.was_ready {
                         self.stats.reconnects += 1;
@@ -277,6 +302,7 @@ impl PgStore {
                     }
                     slot.was_ready = true;
                     self.last_error = None;
+                    self.stalled_since = None;
                     self.drain_backlog(now);
                 }
                 Event::Unit { id, outcome } => {
@@ -284,7 +310,10 @@ impl PgStore {
                         self.answer_unit(unit, outcome, now);
                     }
                 }
-                Event::Closed(error) => self.slot_down(index, describe(&error), now),
+                Event::Closed(error) => {
+                    self.stalled_since = None;
+                    self.slot_down(index, describe(&error), now);
+                }
             }
         }
     }
@@ -345,6 +374,57 @@ impl PgStore {
         }
     }
 
+    /// When the ready connection of `index` is to be given up if its oldest unit is
+    /// still unanswered.
+    fn abandon_at(&self, index: usize) -> Option<Instant> {
+        let slot = &self.slots[index];
+        if !matches!(slot.state, SlotState::Ready) {
+            return None;
+        }
+        let since = slot.conn.as_ref()?.oldest_unanswered_since()?;
+        Some(since + self.config.timeout * ABANDON_AFTER_TIMEOUTS)
+    }
+
+    /// When the ready connection of `index`, idle, is to be probed.
+    fn probe_at(&self, index: usize) -> Option<Instant> {
+        let slot = &self.slots[index];
+        let idle = slot.conn.as_ref()?.oldest_unanswered_since().is_none();
+        (matches!(slot.state, SlotState::Ready) && idle)
+            .then_some(slot.last_sent + self.config.timeout)
+    }
+
+    /// Sends a unit with no query: PostgreSQL answers its Sync with ReadyForQuery,
+    /// starting no transaction. Its answer is nobody's; only its absence counts.
+    fn probe(&mut self, index: usize, now: Instant) {
+        let slot = &mut self.slots[index];
+        if let Some(conn) = slot.conn.as_mut() {
+            slot.last_sent = now;
+            conn.send(Unit::default(), now);
+        }
+    }
+
+    /// Gives up a connection that stopped answering: its units fail (their requests
+    /// were answered `Unavailable` already; a write may still commit, as after any
+    /// timeout) and it is made again after the backoff.
+    fn abandon(&mut self, index: usize, now: Instant) {
+        let since = self.slots[index]
+            .conn
+            .as_ref()
+            .and_then(PgConn::oldest_unanswered_since)
+            .unwrap_or(now);
+        self.stalled_since = Some(self.stalled_since.map_or(since, |s| s.min(since)));
+        let units: Vec<InFlight> = self.slots[index].units.drain().map(|(_, u)| u).collect();
+        for unit in units {
+            self.answer_unit(unit, Err(PgError::ConnectionLost), now);
+        }
+        let error = format!(
+            "no answer within {ABANDON_AFTER_TIMEOUTS} times database_timeout_ms ({} ms): \
+             connection abandoned",
+            (self.config.timeout * ABANDON_AFTER_TIMEOUTS).as_millis()
+        );
+        self.slot_down(index, error, now);
+    }
+
     fn expire(&mut self, now: Instant) {
         while let Some(&(at, ticket)) = self.deadlines.front() {
             if !self.open.contains(&ticket) {
@@ -386,6 +466,7 @@ impl Storage for PgStore {
                 units: HashMap::new(),
                 backoff: FIRST_BACKOFF,
                 was_ready: false,
+                last_sent: now,
             })
             .collect();
         for index in 0..self.slots.len() {
@@ -460,12 +541,14 @@ impl Storage for PgStore {
             SlotState::Connecting(since) => Some(since + timeout),
             SlotState::Ready => None,
         });
+        let stalls =
+            (0..self.slots.len()).filter_map(|i| self.abandon_at(i).or_else(|| self.probe_at(i)));
         let requests = self
             .deadlines
             .iter()
             .find(|(_, t)| self.open.contains(t))
             .map(|(at, _)| *at);
-        slots.chain(requests).min()
+        slots.chain(stalls).chain(requests).min()
     }
 
     fn on_deadline(&mut self, now: Instant) {
@@ -481,6 +564,12 @@ impl Storage for PgStore {
                     );
                     self.slot_down(index, error, now);
                 }
+                SlotState::Ready if self.abandon_at(index).is_some_and(|at| at <= now) => {
+                    self.abandon(index, now);
+                }
+                SlotState::Ready if self.probe_at(index).is_some_and(|at| at <= now) => {
+                    self.probe(index, now);
+                }
                 _ => {}
             }
         }
@@ -489,6 +578,12 @@ impl Storage for PgStore {
 
     fn readiness(&self, now: Instant) -> Result<(), NotReady> {
         if !(0..self.slots.len()).any(|i| self.is_ready(i)) {
+            if let Some(since) = self.stalled_since {
+                let waiting = now.saturating_duration_since(since);
+                return Err(NotReady::Stalled {
+                    waiting_ms: u64::try_from(waiting.as_millis()).unwrap_or(u64::MAX),
+                });
+            }
             let why = self
                 .last_error
                 .clone()

@@ -1,0 +1,225 @@
+//! PgStore's bookkeeping without a server: connections that never become ready (a
+//! closed loopback port, never polled), units placed and answered by hand. What the
+//! wire does is tests/postgres_store.rs's and tests/postgres_failures.rs's.
+
+use std::time::{Duration, Instant};
+
+use mio::Poll;
+
+use super::{PgConfig, PgStore, SlotState};
+use crate::pg::{Event, PgError, parse_url};
+use crate::store::{Failure, NotReady, Op, Outcome, Storage, Ticket};
+
+const TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// A store attached to a poller that is never polled, its connections to a port where
+/// nothing listens: they stay connecting.
+fn store(poll: &Poll, now: Instant) -> PgStore {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(9);
+    let params = parse_url(&format!("postgres://chatd@127.0.0.1:{port}/chat")).expect("url");
+    let mut store = PgStore::new(PgConfig {
+        params,
+        connections: 2,
+        timeout: TIMEOUT,
+    });
+    store.attach(poll.registry(), 10, now).expect("attach");
+    store
+}
+
+fn read(user: i64) -> Op {
+    Op::UserById(user)
+}
+
+fn write(user: i64) -> Op {
+    Op::SetDisplayName {
+        user,
+        display_name: format!("user {user}"),
+    }
+}
+
+fn answers(store: &mut PgStore) -> Vec<(Ticket, Outcome)> {
+    let mut out = Vec::new();
+    store.take_answers(&mut out);
+    out
+}
+
+#[test]
+fn requests_waiting_for_a_connection_are_answered_unavailable_once_at_their_timeout() {
+    let poll = Poll::new().expect("poll");
+    let start = Instant::now();
+    let mut store = store(&poll, start);
+    store.submit(Ticket(1), write(1));
+    store.submit(Ticket(2), read(1));
+    store.flush(start);
+    assert_eq!(store.backlog.len(), 2);
+    assert!(answers(&mut store).is_empty());
+    assert!(matches!(
+        store.readiness(start),
+        Err(NotReady::Unreachable(_))
+    ));
+    // Nothing before the timeout.
+    store.on_deadline(start + TIMEOUT - Duration::from_millis(1));
+    assert!(answers(&mut store).is_empty());
+    assert_eq!(store.next_deadline(), Some(start + TIMEOUT));
+
+    store.on_deadline(start + TIMEOUT);
+    let mut got = answers(&mut store);
+    got.sort_by_key(|(t, _)| t.0);
+    assert_eq!(
+        got,
+        vec![
+            (Ticket(1), Err(Failure::Unavailable)),
+            (Ticket(2), Err(Failure::Unavailable))
+        ]
+    );
+    // Nothing is sent for them once a connection is ready, and nothing answers twice.
+    assert!(store.backlog.is_empty());
+    store.on_deadline(start + TIMEOUT * 3);
+    assert!(answers(&mut store).is_empty());
+    assert_eq!(store.stats().errors, 2);
+}
+
+#[test]
+fn the_backlog_goes_out_in_submission_order_once_the_first_connection_is_ready() {
+    let poll = Poll::new().expect("poll");
+    let now = Instant::now();
+    let mut store = store(&poll, now);
+    store.submit(Ticket(1), write(1));
+    store.submit(Ticket(2), read(1));
+    store.flush(now);
+    store.submit(Ticket(3), write(2));
+    store.submit(Ticket(4), read(2));
+    store.flush(now);
+    assert_eq!(store.backlog.len(), 4);
+
+    // The second connection alone ready: the writes wait for the first, and the reads
+    // wait behind them (a read sees the writes submitted before it).
+    store.slots[1].state = SlotState::Ready;
+    store.drain_backlog(now);
+    assert_eq!(store.backlog.len(), 4);
+
+    store.slots[0].state = SlotState::Ready;
+    store.drain_backlog(now);
+    assert!(store.backlog.is_empty());
+    let mut sent: Vec<_> = store.slots[0].units.iter().collect();
+    sent.sort_by_key(|(id, _)| **id);
+    let order: Vec<u64> = sent
+        .iter()
+        .flat_map(|(_, unit)| unit.requests.iter().map(|(t, _)| t.0))
+        .collect();
+    assert_eq!(order, vec![1, 2, 3, 4]);
+    assert!(store.slots[1].units.is_empty());
+}
+
+#[test]
+fn a_late_answer_is_dropped_and_an_answer_in_time_is_not_followed_by_unavailable() {
+    let poll = Poll::new().expect("poll");
+    let now = Instant::now();
+    let mut store = store(&poll, now);
+    store.slots[0].state = SlotState::Ready;
+    store.slots[1].state = SlotState::Ready;
+    store.submit(Ticket(1), write(1));
+    store.flush(now);
+    store.submit(Ticket(2), write(2));
+    store.flush(now + TIMEOUT / 2);
+    let mut ids: Vec<_> = store.slots[0].units.keys().copied().collect();
+    ids.sort();
+    assert_eq!(ids.len(), 2);
+
+    // The first times out; its answer comes late and is dropped.
+    store.on_deadline(now + TIMEOUT);
+    assert_eq!(
+        answers(&mut store),
+        vec![(Ticket(1), Err(Failure::Unavailable))]
+    );
+    let late = Event::Unit {
+        id: ids[0],
+        outcome: Err(PgError::ConnectionLost),
+    };
+    store.on_events(0, vec![late], now + TIMEOUT);
+    assert!(answers(&mut store).is_empty());
+
+    // The second is answered in time; its own deadline then passes without a word.
+    let in_time = Event::Unit {
+        id: ids[1],
+        outcome: Err(PgError::ConnectionLost),
+    };
+    store.on_events(0, vec![in_time], now + TIMEOUT);
+    assert_eq!(answers(&mut store), vec![(Ticket(2), Err(Failure::Failed))]);
+    store.on_deadline(now + TIMEOUT * 2);
+    assert!(answers(&mut store).is_empty());
+}
+
+#[test]
+fn an_idle_connection_is_probed_and_one_that_stops_answering_is_abandoned() {
+    let poll = Poll::new().expect("poll");
+    let now = Instant::now();
+    let mut store = store(&poll, now);
+    for slot in &mut store.slots {
+        slot.state = SlotState::Ready;
+        slot.last_sent = now;
+    }
+    assert!(store.readiness(now).is_ok());
+    // Idle for one timeout: each connection gets a probe, owed to nobody.
+    assert_eq!(store.next_deadline(), Some(now + TIMEOUT));
+    store.on_deadline(now + TIMEOUT);
+    assert!(answers(&mut store).is_empty());
+    for slot in &store.slots {
+        assert_eq!(
+            slot.conn.as_ref().and_then(|c| c.oldest_unanswered_since()),
+            Some(now + TIMEOUT)
+        );
+    }
+    // Unanswered past the timeout: stalled; past two, the connections are given up.
+    assert!(matches!(
+        store.readiness(now + TIMEOUT * 2 + Duration::from_millis(1)),
+        Err(NotReady::Stalled { .. })
+    ));
+    let abandon = now + TIMEOUT * 3;
+    assert_eq!(store.next_deadline(), Some(abandon));
+    store.on_deadline(abandon);
+    assert!(
+        store
+            .slots
+            .iter()
+            .all(|s| matches!(s.state, SlotState::Down(at) if at > abandon) && s.conn.is_none())
+    );
+    // Still stalled, not unreachable, while they are made again: the database took
+    // the connections and said nothing.
+    assert!(matches!(
+        store.readiness(abandon),
+        Err(NotReady::Stalled { waiting_ms }) if waiting_ms == 2000
+    ));
+    store.on_deadline(abandon + TIMEOUT * 3);
+    assert!(matches!(
+        store.readiness(abandon + TIMEOUT * 3),
+        Err(NotReady::Stalled { waiting_ms }) if waiting_ms == 5000
+    ));
+}
+
+#[test]
+fn a_request_still_waiting_on_an_abandoned_connection_fails() {
+    let poll = Poll::new().expect("poll");
+    let now = Instant::now();
+    let mut store = store(&poll, now);
+    store.slots[0].state = SlotState::Ready;
+    store.submit(Ticket(1), write(1));
+    store.flush(now);
+    store.on_deadline(now + TIMEOUT);
+    assert_eq!(
+        answers(&mut store),
+        vec![(Ticket(1), Err(Failure::Unavailable))]
+    );
+    store.submit(Ticket(2), write(2));
+    store.flush(now + TIMEOUT * 3 / 2);
+    // The first unit has waited two timeouts: the connection goes, and the second
+    // request, whose outcome is now unknown, fails rather than waiting out its time.
+    store.on_deadline(now + TIMEOUT * 2);
+    assert_eq!(answers(&mut store), vec![(Ticket(2), Err(Failure::Failed))]);
+    assert!(store.slots[0].units.is_empty());
+    store.on_deadline(now + TIMEOUT * 3);
+    assert!(answers(&mut store).is_empty());
+}
