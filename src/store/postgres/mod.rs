@@ -4,9 +4,10 @@
 //! socket on the loop's poller. A flush sends the turn's writes as one unit (one
 //! transaction, one Sync) and each read as a unit of its own, all pipelined: the loop
 //! goes on at once, and the answers arrive with readiness events, in the order sent on
-//! each connection. Writes always go on the first connection, so transactions commit in
-//! the order of the turns that made them; a read goes there too while writes are in
-//! flight on it (it then sees them), and otherwise to the least busy ready connection.
+//! each connection. Writes go on one connection, the writer (the first, or another
+//! ready one while it is down), so transactions commit in the order of the turns that
+//! made them; a read goes there too while writes are in flight on it (it then sees
+//! them), and otherwise to the least busy ready connection.
 //!
 //! Every request has `database_timeout_ms` to be answered, from its submission: after
 //! that it is answered `Unavailable` and its late answer, if any, is dropped. A lost
@@ -118,6 +119,8 @@ pub struct PgStore {
     stalled_since: Option<Instant>,
     /// A small xorshift state for the reconnect jitter.
     jitter: u64,
+    /// The connection writes go on.
+    writer: usize,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -150,6 +153,7 @@ impl PgStore {
             last_error: None,
             stalled_since: None,
             jitter: seed ^ u64::from(std::process::id()),
+            writer: 0,
             config,
         }
     }
@@ -189,6 +193,29 @@ impl PgStore {
             log::warn!("database connection {index}: {error}; connecting again");
         }
         self.last_error = Some(error);
+        if index == self.writer {
+            self.choose_writer();
+        }
+    }
+
+    /// Writes go on one connection (so transactions commit in turn order); when it is
+    /// down, another ready one takes over. The old one's units have all been answered
+    /// (failed) by then, so no write can overtake an earlier one.
+    fn choose_writer(&mut self) {
+        if self.is_ready(self.writer) {
+            return;
+        }
+        let idle = |slot: &Slot| {
+            slot.units
+                .values()
+                .all(|u| u.requests.iter().all(|(_, op)| !op.is_write()))
+        };
+        if !idle(&self.slots[self.writer]) {
+            return;
+        }
+        if let Some(index) = (0..self.slots.len()).find(|&i| self.is_ready(i)) {
+            self.writer = index;
+        }
     }
 
     /// A number in [0, 1).
@@ -205,15 +232,16 @@ impl PgStore {
         matches!(self.slots[index].state, SlotState::Ready)
     }
 
-    /// Where a read goes: behind the writes in flight on the first connection (so it
+    /// Where a read goes: behind the writes in flight on the writer (so it
     /// sees them), or to the least busy ready connection.
     fn read_slot(&self) -> Option<usize> {
-        let writes_in_flight = self.slots[0]
+        let writer = self.writer;
+        let writes_in_flight = self.slots[writer]
             .units
             .values()
             .any(|u| u.requests.iter().any(|(_, op)| op.is_write()));
         if writes_in_flight {
-            return self.is_ready(0).then_some(0);
+            return self.is_ready(writer).then_some(writer);
         }
         (0..self.slots.len())
             .filter(|&i| self.is_ready(i))
@@ -224,7 +252,7 @@ impl PgStore {
     fn dispatch(&mut self, requests: Vec<(Ticket, Op)>, writes: bool, now: Instant) {
         // Writes behind an earlier backlogged unit wait with it: order is kept.
         let slot = if writes || !self.backlog.is_empty() {
-            (self.backlog.is_empty() && self.is_ready(0)).then_some(0)
+            (self.backlog.is_empty() && self.is_ready(self.writer)).then_some(self.writer)
         } else {
             self.read_slot()
         };
@@ -265,7 +293,7 @@ impl PgStore {
     fn drain_backlog(&mut self, now: Instant) {
         while let Some(next) = self.backlog.front() {
             let slot = if next.writes {
-                self.is_ready(0).then_some(0)
+                self.is_ready(self.writer).then_some(self.writer)
             } else {
                 self.read_slot()
             };
@@ -303,6 +331,7 @@ impl PgStore {
                     slot.was_ready = true;
                     self.last_error = None;
                     self.stalled_since = None;
+                    self.choose_writer();
                     self.drain_backlog(now);
                 }
                 Event::Unit { id, outcome } => {

@@ -83,7 +83,7 @@ fn requests_waiting_for_a_connection_are_answered_unavailable_once_at_their_time
 }
 
 #[test]
-fn the_backlog_goes_out_in_submission_order_once_the_first_connection_is_ready() {
+fn the_backlog_goes_out_in_submission_order_once_a_connection_is_ready() {
     let poll = Poll::new().expect("poll");
     let now = Instant::now();
     let mut store = store(&poll, now);
@@ -95,22 +95,47 @@ fn the_backlog_goes_out_in_submission_order_once_the_first_connection_is_ready()
     store.flush(now);
     assert_eq!(store.backlog.len(), 4);
 
-    // The second connection alone ready: the writes wait for the first, and the reads
-    // wait behind them (a read sees the writes submitted before it).
+    // The second connection ready while the first is not: writes move to it (nothing
+    // is in flight on the first), and the reads go behind them (a read sees the writes
+    // submitted before it).
     store.slots[1].state = SlotState::Ready;
-    store.drain_backlog(now);
-    assert_eq!(store.backlog.len(), 4);
-
-    store.slots[0].state = SlotState::Ready;
+    store.choose_writer();
+    assert_eq!(store.writer, 1);
     store.drain_backlog(now);
     assert!(store.backlog.is_empty());
-    let mut sent: Vec<_> = store.slots[0].units.iter().collect();
+    let mut sent: Vec<_> = store.slots[1].units.iter().collect();
     sent.sort_by_key(|(id, _)| **id);
     let order: Vec<u64> = sent
         .iter()
         .flat_map(|(_, unit)| unit.requests.iter().map(|(t, _)| t.0))
         .collect();
     assert_eq!(order, vec![1, 2, 3, 4]);
+    assert!(store.slots[0].units.is_empty());
+
+    // The first coming back does not take the writes away while the second works.
+    store.slots[0].state = SlotState::Ready;
+    store.choose_writer();
+    assert_eq!(store.writer, 1);
+}
+
+#[test]
+fn writes_stay_on_a_connection_with_writes_in_flight_until_they_are_answered() {
+    let poll = Poll::new().expect("poll");
+    let now = Instant::now();
+    let mut store = store(&poll, now);
+    store.slots[0].state = SlotState::Ready;
+    store.submit(Ticket(1), write(1));
+    store.flush(now);
+    assert_eq!(store.slots[0].units.len(), 1);
+    // The writer stops being ready (reconnecting) with a write unanswered: the next
+    // write waits rather than overtake it on another connection.
+    store.slots[0].state = SlotState::Connecting(now);
+    store.slots[1].state = SlotState::Ready;
+    store.choose_writer();
+    assert_eq!(store.writer, 0);
+    store.submit(Ticket(2), write(2));
+    store.flush(now);
+    assert_eq!(store.backlog.len(), 1);
     assert!(store.slots[1].units.is_empty());
 }
 
