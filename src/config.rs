@@ -79,9 +79,28 @@ pub enum Database {
     Postgres(crate::pg::ConnectParams),
 }
 
-/// How the connection to PostgreSQL is encrypted; None: by where it goes (verify-full
-/// over TCP to another host, disable over a Unix socket or to this machine).
+/// How the connection to PostgreSQL is encrypted. Unset in the file: by where it goes
+/// ([`default_tls`]), resolved when the configuration is validated.
 pub type DatabaseTls = Option<crate::pg::TlsMode>;
+
+/// The TLS mode of a database connection when `database_tls` is not set: none over a
+/// Unix socket or to this machine, verify-full to any other host.
+pub fn default_tls(params: &crate::pg::ConnectParams) -> crate::pg::TlsMode {
+    let local = match &params.target {
+        crate::pg::Target::Unix { .. } => true,
+        crate::pg::Target::Tcp { .. } => params
+            .target
+            .socket_addr()
+            .ok()
+            .flatten()
+            .is_some_and(|addr| addr.ip().is_loopback()),
+    };
+    if local {
+        crate::pg::TlsMode::Disable
+    } else {
+        crate::pg::TlsMode::VerifyFull
+    }
+}
 
 /// The environment variable holding the PostgreSQL password: a secret, read like
 /// `SECRET_KEY`, not a configuration key (although it has the `CHATD_` prefix).
@@ -653,7 +672,27 @@ impl Config {
     }
 
     /// Checks that need several keys at once; the message says where each was set.
-    fn validate(&self, origins: &Origins) -> Result<(), ConfigError> {
+    fn validate(&mut self, origins: &Origins) -> Result<(), ConfigError> {
+        if let Database::Postgres(params) = &self.database {
+            let mode = self.database_tls.unwrap_or_else(|| default_tls(params));
+            self.database_tls = Some(mode);
+            if mode == crate::pg::TlsMode::VerifyFull && self.database_ca_file.is_none() {
+                let source = match origins.0.get("database_tls") {
+                    Some(origin) => format!("`database_tls` = verify-full ({origin})"),
+                    None => format!(
+                        "TLS with verify-full (the default for a database on another host, {})",
+                        origins
+                            .0
+                            .get("database")
+                            .map_or("the default", String::as_str)
+                    ),
+                };
+                return Err(ConfigError(format!(
+                    "{source} needs `database_ca_file`: the CA certificate the database's \
+                     certificate chains to (or set `database_tls`)"
+                )));
+            }
+        }
         if self.max_text_chars > self.max_message_bytes {
             return Err(ConfigError(format!(
                 "key {} is larger than {}: such a text could never arrive",

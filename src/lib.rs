@@ -158,20 +158,9 @@ fn postgres_config(
 ) -> Result<store::postgres::PgConfig, String> {
     let mut params = params.clone();
     params.password = database_password(config)?;
-    let local = match &params.target {
-        pg::Target::Unix { .. } => true,
-        pg::Target::Tcp { .. } => params
-            .target
-            .socket_addr()
-            .ok()
-            .flatten()
-            .is_some_and(|addr| addr.ip().is_loopback()),
-    };
-    params.tls = match config.database_tls {
-        Some(mode) => mode,
-        None if local => pg::TlsMode::Disable,
-        None => pg::TlsMode::VerifyFull,
-    };
+    params.tls = config
+        .database_tls
+        .unwrap_or_else(|| config::default_tls(&params));
     if let Some(path) = &config.database_ca_file {
         let pem =
             std::fs::read(path).map_err(|e| format!("database_ca_file {}: {e}", path.display()))?;
@@ -179,13 +168,6 @@ fn postgres_config(
             Some(std::sync::Arc::new(tls::root_store(&pem).map_err(|e| {
                 format!("database_ca_file {}: {e}", path.display())
             })?));
-    }
-    if params.tls == pg::TlsMode::VerifyFull && params.ca_roots.is_none() {
-        return Err(format!(
-            "database: TLS with verify-full (the default for {}) needs database_ca_file: the \
-             CA certificate the database's certificate chains to (or set database_tls)",
-            describe_database(&params)
-        ));
     }
     Ok(store::postgres::PgConfig {
         params,

@@ -274,7 +274,7 @@ fn verify_full_without_a_ca_file_is_refused_naming_database_ca_file() {
         "database = postgres://chatd@192.0.2.1:5432/chat",
     ] {
         let (status, stderr) = run_expecting_exit(&conf(extra), &[]);
-        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert_eq!(status.code(), Some(2), "a configuration error: {stderr}");
         assert!(
             stderr.contains("database_ca_file") && stderr.contains("verify-full"),
             "{stderr}"
