@@ -5,6 +5,7 @@
 # run is bounded in time, every process started here is stopped by its PID.
 #
 #   SCENARIO=all|idle|fanout|fanout-aligned|fanout-max|rooms|ingest|ingest-rate|http|static|login-storm|slow|burst|stuck
+#                   (several, separated by commas: SCENARIO=idle,fanout,ingest)
 #   BENCH_QUICK=1   small N and short T, for development
 #   BENCH_DB=sqlite|postgres|both  chatd's database: its SQLite file (the default), a
 #                   PostgreSQL started here (bench/common.sh, start_postgres), or each
@@ -31,10 +32,12 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 SCENARIO=${SCENARIO:-all}
 SCENARIOS="all idle fanout fanout-aligned fanout-max rooms ingest ingest-rate http static login-storm slow burst stuck"
-case " $SCENARIOS " in
-    *" $SCENARIO "*) ;;
-    *) echo "bench: unknown SCENARIO=$SCENARIO (one of: $SCENARIOS)" >&2; exit 2 ;;
-esac
+for one in ${SCENARIO//,/ }; do
+    case " $SCENARIOS " in
+        *" $one "*) ;;
+        *) echo "bench: unknown SCENARIO=$one (one of: $SCENARIOS)" >&2; exit 2 ;;
+    esac
+done
 QUICK=${BENCH_QUICK:-0}
 REPEAT=${BENCH_REPEAT:-1}
 REF=${BENCH_REF:-1}
@@ -279,7 +282,7 @@ perf_stop() {
 
 # Every chatbench run is bounded (its own phases are timed; this is the backstop).
 bench() { timeout --kill-after=10 900 "$BENCH" "$@"; }
-want() { [ "$SCENARIO" = all ] || [ "$SCENARIO" = "$1" ]; }
+want() { [ "$SCENARIO" = all ] || [[ ",$SCENARIO," == *",$1,"* ]]; }
 
 if want idle; then
     for db in $CHATD_RUNS; do
