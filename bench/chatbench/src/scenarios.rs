@@ -1026,6 +1026,10 @@ pub fn ingest(ctx: &Ctx) -> Result<Value, String> {
             "lower",
         ));
     }
+    // Sends answered with an error (on PostgreSQL, `unavailable` once a send waited
+    // database_timeout_ms): not acknowledged, so not in the rate; by code in `errors`.
+    let error_replies: u64 = ingest.errors.values().sum();
+    figures.push(figure("error replies", error_replies as f64, "", "lower"));
     if paced {
         // The schedule met a full window: the server fell behind the offered rate.
         figures.push(figure(
