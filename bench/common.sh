@@ -227,7 +227,11 @@ pg_statements_top() {
 # Stops PostgreSQL by its PID (a fast shutdown, SIGKILL after 30 s) and removes its
 # directory.
 stop_postgres() {
-    [ -n "${PG_PID:-}" ] || return 0
+    if [ -z "${PG_PID:-}" ]; then
+        # initdb may have failed before the server started: its directory still goes.
+        [ -z "${PG_DIR:-}" ] || rm -rf "$PG_DIR"
+        return 0
+    fi
     kill -INT "$PG_PID" 2>/dev/null || true
     for _ in $(seq 1 300); do
         exited "$PG_PID" && break
