@@ -20,16 +20,17 @@ STUCK_IDLE_SECS=5
 # 0, limits raised so that the bench (one client address, many connections, high
 # request rates) measures the server rather than its abuse protection. Password hashing
 # cost and db_synchronous stay at their defaults. Keys a build does not know (older
-# builds, for before/after runs) are left out: chatd refuses unknown keys.
+# builds, for before/after runs) are left out: chatd refuses unknown keys. $3, if given,
+# is a postgres:// URL: the database instead of the SQLite file (its other keys stay at
+# their defaults; the password comes from CHATD_DATABASE_PASSWORD).
 write_chatd_config() {
-    local file=$1 binary=$2
+    local file=$1 binary=$2 database=${3:-}
     cat > "$file" <<CONF
 host = 127.0.0.1
 port = 0
 cert_file = cert.pem
 key_file = key.pem
 secret_file = jwt.secret
-db_path = chatd.db
 public_dir = public
 max_connections = 16000
 max_connections_per_ip = 16000
@@ -43,8 +44,13 @@ log_level = warn
 max_outbound_bytes = $MAX_OUTBOUND_BYTES
 header_timeout_secs = $HEADER_TIMEOUT_SECS
 CONF
-    # BENCH_DB_SYNC=normal measures what the fsync of every commit costs.
-    if [ -n "${BENCH_DB_SYNC:-}" ]; then
+    if [ -n "$database" ]; then
+        echo "database = $database" >> "$file"
+    else
+        echo "db_path = chatd.db" >> "$file"
+    fi
+    # BENCH_DB_SYNC=normal measures what the fsync of every commit costs (SQLite).
+    if [ -n "${BENCH_DB_SYNC:-}" ] && [ -z "$database" ]; then
         echo "db_synchronous = $BENCH_DB_SYNC" >> "$file"
     fi
     if grep -q conn_rate_per_ip "$binary"; then
@@ -60,6 +66,7 @@ scenario_sizes() {
         FANMAX=(--members 100 --senders 5 --duration 2 --max true --max-start 20000 --max-limit 400000 --max-steps 6)
         ROOMS=(--rooms 50 --room-size 10 --rate 5 --duration 3)
         INGEST=(--connections 20 --window 8 --duration 3)
+        INGEST_RATE=(--connections 20 --rate 2000 --duration 3)
         HTTP=(--connections 20 --duration 3)
         WRK="-t1 -c100 -d3s"
         STORM=(--members 100 --senders 5 --rate 20 --duration 3)
@@ -73,6 +80,7 @@ scenario_sizes() {
         FANMAX=(--members 1000 --senders 10 --duration 5 --max true --max-start 100000 --max-limit 8000000)
         ROOMS=(--rooms 1000 --room-size 10 --rate 5 --duration 10)
         INGEST=(--connections 100 --window 8 --duration 10)
+        INGEST_RATE=(--connections 100 --rate 10000 --duration 10)
         HTTP=(--connections 50 --duration 10)
         WRK="-t1 -c100 -d10s"
         STORM=(--members 1000 --senders 10 --rate 10 --duration 10 --login-rate 20)
@@ -116,4 +124,121 @@ build_revision() {
     [ "$rc" != 0 ] || cp "$TARGET_DIR/compare/release/chatd" "$dest" || rc=$?
     git worktree remove --force "$tree"
     return "$rc"
+}
+
+# --- PostgreSQL for BENCH_DB=postgres|both ---------------------------------------------
+# A server of its own from Debian's binaries, in a temp dir, as the unprivileged user
+# `nobody` when run as root (PostgreSQL refuses root), on a free loopback port: initdb
+# with a superuser `chatd` and a random password (SCRAM-SHA-256 for every connection),
+# then a database `chat`. The settings it is given are in PG_SETTINGS; everything else
+# is PostgreSQL's default. BENCH_PG_STATEMENTS=1 also loads pg_stat_statements (reset
+# by pg_statements_reset, listed by pg_statements_top).
+
+# fsync and synchronous_commit are on, their defaults, written out because the figures
+# depend on them: "acknowledged" means flushed to PostgreSQL's WAL. shared_buffers holds
+# the bench's database (a few hundred MiB after the ingest runs) in memory.
+PG_SETTINGS=(fsync=on synchronous_commit=on shared_buffers=512MB listen_addresses=127.0.0.1)
+
+# The newest /usr/lib/postgresql/N/bin with postgres and initdb, or nothing.
+pg_bin() {
+    local dir
+    for dir in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+        if [ -x "$dir/postgres" ] && [ -x "$dir/initdb" ]; then
+            echo "$dir"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# Runs a command as the server's user (`nobody` when we are root).
+as_pg_user() {
+    if [ "$(id -u)" -eq 0 ]; then
+        setpriv --reuid=nobody --regid=nogroup --clear-groups -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# Starts PostgreSQL in a new directory under /tmp (the server's user must reach it).
+# Sets PG_DIR, PG_PID (the postmaster: setpriv execs), PG_PORT, PG_PASSWORD, PG_URL.
+start_postgres() {
+    local bin=$1 port_tool=$2
+    PG_DIR=$(mktemp -d /tmp/chatbench-pg.XXXXXX)
+    PG_PASSWORD=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    printf '%s\n' "$PG_PASSWORD" > "$PG_DIR/pwfile"
+    mkdir "$PG_DIR/sock"
+    [ "$(id -u)" -ne 0 ] || chown -R nobody:nogroup "$PG_DIR"
+    as_pg_user env HOME="$PG_DIR" "$bin/initdb" -D "$PG_DIR/data" -U chatd -E UTF8 --no-locale \
+        --auth=scram-sha-256 --pwfile="$PG_DIR/pwfile" >"$PG_DIR/initdb.log" 2>&1 \
+        || { cat "$PG_DIR/initdb.log" >&2; return 1; }
+    rm -f "$PG_DIR/pwfile"
+    PG_PORT=$("$port_tool" free-port)
+    local settings=() s
+    for s in "${PG_SETTINGS[@]}"; do settings+=(-c "$s"); done
+    if [ "${BENCH_PG_STATEMENTS:-0}" = 1 ]; then
+        settings+=(-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all)
+    fi
+    as_pg_user env HOME="$PG_DIR" "$bin/postgres" -D "$PG_DIR/data" -k "$PG_DIR/sock" \
+        -p "$PG_PORT" "${settings[@]}" >"$PG_DIR/postgres.log" 2>&1 </dev/null &
+    PG_PID=$!
+    PG_BIN=$bin
+    local ready=0
+    for _ in $(seq 1 300); do
+        if ! kill -0 "$PG_PID" 2>/dev/null; then
+            cat "$PG_DIR/postgres.log" >&2
+            return 1
+        fi
+        if pg_sql postgres "SELECT 1" >/dev/null 2>&1; then
+            ready=1
+            break
+        fi
+        sleep 0.1
+    done
+    [ "$ready" = 1 ] || { echo "bench: PostgreSQL did not start" >&2; cat "$PG_DIR/postgres.log" >&2; return 1; }
+    pg_sql postgres "CREATE DATABASE chat" >/dev/null
+    if [ "${BENCH_PG_STATEMENTS:-0}" = 1 ]; then
+        pg_sql chat "CREATE EXTENSION pg_stat_statements" >/dev/null
+    fi
+    PG_URL="postgres://chatd@127.0.0.1:$PG_PORT/chat"
+}
+
+# psql against database $1 over loopback TCP with the password: the SQL $2.
+pg_sql() {
+    PGPASSWORD=$PG_PASSWORD "$PG_BIN/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 \
+        -p "$PG_PORT" -U chatd -d "$1" -c "$2"
+}
+
+pg_statements_reset() {
+    [ "${BENCH_PG_STATEMENTS:-0}" = 1 ] || return 0
+    pg_sql chat "SELECT pg_stat_statements_reset()" >/dev/null
+}
+
+# The statements that took the most time since the last reset, to stdout.
+pg_statements_top() {
+    [ "${BENCH_PG_STATEMENTS:-0}" = 1 ] || return 0
+    PGPASSWORD=$PG_PASSWORD "$PG_BIN/psql" -X -h 127.0.0.1 -p "$PG_PORT" -U chatd -d chat -c \
+        "SELECT calls, round(total_exec_time::numeric, 1) AS total_ms,
+                round(mean_exec_time::numeric, 4) AS mean_ms, rows,
+                left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
+           FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15"
+}
+
+# Stops PostgreSQL by its PID (a fast shutdown, SIGKILL after 30 s) and removes its
+# directory.
+stop_postgres() {
+    if [ -z "${PG_PID:-}" ]; then
+        # initdb may have failed before the server started: its directory still goes.
+        [ -z "${PG_DIR:-}" ] || rm -rf "$PG_DIR"
+        return 0
+    fi
+    kill -INT "$PG_PID" 2>/dev/null || true
+    for _ in $(seq 1 300); do
+        exited "$PG_PID" && break
+        sleep 0.1
+    done
+    exited "$PG_PID" || kill -KILL "$PG_PID" 2>/dev/null || true
+    wait "$PG_PID" 2>/dev/null || true
+    PG_PID=""
+    rm -rf "$PG_DIR"
 }

@@ -4,8 +4,14 @@
 # table and writes bench/results/latest.json. Everything listens on 127.0.0.1, every
 # run is bounded in time, every process started here is stopped by its PID.
 #
-#   SCENARIO=all|idle|fanout|fanout-aligned|fanout-max|rooms|ingest|http|static|login-storm|slow|burst|stuck
+#   SCENARIO=all|idle|fanout|fanout-aligned|fanout-max|rooms|ingest|ingest-rate|http|static|login-storm|slow|burst|stuck
+#                   (several, separated by commas: SCENARIO=idle,fanout,ingest)
 #   BENCH_QUICK=1   small N and short T, for development
+#   BENCH_DB=sqlite|postgres|both  chatd's database: its SQLite file (the default), a
+#                   PostgreSQL started here (bench/common.sh, start_postgres), or each
+#                   chatd run on both, alternating, then side by side with ratios
+#   BENCH_PG_STATEMENTS=1  load pg_stat_statements and print PostgreSQL's costliest
+#                   statements after each chatd run on it
 #   BENCH_PERF=fanout  perf record on chatd during that scenario (idle, fanout or ingest; 1
 #                   means fanout); BENCH_PERF_ARGS / BENCH_PERF_REPORT pass flags to perf
 #   BENCH_REPEAT=3  run each chatd scenario this many times (a fresh chatd each time),
@@ -16,7 +22,7 @@
 #   BENCH_NICE=-10  run the bench (servers, peers, clients) at this nice value, so other
 #                   load on a shared machine skews the figures less (negative needs root)
 #   BENCH_DB_SYNC=normal  chatd with db_synchronous = normal (what the fsync of every
-#                   commit costs); the default is chatd's own (full)
+#                   commit costs); the default is chatd's own (full); SQLite only
 #
 # It fails if chatd does not exit 0 on SIGTERM after a scenario, logs an error, or any
 # run lost a delivery, failed a connection, saw a close it did not expect or lacks its
@@ -25,14 +31,24 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 SCENARIO=${SCENARIO:-all}
-SCENARIOS="all idle fanout fanout-aligned fanout-max rooms ingest http static login-storm slow burst stuck"
-case " $SCENARIOS " in
-    *" $SCENARIO "*) ;;
-    *) echo "bench: unknown SCENARIO=$SCENARIO (one of: $SCENARIOS)" >&2; exit 2 ;;
-esac
+SCENARIOS="all idle fanout fanout-aligned fanout-max rooms ingest ingest-rate http static login-storm slow burst stuck"
+for one in ${SCENARIO//,/ }; do
+    case " $SCENARIOS " in
+        *" $one "*) ;;
+        *) echo "bench: unknown SCENARIO=$one (one of: $SCENARIOS)" >&2; exit 2 ;;
+    esac
+done
 QUICK=${BENCH_QUICK:-0}
 REPEAT=${BENCH_REPEAT:-1}
 REF=${BENCH_REF:-1}
+case "${BENCH_DB:=sqlite}" in
+    sqlite|postgres) DBS=$BENCH_DB ;;
+    both) DBS="sqlite postgres" ;;
+    *) echo "bench: unknown BENCH_DB=$BENCH_DB (sqlite, postgres or both)" >&2; exit 2 ;;
+esac
+# Every chatd run of a scenario: REPEAT rounds, each on every database in turn, so that
+# drift on a shared machine hits both backends alike.
+CHATD_RUNS=$(for _ in $(seq 1 "$REPEAT"); do echo $DBS; done)
 
 # TARGET_DIR, CARGO, JOBS; say, write_chatd_config, scenario_sizes, wait_port, exited
 source bench/common.sh
@@ -52,6 +68,9 @@ command -v wrk >/dev/null || need_apt+=(wrk)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
+if [ "$BENCH_DB" != sqlite ] && ! pg_bin >/dev/null; then
+    need_apt+=(postgresql)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     apt_install "${need_apt[@]}"
 fi
@@ -68,7 +87,7 @@ say "installing the reference peer (npm ci)"
 
 # --- temp dir, config, processes -------------------------------------------------------
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/chatbench.XXXXXX")
-CHATD_PID="" NODE_PID="" NGINX_PID="" PERF_PID=""
+CHATD_PID="" NODE_PID="" NGINX_PID="" PERF_PID="" PG_PID=""
 cleanup() {
     for pid in $PERF_PID ${STAT_PID:-} $CHATD_PID $NODE_PID $NGINX_PID; do
         kill "$pid" 2>/dev/null || true
@@ -76,6 +95,7 @@ cleanup() {
     for pid in $PERF_PID ${STAT_PID:-} $CHATD_PID $NODE_PID $NGINX_PID; do
         wait "$pid" 2>/dev/null || true
     done
+    stop_postgres
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -91,6 +111,12 @@ HTML
 # on loopback), within chatd's largest static file (8 MiB).
 head -c $((6 << 20)) /dev/zero > "$TMP/public/big.bin"
 write_chatd_config "$TMP/chatd.conf" "$CHATD"
+if [ "$BENCH_DB" != sqlite ]; then
+    say "PostgreSQL for chatd: ${PG_SETTINGS[*]}, everything else default"
+    start_postgres "$(pg_bin)" "$BENCH"
+    say "postgres pid $PG_PID on 127.0.0.1:$PG_PORT ($("$PG_BIN/postgres" --version)), directory $PG_DIR"
+    write_chatd_config "$TMP/chatd-pg.conf" "$CHATD" "$PG_URL"
+fi
 
 # Each scenario gets a fresh chatd (same database, secret and certificate, so the
 # cached tokens stay valid): memory figures start from a clean heap, and every
@@ -98,9 +124,21 @@ write_chatd_config "$TMP/chatd.conf" "$CHATD"
 RUNS=0
 FAILURES=()
 STAT_PID=""
+# chatd on the database $db (sqlite or postgres; the scenario loops set it): its own
+# config, tokens (the accounts are registered in each database) and result label
+# (chatd, chatd-pg); on PostgreSQL chatbench also measures the postmaster's tree.
 start_chatd() {
     RUNS=$((RUNS + 1))
-    "$CHATD" --config "$TMP/chatd.conf" >"$TMP/chatd.$RUNS.out" 2>"$TMP/chatd.$RUNS.err" &
+    local config=$TMP/chatd.conf
+    CHATD_LABEL=chatd DB_ARGS=() TOKENS=$TMP/tokens.json
+    if [ "${db:-sqlite}" = postgres ]; then
+        config=$TMP/chatd-pg.conf CHATD_LABEL=chatd-pg TOKENS=$TMP/tokens-pg.json
+        DB_ARGS=(--db-pid "$PG_PID")
+        pg_statements_reset
+    fi
+    : >"$TMP/chatd.$RUNS.out"
+    CHATD_DATABASE_PASSWORD=${PG_PASSWORD:-} "$CHATD" --config "$config" \
+        >"$TMP/chatd.$RUNS.out" 2>"$TMP/chatd.$RUNS.err" &
     CHATD_PID=$!
     CHATD_PORT=$(wait_port "$TMP/chatd.$RUNS.out" "$CHATD_PID")
     if [ "${BENCH_PERFSTAT:-0}" = 1 ] && command -v perf >/dev/null; then
@@ -108,7 +146,8 @@ start_chatd() {
             -o "$TMP/perfstat.$RUNS" 2>/dev/null &
         STAT_PID=$!
     fi
-    CHATD_ARGS=(--addr "127.0.0.1:$CHATD_PORT" --server-pid "$CHATD_PID" --label chatd "${COMMON[@]}")
+    CHATD_ARGS=(--addr "127.0.0.1:$CHATD_PORT" --server-pid "$CHATD_PID" --label "$CHATD_LABEL"
+        "${DB_ARGS[@]}" "${COMMON[@]}" --tokens "$TOKENS")
 }
 # Stops chatd with SIGTERM: it must exit 0 (within 15 s) and have logged no error.
 stop_chatd() {
@@ -137,17 +176,23 @@ stop_chatd() {
     if grep -qiE 'panick|error' "$TMP/chatd.$RUNS.err"; then
         FAILURES+=("$what: chatd logged: $(grep -iE 'panick|error' "$TMP/chatd.$RUNS.err" | head -3)")
     fi
-    echo "chatd exited $rc on SIGTERM after $what" >&2
+    echo "chatd ($CHATD_LABEL) exited $rc on SIGTERM after $what" >&2
+    if [ "$CHATD_LABEL" = chatd-pg ] && [ "${BENCH_PG_STATEMENTS:-0}" = 1 ]; then
+        say "PostgreSQL's costliest statements during $what (bench/results/pg-statements-$what.txt)"
+        pg_statements_top | tee "bench/results/pg-statements-$what.txt" >&2
+    fi
 }
 
 RESULTS=bench/results/latest.json
 rm -f "$RESULTS"
-COMMON=(--ca "$TMP/cert.pem" --results "$RESULTS" --tokens "$TMP/tokens.json" --users 100)
+COMMON=(--ca "$TMP/cert.pem" --results "$RESULTS" --users 100)
 
-say "accounts: register and log in the bench users once (the certificate is made here)"
-start_chatd
-"$BENCH" accounts --addr "127.0.0.1:$CHATD_PORT" --ca "$TMP/cert.pem" --tokens "$TMP/tokens.json" --users 100
-stop_chatd accounts
+for db in $DBS; do
+    say "accounts ($db): register and log in the bench users once (the certificate is made here)"
+    start_chatd
+    "$BENCH" accounts --addr "127.0.0.1:$CHATD_PORT" --ca "$TMP/cert.pem" --tokens "$TOKENS" --users 100
+    stop_chatd accounts
+done
 
 # The Node.js peer, fresh for each scenario as chatd is (memory figures start from a
 # clean heap): sets NODE_PID and NODE_ARGS.
@@ -158,7 +203,8 @@ start_node() {
     local port
     port=$(wait_port "$TMP/node.out" "$NODE_PID")
     say "node ws pid $NODE_PID on 127.0.0.1:$port ($(node --version))"
-    NODE_ARGS=(--addr "127.0.0.1:$port" --server-pid "$NODE_PID" --label node --mode raw "${COMMON[@]}")
+    NODE_ARGS=(--addr "127.0.0.1:$port" --server-pid "$NODE_PID" --label node --mode raw "${COMMON[@]}"
+        --tokens "$TMP/tokens.json")
 }
 stop_node() {
     kill -TERM "$NODE_PID" 2>/dev/null || true
@@ -236,13 +282,13 @@ perf_stop() {
 
 # Every chatbench run is bounded (its own phases are timed; this is the backstop).
 bench() { timeout --kill-after=10 900 "$BENCH" "$@"; }
-want() { [ "$SCENARIO" = all ] || [ "$SCENARIO" = "$1" ]; }
+want() { [ "$SCENARIO" = all ] || [[ ",$SCENARIO," == *",$1,"* ]]; }
 
 if want idle; then
-    for _ in $(seq 1 "$REPEAT"); do
+    for db in $CHATD_RUNS; do
         start_chatd
         perf_start idle
-        say "idle: chatd (pid $CHATD_PID)"; bench idle "${CHATD_ARGS[@]}" "${IDLE[@]}"
+        say "idle: chatd (pid $CHATD_PID, $db)"; bench idle "${CHATD_ARGS[@]}" "${IDLE[@]}"
         perf_stop idle
         stop_chatd idle
     done
@@ -253,10 +299,10 @@ if want idle; then
     fi
 fi
 if want fanout; then
-    for _ in $(seq 1 "$REPEAT"); do
+    for db in $CHATD_RUNS; do
         start_chatd
         perf_start fanout
-        say "fanout: chatd (pid $CHATD_PID)"; bench fanout "${CHATD_ARGS[@]}" "${FANOUT[@]}" "${WARM[@]}"
+        say "fanout: chatd (pid $CHATD_PID, $db)"; bench fanout "${CHATD_ARGS[@]}" "${FANOUT[@]}" "${WARM[@]}"
         perf_stop fanout
         stop_chatd fanout
     done
@@ -267,9 +313,9 @@ if want fanout; then
     fi
 fi
 if want fanout-aligned; then
-    for _ in $(seq 1 "$REPEAT"); do
+    for db in $CHATD_RUNS; do
         start_chatd
-        say "fanout, senders aligned: chatd (pid $CHATD_PID)"
+        say "fanout, senders aligned: chatd (pid $CHATD_PID, $db)"
         bench fanout "${CHATD_ARGS[@]}" "${FANOUT[@]}" "${WARM[@]}" --aligned true
         stop_chatd fanout-aligned
     done
@@ -281,9 +327,9 @@ if want fanout-aligned; then
     fi
 fi
 if want fanout-max; then
-    for _ in $(seq 1 "$REPEAT"); do
+    for db in $CHATD_RUNS; do
         start_chatd
-        say "fanout max: chatd (pid $CHATD_PID)"; bench fanout "${CHATD_ARGS[@]}" "${FANMAX[@]}" "${WARM[@]}"
+        say "fanout max: chatd (pid $CHATD_PID, $db)"; bench fanout "${CHATD_ARGS[@]}" "${FANMAX[@]}" "${WARM[@]}"
         stop_chatd fanout-max
     done
     if [ "$REF" = 1 ]; then
@@ -293,33 +339,40 @@ if want fanout-max; then
     fi
 fi
 if want rooms; then
-    for _ in $(seq 1 "$REPEAT"); do
+    for db in $CHATD_RUNS; do
         start_chatd
-        say "rooms: chatd (pid $CHATD_PID)"; bench rooms "${CHATD_ARGS[@]}" "${ROOMS[@]}" "${WARM[@]}"
+        say "rooms: chatd (pid $CHATD_PID, $db)"; bench rooms "${CHATD_ARGS[@]}" "${ROOMS[@]}" "${WARM[@]}"
         stop_chatd rooms
     done
 fi
 if want ingest; then
-    for _ in $(seq 1 "$REPEAT"); do
+    for db in $CHATD_RUNS; do
         start_chatd
         perf_start ingest
-        say "ingest: chatd (pid $CHATD_PID)"; bench ingest "${CHATD_ARGS[@]}" "${INGEST[@]}"
+        say "ingest: chatd (pid $CHATD_PID, $db)"; bench ingest "${CHATD_ARGS[@]}" "${INGEST[@]}"
         perf_stop ingest
         stop_chatd ingest
     done
 fi
-if want http; then
-    for _ in $(seq 1 "$REPEAT"); do
+if want ingest-rate; then
+    for db in $CHATD_RUNS; do
         start_chatd
-        say "http: chatd (pid $CHATD_PID)"; bench http "${CHATD_ARGS[@]}" "${HTTP[@]}"
+        say "ingest at a fixed rate: chatd (pid $CHATD_PID, $db)"; bench ingest "${CHATD_ARGS[@]}" "${INGEST_RATE[@]}"
+        stop_chatd ingest-rate
+    done
+fi
+if want http; then
+    for db in $CHATD_RUNS; do
+        start_chatd
+        say "http: chatd (pid $CHATD_PID, $db)"; bench http "${CHATD_ARGS[@]}" "${HTTP[@]}"
         stop_chatd http
     done
 fi
 if want static; then
-    for _ in $(seq 1 "$REPEAT"); do
+    for db in $CHATD_RUNS; do
         start_chatd
-        say "static file, wrk $WRK: chatd (pid $CHATD_PID)"
-        bench static --label chatd --server-pid "$CHATD_PID" --results "$RESULTS" \
+        say "static file, wrk $WRK: chatd (pid $CHATD_PID, $db)"
+        bench static --label "$CHATD_LABEL" --server-pid "$CHATD_PID" --results "$RESULTS" \
             --url "https://127.0.0.1:$CHATD_PORT/" --wrk-args "$WRK"
         stop_chatd static
     done
@@ -330,44 +383,53 @@ if want static; then
     fi
 fi
 if want login-storm; then
-    for _ in $(seq 1 "$REPEAT"); do
+    for db in $CHATD_RUNS; do
         start_chatd
-        say "login storm: chatd (pid $CHATD_PID)"; bench login-storm "${CHATD_ARGS[@]}" "${STORM[@]}" "${WARM[@]}"
+        say "login storm: chatd (pid $CHATD_PID, $db)"; bench login-storm "${CHATD_ARGS[@]}" "${STORM[@]}" "${WARM[@]}"
         stop_chatd login-storm
     done
 fi
 
 if want slow; then
-    for _ in $(seq 1 "$REPEAT"); do
+    for db in $CHATD_RUNS; do
         start_chatd
-        say "slow consumers: chatd (pid $CHATD_PID)"
+        say "slow consumers: chatd (pid $CHATD_PID, $db)"
         bench slow "${CHATD_ARGS[@]}" "${SLOW[@]}" "${WARM[@]}" --max-outbound-bytes "$MAX_OUTBOUND_BYTES"
         stop_chatd slow
     done
 fi
 if want burst; then
-    for _ in $(seq 1 "$REPEAT"); do
+    for db in $CHATD_RUNS; do
         start_chatd
-        say "connection burst: chatd (pid $CHATD_PID)"
+        say "connection burst: chatd (pid $CHATD_PID, $db)"
         bench burst "${CHATD_ARGS[@]}" "${BURST[@]}" --header-timeout "$HEADER_TIMEOUT_SECS"
         stop_chatd burst
     done
 fi
 if want stuck; then
-    for _ in $(seq 1 "$REPEAT"); do
+    for db in $CHATD_RUNS; do
         # Its own idle timeout, short, so the window it measures is seconds, not a minute.
         CHATD_IDLE_TIMEOUT_SECS=$STUCK_IDLE_SECS start_chatd
-        say "stuck HTTP readers: chatd (pid $CHATD_PID)"
+        say "stuck HTTP readers: chatd (pid $CHATD_PID, $db)"
         bench stuck "${CHATD_ARGS[@]}" "${STUCK[@]}" --path /big.bin --idle-timeout "$STUCK_IDLE_SECS"
         stop_chatd stuck
     done
 fi
 
 say "results ($RESULTS)"
-"$BENCH" report --results "$RESULTS"
-if [ "$REPEAT" -gt 1 ]; then
-    say "medians of the $REPEAT runs of each chatd scenario"
-    "$BENCH" report --results "$RESULTS" --median true
+for db in $DBS; do
+    label=chatd
+    [ "$db" = sqlite ] || label=chatd-pg
+    say "chatd on $db ($label)"
+    "$BENCH" report --results "$RESULTS" --primary "$label"
+    if [ "$REPEAT" -gt 1 ]; then
+        say "medians of the $REPEAT runs of each chatd scenario on $db"
+        "$BENCH" report --results "$RESULTS" --median true --primary "$label"
+    fi
+done
+if [ "$BENCH_DB" = both ]; then
+    say "chatd on SQLite and on PostgreSQL, medians side by side (ratio = PostgreSQL / SQLite)"
+    "$BENCH" report --results "$RESULTS" --compare true --labels chatd,chatd-pg
 fi
 
 # Kept: latest.json is replaced by the next run.

@@ -46,7 +46,8 @@ const USAGE: &str = "usage: chatbench SCENARIO [--flag value ...]
 scenarios: idle, fanout, rooms, login-storm, ingest, http, static, slow, burst, stuck,
   soak
 other commands: accounts (register, log in and cache the tokens), free-port,
-  report --results FILE [--primary LABEL] [--median true | --compare true],
+  report --results FILE [--primary LABEL] [--median true | --compare true
+    [--labels A,B]],
   check --results FILE (fails if any run lost a delivery, failed a connection, had a
     connection closed it did not expect, or has a figure that is missing or not a number)
 common flags:
@@ -55,6 +56,8 @@ common flags:
   --server-name NAME     name verified in the certificate (localhost)
   --mode chatd|raw       chatd protocol, or a plain broadcast WebSocket server (chatd)
   --server-pid PID[,PID] processes measured (CPU, RSS); summed
+  --db-pid PID           the server's database server (a PostgreSQL postmaster):
+                         its CPU and its children's, reported apart
   --label NAME           name of the server in the results (chatd, or node in raw mode)
   --results FILE         append the result object to this JSON array
   --tokens FILE          cache of the users' tokens (read if it holds enough)
@@ -102,6 +105,7 @@ const COMMON_FLAGS: &[&str] = &[
     "users",
     "kx",
     "ws-path",
+    "db-pid",
 ];
 
 /// Each scenario's own flags: anything else is refused before the run starts.
@@ -146,7 +150,14 @@ fn scenario_flags(scenario: &str) -> Option<&'static [&'static str]> {
             "concurrency",
             "warmup",
         ],
-        "ingest" => &["connections", "window", "duration", "size", "concurrency"],
+        "ingest" => &[
+            "connections",
+            "window",
+            "duration",
+            "size",
+            "concurrency",
+            "rate",
+        ],
         "slow" => &[
             "members",
             "slow",
@@ -199,7 +210,7 @@ fn scenario_flags(scenario: &str) -> Option<&'static [&'static str]> {
         ],
         "http" => &["connections", "duration", "paths"],
         "static" => &["url", "wrk-args"],
-        "report" => &["results", "primary", "median", "compare"],
+        "report" => &["results", "primary", "median", "compare", "labels"],
         "check" => &["results"],
         "accounts" => &[],
         "free-port" => &[],
@@ -248,7 +259,9 @@ fn run(scenario: &str, args: Args) -> Result<(), String> {
             std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut results: Vec<Value> = serde_json::from_str(&text).map_err(|e| e.to_string())?;
         if args.get("compare", false)? {
-            print!("{}", report::comparison(&results));
+            let labels = args.str_or("labels", "");
+            let only: Vec<&str> = labels.split(',').filter(|l| !l.is_empty()).collect();
+            print!("{}", report::comparison(&results, &only));
             return Ok(());
         }
         if args.get("median", false)? {
@@ -286,12 +299,21 @@ fn run(scenario: &str, args: Args) -> Result<(), String> {
             .collect::<Result<Vec<_>, _>>()?,
         None => Vec::new(),
     };
+    let db_pid = match args.opt_str("db-pid") {
+        Some(p) => Some(
+            p.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("--db-pid: bad `{p}`"))?,
+        ),
+        None => None,
+    };
     let default_label = if mode == Mode::Chatd { "chatd" } else { "node" };
     let ctx = Ctx {
         base: Instant::now(),
         target,
         mode,
         pids,
+        db_pid,
         label: args.str_or("label", default_label),
         users: args.get("users", 100)?,
         token_cache: args.opt_str("tokens").map(PathBuf::from),

@@ -1,5 +1,6 @@
 //! Before/after snapshots of what a phase cost: wall time, the server's CPU and memory,
-//! our own CPU, and the rest of the machine's CPU (other load skews every figure).
+//! its database server's CPU (PostgreSQL's processes, when it has one), our own CPU, and
+//! the rest of the machine's CPU (other load skews every figure).
 //!
 //! Per-operation server CPU (µs per handshake, per delivery, per request) is the figure
 //! that stays comparable when the client, not the server, is what limits a run.
@@ -16,13 +17,16 @@ pub struct Snapshot {
     at: Instant,
     /// The server's processes (summed), if their PIDs were given and readable.
     server: Option<ProcSample>,
+    /// CPU of the database server's process tree, if its root PID was given.
+    db_cpu_us: Option<u64>,
     client_cpu_us: u64,
     machine: procstat::MachineSample,
     listen_overflows: u64,
 }
 
-/// Reads every counter now. The server's PIDs are summed (nginx: master and worker).
-pub fn snapshot(pids: &[u32]) -> Snapshot {
+/// Reads every counter now. The server's PIDs are summed (nginx: master and worker);
+/// `db_root` is a database server's first process, measured with all its children.
+pub fn snapshot(pids: &[u32], db_root: Option<u32>) -> Snapshot {
     let mut server: Option<ProcSample> = None;
     for &pid in pids {
         if let Ok(sample) = procstat::sample_process(pid) {
@@ -34,6 +38,7 @@ pub fn snapshot(pids: &[u32]) -> Snapshot {
     Snapshot {
         at: Instant::now(),
         server,
+        db_cpu_us: db_root.and_then(procstat::tree_cpu_us),
         client_cpu_us: procstat::self_cpu_us(),
         machine: procstat::machine(),
         listen_overflows: procstat::listen_overflows(),
@@ -51,9 +56,11 @@ impl Snapshot {
 pub struct Costs {
     pub wall_s: f64,
     pub server_cpu_ms: Option<f64>,
+    /// The database server's CPU (every PostgreSQL process), when measured.
+    pub db_cpu_ms: Option<f64>,
     pub client_cpu_ms: f64,
-    /// Busy CPU of the machine that was neither the server nor this client (other
-    /// processes; softirq and steal excluded).
+    /// Busy CPU of the machine that was neither the server, its database nor this
+    /// client (other processes; softirq and steal excluded).
     pub other_cpu_ms: Option<f64>,
     /// Kernel softirq time (on loopback mostly the network stack carrying our traffic).
     pub softirq_ms: f64,
@@ -73,11 +80,17 @@ pub fn costs(before: &Snapshot, after: &Snapshot) -> Costs {
     };
     let client_cpu_ms = after.client_cpu_us.saturating_sub(before.client_cpu_us) as f64 / 1000.0;
     let delta = |a: u64, b: u64| a.saturating_sub(b) as f64 / 1000.0;
+    let db_cpu_ms = match (before.db_cpu_us, after.db_cpu_us) {
+        (Some(b), Some(a)) => Some(delta(a, b)),
+        _ => None,
+    };
     let machine_ms = delta(after.machine.busy_us, before.machine.busy_us);
-    let other_cpu_ms = server_cpu_ms.map(|server| (machine_ms - server - client_cpu_ms).max(0.0));
+    let other_cpu_ms = server_cpu_ms
+        .map(|server| (machine_ms - server - db_cpu_ms.unwrap_or(0.0) - client_cpu_ms).max(0.0));
     Costs {
         wall_s,
         server_cpu_ms,
+        db_cpu_ms,
         client_cpu_ms,
         other_cpu_ms,
         softirq_ms: delta(after.machine.softirq_us, before.machine.softirq_us),
@@ -104,6 +117,17 @@ impl Costs {
         cores(self.client_cpu_ms, self.wall_s)
     }
 
+    pub fn db_cores(&self) -> Option<f64> {
+        self.db_cpu_ms.map(|ms| cores(ms, self.wall_s))
+    }
+
+    /// The database server's CPU per operation, in microseconds.
+    pub fn db_us_per(&self, ops: u64) -> Option<f64> {
+        self.db_cpu_ms
+            .filter(|_| ops > 0)
+            .map(|ms| ms * 1000.0 / ops as f64)
+    }
+
     /// Server CPU per operation, in microseconds.
     pub fn server_us_per(&self, ops: u64) -> Option<f64> {
         self.server_cpu_ms
@@ -120,6 +144,7 @@ impl Costs {
         let server = self.server_cores().unwrap_or(0.0);
         let client = self.client_cores();
         let other = self.other_cpu_ms.map_or(0.0, |ms| cores(ms, self.wall_s))
+            + self.db_cores().unwrap_or(0.0)
             + cores(self.softirq_ms + self.steal_ms, self.wall_s);
         if server >= 0.9 * server_threads && server / server_threads >= client {
             "server CPU"
@@ -137,6 +162,8 @@ impl Costs {
             "wall_s": round3(self.wall_s),
             "server_cpu_ms": self.server_cpu_ms.map(round3),
             "server_cores": self.server_cores().map(round3),
+            "db_cpu_ms": self.db_cpu_ms.map(round3),
+            "db_cores": self.db_cores().map(round3),
             "client_cpu_ms": round3(self.client_cpu_ms),
             "client_cores": round3(self.client_cores()),
             "other_cpu_ms": self.other_cpu_ms.map(round3),
@@ -257,6 +284,38 @@ mod tests {
     }
 
     #[test]
+    fn the_database_is_not_other_load() {
+        let at = Instant::now();
+        let snap = |secs: u64, server_ms: u64, db_ms: Option<u64>, busy_ms: u64| Snapshot {
+            at: at + Duration::from_secs(secs),
+            server: Some(ProcSample {
+                rss_kib: 1,
+                cpu_us: server_ms * 1000,
+            }),
+            db_cpu_us: db_ms.map(|ms| ms * 1000),
+            client_cpu_us: 0,
+            machine: procstat::MachineSample {
+                busy_us: busy_ms * 1000,
+                ..Default::default()
+            },
+            listen_overflows: 0,
+        };
+        let c = costs(&snap(0, 0, Some(100), 0), &snap(2, 400, Some(700), 1500));
+        assert_eq!(c.db_cpu_ms, Some(600.0));
+        assert_eq!(c.db_cores(), Some(0.3));
+        assert_eq!(
+            c.other_cpu_ms,
+            Some(500.0),
+            "machine - server - database - client"
+        );
+        let c = costs(&snap(0, 0, None, 0), &snap(2, 400, None, 1500));
+        assert_eq!(c.db_cpu_ms, None);
+        assert_eq!(c.other_cpu_ms, Some(1100.0));
+        let json = c.to_json();
+        assert!(json["db_cores"].is_null());
+    }
+
+    #[test]
     fn what_limited() {
         assert_eq!(costs_with(950.0, 500.0, 0.0).limited_by(1.0), "server CPU");
         assert_eq!(costs_with(600.0, 990.0, 0.0).limited_by(1.0), "client CPU");
@@ -296,5 +355,15 @@ mod tests {
         let c = costs_with(500.0, 0.0, 0.0);
         assert_eq!(c.server_us_per(1000), Some(500.0));
         assert_eq!(c.server_us_per(0), None);
+        assert_eq!(c.db_us_per(1000), None, "no database measured");
+        let mut with_db = costs_with(600.0, 500.0, 0.0);
+        with_db.db_cpu_ms = Some(700.0);
+        assert_eq!(with_db.db_us_per(1000), Some(700.0));
+        assert_eq!(with_db.db_cores(), Some(0.7));
+        assert_eq!(
+            with_db.limited_by(1.0),
+            "machine CPU (2 cores shared)",
+            "the database's CPU counts towards the machine's"
+        );
     }
 }

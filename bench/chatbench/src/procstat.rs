@@ -1,6 +1,7 @@
-//! What the processes cost: a process's resident memory and CPU time from `/proc`, our
-//! own CPU time from `getrusage`, and the whole machine's CPU time from `/proc/stat`
-//! (to see how much CPU neither the server nor the client used: other load).
+//! What the processes cost: a process's resident memory and CPU time from `/proc`, a
+//! process tree's CPU time (a database server's postmaster and its children), our own
+//! CPU time from `getrusage`, and the whole machine's CPU time from `/proc/stat` (to see
+//! how much CPU neither the server nor the client used: other load).
 
 use std::io;
 
@@ -73,6 +74,69 @@ pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
     let utime: u64 = fields.nth(11)?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// Fields of `/proc/PID/stat` that a process tree's CPU needs, in clock ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatTimes {
+    pub ppid: u32,
+    /// utime + stime.
+    pub own: u64,
+    /// cutime + cstime: the CPU of children it has waited for.
+    pub reaped_children: u64,
+}
+
+/// ppid (field 4), utime + stime (14, 15) and cutime + cstime (16, 17), counted from
+/// the last `)` like [`parse_stat_cpu_ticks`].
+pub fn parse_stat_times(stat: &str) -> Option<StatTimes> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().take(15).collect();
+    let field = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some(StatTimes {
+        ppid: u32::try_from(field(1)?).ok()?,
+        own: field(11)? + field(12)?,
+        reaped_children: field(13)? + field(14)?,
+    })
+}
+
+/// CPU time of a process tree rooted at `root` (a PostgreSQL postmaster), in
+/// microseconds: the root's own time, what its exited children used (the kernel adds a
+/// child's time to its parent's once reaped, so backends that came and went during a
+/// run are counted), and the time of every live descendant. None when `root` is gone.
+pub fn tree_cpu_us(root: u32) -> Option<u64> {
+    let mut times = Vec::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some(t) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| parse_stat_times(&s))
+        {
+            times.push((pid, t));
+        }
+    }
+    tree_ticks(root, &times).map(|ticks| ticks_to_us(ticks, clock_ticks_per_sec()))
+}
+
+/// The sum [`tree_cpu_us`] takes, over `(pid, times)` of every process, in ticks.
+pub fn tree_ticks(root: u32, procs: &[(u32, StatTimes)]) -> Option<u64> {
+    let (_, root_times) = procs.iter().find(|(pid, _)| *pid == root)?;
+    let mut total = root_times.own + root_times.reaped_children;
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for (pid, t) in procs.iter().filter(|(_, t)| t.ppid == parent) {
+            // A child's reaped children are already in its own parent's cutime only
+            // once it exits; while it lives, count them here.
+            total += t.own + t.reaped_children;
+            frontier.push(*pid);
+        }
+    }
+    Some(total)
 }
 
 pub fn ticks_to_us(ticks: u64, ticks_per_sec: u64) -> u64 {
@@ -187,6 +251,43 @@ mod tests {
         assert_eq!(parse_stat_cpu_ticks(stat), Some(325));
         assert_eq!(parse_stat_cpu_ticks("4242 (x) S 1 2"), None);
         assert_eq!(ticks_to_us(325, 100), 3_250_000);
+    }
+
+    #[test]
+    fn process_tree_cpu() {
+        let stat = "77 (postgres: chatd chat 127.0.0.1(4242) idle) S 70 77 77 0 -1 4194560 \
+                    1150 0 0 0 250 75 3 4 20 0 1 0 123456 10000000 2000";
+        assert_eq!(
+            parse_stat_times(stat),
+            Some(StatTimes {
+                ppid: 70,
+                own: 325,
+                reaped_children: 7
+            })
+        );
+        assert_eq!(parse_stat_times("77 (x) S 70 77"), None);
+        let t = |ppid, own, reaped_children| StatTimes {
+            ppid,
+            own,
+            reaped_children,
+        };
+        let procs = [
+            (1, t(0, 1000, 1000)),
+            (70, t(1, 10, 5)),
+            (71, t(70, 20, 0)),
+            (72, t(70, 30, 0)),
+            (73, t(72, 40, 0)),
+            (80, t(1, 500, 0)),
+        ];
+        assert_eq!(
+            tree_ticks(70, &procs),
+            Some(105),
+            "root, reaped, children, grandchild"
+        );
+        assert_eq!(tree_ticks(80, &procs), Some(500));
+        assert_eq!(tree_ticks(99, &procs), None);
+        let me = std::process::id();
+        assert!(tree_cpu_us(me).is_some());
     }
 
     #[test]

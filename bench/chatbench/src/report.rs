@@ -67,13 +67,26 @@ fn figure_of<'a>(result: &'a Value, name: &str) -> Option<&'a Value> {
         .find(|f| f["name"] == name)
 }
 
+/// Whether a label names chatd itself (`chatd` on SQLite, `chatd-pg` on PostgreSQL):
+/// chatd on one backend is not a reference peer for chatd on the other; those two are
+/// set side by side by [`comparison`].
+fn is_chatd(label: &str) -> bool {
+    label == "chatd" || label.starts_with("chatd-")
+}
+
+/// The database server's cores, or `-` when there was none.
+fn db_cores(r: &Value) -> String {
+    fmt_opt(&r["costs"]["db_cores"], 2)
+}
+
 /// The table for every result whose label is `primary`, each figure beside the same
-/// figure of the first other label that ran the same scenario.
+/// figure of the first reference peer (a label that is not chatd's) that ran the same
+/// scenario.
 pub fn table(results: &[Value], primary: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<14} {:<56} {:>14} {:>14} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}  limited by",
+        "{:<14} {:<56} {:>14} {:>14} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7}  limited by",
         "scenario",
         "figure",
         primary,
@@ -83,6 +96,7 @@ pub fn table(results: &[Value], primary: &str) -> String {
         "p99 ms",
         "max ms",
         "srv cpu",
+        "db cpu",
         "cli cpu",
         "oth cpu",
     );
@@ -90,7 +104,7 @@ pub fn table(results: &[Value], primary: &str) -> String {
         let scenario = r["scenario"].as_str().unwrap_or("?");
         let reference = results
             .iter()
-            .find(|o| o["scenario"] == r["scenario"] && o["label"] != primary);
+            .find(|o| o["scenario"] == r["scenario"] && !o["label"].as_str().is_some_and(is_chatd));
         let ref_label = reference.and_then(|o| o["label"].as_str()).unwrap_or("");
         let Some(figures) = r["figures"].as_array() else {
             continue;
@@ -107,12 +121,13 @@ pub fn table(results: &[Value], primary: &str) -> String {
                 || "-".to_string(),
                 |o| format!("{} {}", fmt_value(&o["value"], unit), ref_label),
             );
-            let (p50, p99, max, srv, cli, oth, limited) = if i == 0 {
+            let (p50, p99, max, srv, db, cli, oth, limited) = if i == 0 {
                 (
                     fmt_opt(&r["latency_ms"]["p50_ms"], 2),
                     fmt_opt(&r["latency_ms"]["p99_ms"], 2),
                     fmt_opt(&r["latency_ms"]["max_ms"], 2),
                     fmt_opt(&r["costs"]["server_cores"], 2),
+                    db_cores(r),
                     fmt_opt(&r["costs"]["client_cores"], 2),
                     other_cores(r),
                     r["limited_by"].as_str().unwrap_or("").to_string(),
@@ -122,7 +137,7 @@ pub fn table(results: &[Value], primary: &str) -> String {
             };
             let _ = writeln!(
                 out,
-                "{:<14} {:<56} {:>14} {:>14} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}  {}",
+                "{:<14} {:<56} {:>14} {:>14} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7}  {}",
                 if i == 0 { scenario } else { "" },
                 name,
                 fmt_value(&f["value"], unit),
@@ -132,6 +147,7 @@ pub fn table(results: &[Value], primary: &str) -> String {
                 p99,
                 max,
                 srv,
+                db,
                 cli,
                 oth,
                 limited
@@ -140,7 +156,7 @@ pub fn table(results: &[Value], primary: &str) -> String {
         if let Some(o) = reference {
             let _ = writeln!(
                 out,
-                "{:<14} {:<56} {:>14} {:>14} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7}  {}",
+                "{:<14} {:<56} {:>14} {:>14} {:>7} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7}  {}",
                 "",
                 format!("  ({ref_label}: latency, CPU, limit)"),
                 "",
@@ -150,6 +166,7 @@ pub fn table(results: &[Value], primary: &str) -> String {
                 fmt_opt(&o["latency_ms"]["p99_ms"], 2),
                 fmt_opt(&o["latency_ms"]["max_ms"], 2),
                 fmt_opt(&o["costs"]["server_cores"], 2),
+                db_cores(o),
                 fmt_opt(&o["costs"]["client_cores"], 2),
                 other_cores(o),
                 o["limited_by"].as_str().unwrap_or("")
@@ -157,9 +174,10 @@ pub fn table(results: &[Value], primary: &str) -> String {
         }
     }
     out.push_str(
-        "\nratio = primary / reference. srv cpu, cli cpu, oth cpu: cores kept busy (CPU time / wall \
-         time) by the server, by the client and by every other process during the measured \
-         phase; a high oth cpu means other load on the machine skewed the figures.\n",
+        "\nratio = primary / reference. srv cpu, db cpu, cli cpu, oth cpu: cores kept busy (CPU \
+         time / wall time) by the server, by its database server (PostgreSQL's processes), by \
+         the client and by every other process during the measured phase; a high oth cpu \
+         means other load on the machine skewed the figures.\n",
     );
     out
 }
@@ -224,11 +242,19 @@ pub fn problems(results: &[Value]) -> Vec<String> {
     found
 }
 
-/// Builds side by side (`chatbench report --compare true`, bench/compare.sh): a row per
-/// scenario and figure, a column per label in the order the labels first ran, each the
-/// median of that label's runs, then the ratio of the last label to the first.
-pub fn comparison(results: &[Value]) -> String {
-    let medians = medians(results);
+/// Builds side by side (`chatbench report --compare true`, bench/compare.sh; chatd on
+/// SQLite and on PostgreSQL, bench/run.sh with `BENCH_DB=both`): a row per scenario and
+/// figure, a column per label in the order the labels first ran (only those in `only`,
+/// when given), each the median of that label's runs, then the ratio of the last label
+/// to the first. The cores kept busy by the server, its database and the client close
+/// each scenario.
+pub fn comparison(results: &[Value], only: &[&str]) -> String {
+    let kept: Vec<Value> = results
+        .iter()
+        .filter(|r| only.is_empty() || only.iter().any(|l| r["label"] == *l))
+        .cloned()
+        .collect();
+    let medians = medians(&kept);
     let mut labels: Vec<&str> = Vec::new();
     let mut scenarios: Vec<&str> = Vec::new();
     for m in &medians {
@@ -255,30 +281,31 @@ pub fn comparison(results: &[Value]) -> String {
             .find(|m| m["scenario"] == scenario && m["label"] == label)
     };
     for scenario in &scenarios {
-        let Some(first) = labels.iter().find_map(|l| find(scenario, l)) else {
-            continue;
-        };
-        let mut rows: Vec<(String, String)> = first["figures"]
-            .as_array()
-            .map(|fs| {
-                fs.iter()
-                    .map(|f| {
-                        let name = f["name"].as_str().unwrap_or("?").to_string();
-                        (name, f["unit"].as_str().unwrap_or("").to_string())
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        rows.push(("p99 ms".into(), String::new()));
+        // Every figure any label has, in the order they first appear (chatd on
+        // PostgreSQL has its database's CPU, which chatd on SQLite has not).
+        let mut rows: Vec<(String, String)> = Vec::new();
+        for m in labels.iter().filter_map(|l| find(scenario, l)) {
+            for f in m["figures"].as_array().into_iter().flatten() {
+                let name = f["name"].as_str().unwrap_or("?").to_string();
+                if !rows.iter().any(|(n, _)| *n == name) {
+                    rows.push((name, f["unit"].as_str().unwrap_or("").to_string()));
+                }
+            }
+        }
+        for extra in ["p99 ms", "server cores", "database cores", "client cores"] {
+            rows.push((extra.into(), String::new()));
+        }
         for (i, (name, unit)) in rows.iter().enumerate() {
             let values: Vec<Option<f64>> = labels
                 .iter()
                 .map(|l| {
                     let m = find(scenario, l)?;
-                    if name == "p99 ms" {
-                        m["latency_ms"]["p99_ms"].as_f64()
-                    } else {
-                        figure_of(m, name)?["value"].as_f64()
+                    match name.as_str() {
+                        "p99 ms" => m["latency_ms"]["p99_ms"].as_f64(),
+                        "server cores" => m["costs"]["server_cores"].as_f64(),
+                        "database cores" => m["costs"]["db_cores"].as_f64(),
+                        "client cores" => m["costs"]["client_cores"].as_f64(),
+                        _ => figure_of(m, name)?["value"].as_f64(),
                     }
                 })
                 .collect();
@@ -305,7 +332,10 @@ pub fn comparison(results: &[Value]) -> String {
             let _ = writeln!(out, " {ratio:>7}");
         }
     }
-    out.push_str("\nmedians of each build's runs; ratio = last column / first column.\n");
+    out.push_str(
+        "\nmedians of each label's runs; ratio = last column / first column; cores: CPU time / \
+         wall time of the measured phase.\n",
+    );
     out
 }
 
@@ -356,7 +386,13 @@ fn median_of(runs: &[&Value]) -> Value {
             out["latency_ms"][key] = Value::from(m);
         }
     }
-    for key in ["server_cores", "client_cores", "other_cpu_ms", "wall_s"] {
+    for key in [
+        "server_cores",
+        "db_cores",
+        "client_cores",
+        "other_cpu_ms",
+        "wall_s",
+    ] {
         if let Some(m) = med(&|r| r["costs"][key].as_f64()) {
             out["costs"][key] = Value::from(m);
         }
@@ -405,6 +441,53 @@ mod tests {
     }
 
     #[test]
+    fn chatd_on_another_backend_is_not_a_reference() {
+        let run = |label: &str, v: f64, db: Option<f64>| {
+            json!({"scenario": "fanout", "label": label,
+                   "figures": [{"name": "server CPU per delivery", "value": v, "unit": "µs"}],
+                   "latency_ms": {"p99_ms": 5.0},
+                   "costs": {"server_cores": 0.25, "db_cores": db, "client_cores": 0.2}})
+        };
+        let results = vec![
+            run("chatd", 2.0, None),
+            run("chatd-pg", 3.0, Some(0.125)),
+            run("node", 8.0, None),
+        ];
+        let t = table(&results, "chatd");
+        let row = t.lines().nth(1).unwrap();
+        assert!(row.contains("8.000 µs node"), "{row}");
+        assert!(row.contains("0.25"), "{row}");
+        let t = table(&results, "chatd-pg");
+        let row = t.lines().nth(1).unwrap();
+        assert!(row.contains("8.000 µs node"), "{row}");
+        assert!(
+            row.contains("0.12") || row.contains("0.13"),
+            "db cores: {row}"
+        );
+        let c = comparison(&results, &["chatd", "chatd-pg"]);
+        let header = c.lines().next().unwrap();
+        assert!(!header.contains("node"), "{header}");
+        let row = c.lines().nth(1).unwrap();
+        assert!(row.trim_end().ends_with("1.50"), "{row}");
+        let extra = |label: &str| {
+            json!({"scenario": "ingest", "label": label,
+                   "figures": [{"name": "acknowledged sends/s", "value": 100.0, "unit": "/s"}]})
+        };
+        let mut with_db = extra("chatd-pg");
+        with_db["figures"].as_array_mut().unwrap().push(
+            json!({"name": "database CPU per acknowledged send", "value": 9.0, "unit": "µs"}),
+        );
+        let c2 = comparison(&[extra("chatd"), with_db], &[]);
+        let row = c2
+            .lines()
+            .find(|l| l.contains("database CPU per acknowledged send"))
+            .expect("a figure only the second label has");
+        assert!(row.contains("9.000 µs"), "{row}");
+        let db = c.lines().find(|l| l.contains("database cores")).unwrap();
+        assert!(db.contains("0.125") && db.contains('-'), "{db}");
+    }
+
+    #[test]
     fn medians_per_scenario_and_label() {
         let run = |label: &str, v: f64, p99: f64, limit: &str| {
             json!({"scenario": "fanout", "label": label,
@@ -445,7 +528,7 @@ mod tests {
             run("old", 6.0),
             run("new", 3.0),
         ];
-        let t = comparison(&results);
+        let t = comparison(&results, &[]);
         let header = t.lines().next().unwrap();
         assert!(
             header.find("old").unwrap() < header.find("new").unwrap(),

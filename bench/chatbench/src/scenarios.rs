@@ -33,6 +33,8 @@ pub struct Ctx {
     pub target: Option<Target>,
     pub mode: Mode,
     pub pids: Vec<u32>,
+    /// The database server's postmaster, measured with its children (`--db-pid`).
+    pub db_pid: Option<u32>,
     pub label: String,
     pub users: usize,
     pub token_cache: Option<PathBuf>,
@@ -64,7 +66,7 @@ impl Ctx {
     }
 
     fn snapshot(&self) -> measure::Snapshot {
-        measure::snapshot(&self.pids)
+        measure::snapshot(&self.pids, self.db_pid)
     }
 
     fn mode_name(&self) -> &'static str {
@@ -674,6 +676,9 @@ fn chat_figures(phase: &Phase, per_message: f64) -> Vec<Value> {
     if let Some(us) = phase.costs.server_us_per(phase.delivered) {
         figures.push(figure("server CPU per delivery", us, "µs", "lower"));
     }
+    if let Some(us) = phase.costs.db_us_per(phase.delivered) {
+        figures.push(figure("database CPU per delivery", us, "µs", "lower"));
+    }
     if let Some(rss) = phase.costs.server_rss_after_kib {
         figures.push(figure("server RSS", rss as f64 / 1024.0, "MiB", "lower"));
     }
@@ -814,11 +819,15 @@ pub fn login_storm(ctx: &Ctx) -> Result<Value, String> {
 // ---------------------------------------------------------------------------------
 // ingest
 
-/// Connections that keep `window` sends outstanding each, each in its own room.
+/// Connections each in its own room that keep `window` sends outstanding each (a
+/// closed loop), or send on a schedule at a fixed total rate (`paced`), with at most
+/// `window` outstanding each.
 struct Ingest {
     window: usize,
     size: usize,
     running: bool,
+    /// Sends go out on the schedule, not when a reply frees a place in the window.
+    paced: bool,
     rooms: Vec<String>,
     /// Sends in flight per connection (indexed by connection id).
     in_flight: Vec<usize>,
@@ -880,7 +889,7 @@ impl Handler for Ingest {
                 .entry(payload::error_code(text).to_string())
                 .or_default() += 1;
         }
-        if self.running {
+        if self.running && !self.paced {
             while self.in_flight[id] < self.window {
                 self.send(id, now_ns, &mut |bytes| out.text(bytes));
             }
@@ -893,16 +902,31 @@ impl Handler for Ingest {
     }
 }
 
-/// Acknowledged sends per second into SQLite, and the send-to-reply latency.
+/// Sends each connection owes by `elapsed_s` at `per_conn` sends/s, the `slot`-th of
+/// `slots` connections starting `slot / slots` of an interval late, so that together
+/// they send evenly spread rather than in bursts.
+fn paced_due(elapsed_s: f64, per_conn: f64, slot: usize, slots: usize) -> u64 {
+    let lag = slot as f64 / slots.max(1) as f64;
+    (elapsed_s * per_conn + 1.0 - lag).floor().max(0.0) as u64
+}
+
+/// Acknowledged sends per second into the database, and the send-to-reply latency:
+/// a closed loop (`--window` outstanding per connection) or, with `--rate`, sends at
+/// that fixed total rate (scenario `ingest-rate`).
 pub fn ingest(ctx: &Ctx) -> Result<Value, String> {
     if ctx.mode == Mode::Raw {
         return Err("ingest needs chatd".into());
     }
     let a = &ctx.args;
     let conns: usize = a.get("connections", 100)?;
-    let window: usize = a.get("window", 8)?;
+    let rate: f64 = a.get("rate", 0.0)?;
+    let paced = rate > 0.0;
+    let window: usize = a.get("window", if paced { 1000 } else { 8 })?;
     let secs: f64 = a.get("duration", 10.0)?;
     let size: usize = a.get("size", 64)?;
+    if !rate.is_finite() || rate < 0.0 {
+        return Err(format!("--rate {rate}: a rate of sends per second, or 0"));
+    }
     let mut net = ctx.net()?;
     let mut load = Load::new(ctx.mode, size);
     let ids = build_rooms(ctx, &mut net, &mut load, conns, 1, 0, "ingest")?;
@@ -911,6 +935,7 @@ pub fn ingest(ctx: &Ctx) -> Result<Value, String> {
         window,
         size,
         running: true,
+        paced,
         rooms: load.rooms.iter().map(|r| r.name.clone()).collect(),
         in_flight: vec![0; max_id + 1],
         room_of: vec![0; max_id + 1],
@@ -928,15 +953,36 @@ pub fn ingest(ctx: &Ctx) -> Result<Value, String> {
     let before = ctx.snapshot();
     let start = Instant::now();
     let now = net.now_ns();
-    for &id in &ids {
-        for _ in 0..window {
-            ingest.send(id, now, &mut |bytes| net.send_text(id, bytes));
+    if !paced {
+        for &id in &ids {
+            for _ in 0..window {
+                ingest.send(id, now, &mut |bytes| net.send_text(id, bytes));
+            }
         }
     }
+    let per_conn = rate / ids.len().max(1) as f64;
+    // Per connection: sends made on the schedule, and those skipped with the window full.
+    let mut scheduled = vec![0u64; ids.len()];
+    let mut skipped = 0u64;
     let end = start + Duration::from_secs_f64(secs);
     while Instant::now() < end {
-        net.turn(&mut ingest, Duration::from_millis(10))
-            .map_err(|e| e.to_string())?;
+        if paced {
+            let elapsed = start.elapsed().as_secs_f64();
+            let now = net.now_ns();
+            for (slot, &id) in ids.iter().enumerate() {
+                let due = paced_due(elapsed, per_conn, slot, ids.len());
+                while scheduled[slot] < due {
+                    scheduled[slot] += 1;
+                    if ingest.in_flight[id] >= window {
+                        skipped += 1;
+                    } else {
+                        ingest.send(id, now, &mut |bytes| net.send_text(id, bytes));
+                    }
+                }
+            }
+        }
+        let wait = Duration::from_millis(if paced { 1 } else { 10 });
+        net.turn(&mut ingest, wait).map_err(|e| e.to_string())?;
     }
     let elapsed = start.elapsed().as_secs_f64();
     let acked_in_time = ingest.acked;
@@ -950,15 +996,20 @@ pub fn ingest(ctx: &Ctx) -> Result<Value, String> {
     let costs = measure::costs(&before, &after);
     let latency = ingest.latency.summary();
     let mut r = ctx.result(
-        "ingest",
-        json!({"connections": conns, "window": window, "duration_s": secs, "text_bytes": size}),
+        if paced { "ingest-rate" } else { "ingest" },
+        json!({"connections": conns, "window": window, "duration_s": secs, "text_bytes": size,
+               "rate": rate}),
     );
-    let mut figures = vec![figure(
+    let mut figures = Vec::new();
+    if paced {
+        figures.push(figure("offered sends/s", rate, "/s", "higher"));
+    }
+    figures.push(figure(
         "acknowledged sends/s",
         ratio(acked_in_time as f64, elapsed),
         "/s",
         "higher",
-    )];
+    ));
     if let Some(us) = costs.server_us_per(acked_in_time) {
         figures.push(figure(
             "server CPU per acknowledged send",
@@ -966,6 +1017,29 @@ pub fn ingest(ctx: &Ctx) -> Result<Value, String> {
             "µs",
             "lower",
         ));
+    }
+    if let Some(us) = costs.db_us_per(acked_in_time) {
+        figures.push(figure(
+            "database CPU per acknowledged send",
+            us,
+            "µs",
+            "lower",
+        ));
+    }
+    // Sends answered with an error (on PostgreSQL, `unavailable` once a send waited
+    // database_timeout_ms): not acknowledged, so not in the rate; by code in `errors`.
+    let error_replies: u64 = ingest.errors.values().sum();
+    figures.push(figure("error replies", error_replies as f64, "", "lower"));
+    if paced {
+        // The schedule met a full window: the server fell behind the offered rate.
+        figures.push(figure(
+            "sends skipped (window full)",
+            skipped as f64,
+            "",
+            "lower",
+        ));
+        let unanswered: usize = ingest.in_flight.iter().sum();
+        figures.push(figure("unanswered sends", unanswered as f64, "", "lower"));
     }
     r["figures"] = json!(figures);
     r["latency_ms"] = latency_json(&latency);
@@ -1107,6 +1181,9 @@ pub fn http(ctx: &Ctx) -> Result<Value, String> {
     )];
     if let Some(us) = costs.server_us_per(done) {
         figures.push(figure("server CPU per request", us, "µs", "lower"));
+    }
+    if let Some(us) = costs.db_us_per(done) {
+        figures.push(figure("database CPU per request", us, "µs", "lower"));
     }
     let non_2xx: u64 = load
         .statuses
@@ -1256,6 +1333,24 @@ mod tests {
             assert!(tried.len() < 40, "the search ends");
         }
         tried
+    }
+
+    #[test]
+    fn paced_sends_are_spread_over_the_connections() {
+        // 4 connections at 10/s each: the first sends at once, the others a quarter of
+        // an interval apart; after a second each has sent 10 (the last just due).
+        assert_eq!(paced_due(0.0, 10.0, 0, 4), 1);
+        assert_eq!(paced_due(0.0, 10.0, 1, 4), 0);
+        assert_eq!(paced_due(0.026, 10.0, 1, 4), 1);
+        assert_eq!(paced_due(0.074, 10.0, 3, 4), 0);
+        assert_eq!(paced_due(0.076, 10.0, 3, 4), 1);
+        let total: u64 = (0..4).map(|slot| paced_due(0.999, 10.0, slot, 4)).sum();
+        assert_eq!(total, 40);
+        let total: u64 = (0..100).map(|slot| paced_due(10.0, 100.0, slot, 100)).sum();
+        assert_eq!(
+            total, 100_001,
+            "10 s at 10,000/s, the first connection one ahead"
+        );
     }
 
     #[test]

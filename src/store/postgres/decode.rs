@@ -1,5 +1,11 @@
 //! Operations into queries of the catalogue, and their rows into answers: the whole
 //! translation between chatd's requests and PostgreSQL's, without a socket.
+//!
+//! A unit's consecutive room posts (a busy turn's writes are mostly those) become one
+//! `post_rooms` query: one counter update and one insert for all of them instead of one
+//! of each per message, which is most of what a message costs PostgreSQL.
+
+use std::ops::Range;
 
 use crate::chat::UserRef;
 use crate::chat::protocol::{Conversation, Item, ItemKind, Page};
@@ -140,6 +146,129 @@ pub fn query_for(op: &Op) -> Query {
     }
 }
 
+/// A room post or a notification: what `post_rooms` stores.
+fn room_post(op: &Op) -> Option<&crate::store::NewMessage> {
+    match op {
+        Op::Post(message) if !matches!(message.kind, NewKind::Direct { .. }) => Some(message),
+        _ => None,
+    }
+}
+
+/// The operations each query of a unit carries out, as ranges of `ops`: a run of two
+/// or more consecutive room posts is one range, every other operation one of its own.
+/// Runs are never reordered around other operations, so every message of the unit
+/// takes its id in request order.
+fn groups(ops: &[&Op]) -> Vec<Range<usize>> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    while start < ops.len() {
+        let mut end = start + 1;
+        if room_post(ops[start]).is_some() {
+            while end < ops.len() && room_post(ops[end]).is_some() {
+                end += 1;
+            }
+        }
+        if end - start >= 2 {
+            groups.push(start..end);
+        } else {
+            groups.extend((start..end).map(|i| i..i + 1));
+        }
+        start = end;
+    }
+    groups
+}
+
+/// The `post_rooms` query for several room posts.
+fn post_rooms(posts: &[&Op]) -> Query {
+    let messages: Vec<_> = posts.iter().filter_map(|op| room_post(op)).collect();
+    let kind = |m: &crate::store::NewMessage| match &m.kind {
+        NewKind::Room(_) => KIND_ROOM,
+        _ => KIND_NOTIFICATION,
+    };
+    let room = |m: &crate::store::NewMessage| match &m.kind {
+        NewKind::Room(room) => Some(room.clone()),
+        _ => None,
+    };
+    query(
+        sql::POST_ROOMS,
+        vec![
+            param(messages.iter().map(|m| m.from).collect::<Vec<i64>>()),
+            param(messages.iter().map(|m| kind(m)).collect::<Vec<i16>>()),
+            param(
+                messages
+                    .iter()
+                    .map(|m| room(m))
+                    .collect::<Vec<Option<String>>>(),
+            ),
+            param(
+                messages
+                    .iter()
+                    .map(|m| m.text.clone())
+                    .collect::<Vec<String>>(),
+            ),
+            param(messages.iter().map(|m| m.ts).collect::<Vec<i64>>()),
+        ],
+    )
+}
+
+/// The queries that carry out a unit's operations, in order (see [`groups`]).
+pub fn unit_queries(ops: &[&Op]) -> Vec<Query> {
+    groups(ops)
+        .into_iter()
+        .map(|range| {
+            if range.len() == 1 {
+                query_for(ops[range.start])
+            } else {
+                post_rooms(&ops[range])
+            }
+        })
+        .collect()
+}
+
+/// The answer to each operation of a unit, from the rows of each of its queries
+/// ([`unit_queries`]); None for operations whose query has no rows (the unit ended
+/// early).
+pub fn unit_answers(ops: &[&Op], results: Vec<Rows>) -> Vec<Option<Result<Answer, PgError>>> {
+    let mut answers = Vec::with_capacity(ops.len());
+    let mut results = results.into_iter();
+    for range in groups(ops) {
+        let rows = results.next();
+        if range.len() == 1 {
+            answers.push(rows.map(|rows| answer(ops[range.start], rows)));
+            continue;
+        }
+        let count = range.len();
+        match rows.map(|rows| posted_ids(&rows, count)) {
+            None => answers.extend((0..count).map(|_| None)),
+            Some(Err(e)) => answers.extend((0..count).map(|_| Some(Err(e.clone())))),
+            Some(Ok(first)) => answers.extend((0..count).map(|i| {
+                Some(Ok(Answer::Posted {
+                    id: first + i as i64,
+                    to: None,
+                }))
+            })),
+        }
+    }
+    answers
+}
+
+/// The first id of `count` room posts stored by `post_rooms`, from its one row (the
+/// last id, the rows inserted).
+fn posted_ids(rows: &Rows, count: usize) -> Result<i64, PgError> {
+    let row = rows
+        .rows
+        .first()
+        .ok_or_else(|| PgError::Decode("no ids for stored messages".into()))?;
+    let last: i64 = row.get(0)?;
+    let inserted: i64 = row.get(1)?;
+    if usize::try_from(inserted).ok() != Some(count) {
+        return Err(PgError::Decode(format!(
+            "{inserted} of {count} messages stored"
+        )));
+    }
+    Ok(last - int(count) + 1)
+}
+
 /// For logs.
 pub fn name(op: &Op) -> &'static str {
     match op {
@@ -274,4 +403,76 @@ pub fn answer(op: &Op, rows: Rows) -> Result<Answer, PgError> {
                 .collect::<Result<_, PgError>>()?,
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewMessage;
+
+    fn post(kind: NewKind, text: &str) -> Op {
+        Op::Post(NewMessage {
+            from: 7,
+            kind,
+            text: text.to_string(),
+            ts: 1_700_000_000_000,
+        })
+    }
+
+    fn room(text: &str) -> Op {
+        post(NewKind::Room("dev".into()), text)
+    }
+
+    #[test]
+    fn consecutive_room_posts_are_one_query_in_request_order() {
+        let unit = [
+            room("a"),
+            room("b"),
+            post(NewKind::Direct { to: "bob".into() }, "c"),
+            room("d"),
+            post(NewKind::Notification, "e"),
+            room("f"),
+            Op::UserById(1),
+            room("g"),
+        ];
+        let ops: Vec<&Op> = unit.iter().collect();
+        assert_eq!(groups(&ops), vec![0..2, 2..3, 3..6, 6..7, 7..8]);
+        let queries = unit_queries(&ops);
+        let statements: Vec<usize> = queries.iter().map(|q| q.statement).collect();
+        assert_eq!(
+            statements,
+            vec![
+                sql::POST_ROOMS,
+                sql::POST_DIRECT,
+                sql::POST_ROOMS,
+                sql::USER_BY_ID,
+                sql::POST_ROOM
+            ],
+            "a direct message between room posts keeps its place, and so its id's"
+        );
+        assert_eq!(
+            queries[2].params.len(),
+            sql::CATALOGUE[sql::POST_ROOMS].params.len()
+        );
+        let single = [room("only")];
+        let ops: Vec<&Op> = single.iter().collect();
+        assert_eq!(unit_queries(&ops)[0].statement, sql::POST_ROOM);
+        assert!(unit_queries(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_unit_that_ended_early_answers_nothing_for_its_batch() {
+        let unit = [room("a"), room("b"), room("c")];
+        let ops: Vec<&Op> = unit.iter().collect();
+        let answers = unit_answers(&ops, Vec::new());
+        assert_eq!(answers.len(), 3, "one per operation");
+        assert!(answers.iter().all(Option::is_none));
+        let answers = unit_answers(&ops, vec![Rows::default()]);
+        assert!(
+            answers
+                .iter()
+                .all(|a| matches!(a, Some(Err(PgError::Decode(_))))),
+            "a batch without its row fails every post of it"
+        );
+    }
 }

@@ -264,10 +264,8 @@ impl PgStore {
     }
 
     fn send_on(&mut self, index: usize, requests: Vec<(Ticket, Op)>, now: Instant) {
-        let queries = requests
-            .iter()
-            .map(|(_, op)| decode::query_for(op))
-            .collect();
+        let ops: Vec<&Op> = requests.iter().map(|(_, op)| op).collect();
+        let queries = decode::unit_queries(&ops);
         let slot = &mut self.slots[index];
         let Some(conn) = slot.conn.as_mut() else {
             return;
@@ -362,9 +360,10 @@ impl PgStore {
                     self.stats.commits += 1;
                     self.stats.batched_writes += unit.requests.len() as u64;
                 }
-                let mut results = results.into_iter();
-                for (ticket, op) in unit.requests {
-                    let outcome = match results.next().map(|rows| decode::answer(&op, rows)) {
+                let ops: Vec<&Op> = unit.requests.iter().map(|(_, op)| op).collect();
+                let answers = decode::unit_answers(&ops, results);
+                for ((ticket, op), answer) in unit.requests.into_iter().zip(answers) {
+                    let outcome = match answer {
                         Some(Ok(answer)) => Ok(answer),
                         Some(Err(e)) => {
                             log::error!("database answer to {}: {e}", decode::name(&op));

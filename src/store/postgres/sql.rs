@@ -26,6 +26,7 @@ pub const DIRECT_AFTER: usize = 11;
 pub const SUBSCRIPTIONS_OF: usize = 12;
 pub const CONVERSATIONS: usize = 13;
 pub const ALL_SUBSCRIPTIONS: usize = 14;
+pub const POST_ROOMS: usize = 15;
 
 /// The columns of an account, in `User`'s order.
 macro_rules! user_columns {
@@ -73,7 +74,7 @@ macro_rules! direct_history {
     };
 }
 
-pub static CATALOGUE: [Statement; 15] = [
+pub static CATALOGUE: [Statement; 16] = [
     Statement {
         name: "user_by_id",
         sql: concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1"),
@@ -209,5 +210,34 @@ pub static CATALOGUE: [Statement; 15] = [
         name: "all_subscriptions",
         sql: "SELECT subscriber_id, target_id FROM subscriptions",
         params: &[],
+    },
+    Statement {
+        name: "post_rooms",
+        // Several room posts (and notifications) in one statement: one counter update
+        // by their number, the n-th post taking the n-th id of the range, so ids follow
+        // the order of the arrays (request order) and, under the row's lock, commit
+        // order. Arrays, each one element per post: $1 senders, $2 kinds (0 room, 2
+        // notification), $3 rooms, $4 texts, $5 times. Answers the last id and the rows
+        // inserted (a data-modifying WITH runs to completion whatever reads it).
+        sql: "WITH next AS (
+                  UPDATE counters SET value = value + cardinality($1::int8[])
+                  WHERE name = 'message' RETURNING value
+              ),
+              ins AS (
+                  INSERT INTO messages (id, kind, room, sender_id, text, ts)
+                  SELECT next.value - cardinality($1::int8[]) + p.n, p.kind, p.room,
+                         p.sender_id, p.text, p.ts
+                  FROM next, unnest($1::int8[], $2::int2[], $3::text[], $4::text[], $5::int8[])
+                       WITH ORDINALITY AS p (sender_id, kind, room, text, ts, n)
+                  RETURNING 1
+              )
+              SELECT next.value, (SELECT count(*) FROM ins) FROM next",
+        params: &[
+            Type::INT8_ARRAY,
+            Type::INT2_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::INT8_ARRAY,
+        ],
     },
 ];
