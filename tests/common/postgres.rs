@@ -344,7 +344,7 @@ impl PgServer {
             options,
             child: None,
         };
-        server.start_again();
+        server.start_on_a_free_port();
         if server.options.auth == PgAuth::Md5 {
             server.psql_in("postgres", &format!("CREATE DATABASE {PG_DB}"));
             let password = server.password.clone();
@@ -425,9 +425,37 @@ impl PgServer {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The first start: a port found free may be taken by another process before
+    /// postgres binds it (tests run in parallel), so a new one is tried then.
+    fn start_on_a_free_port(&mut self) {
+        for _ in 0..10 {
+            match self.launch() {
+                Ok(()) => return,
+                Err(log) if log.contains("Address already in use") => self.port = free_port(),
+                Err(log) => panic!("postgres exited: {log}"),
+            }
+        }
+        panic!("no free port for postgres after 10 tries: {}", self.log());
+    }
+
     /// Starts the server (again) on the same data directory and port, and waits
-    /// until it answers a query.
+    /// until it answers a query. The port, freed by the stop, may be held for a moment
+    /// by another process: the start is then tried again for a few seconds.
     pub fn start_again(&mut self) {
+        for _ in 0..50 {
+            match self.launch() {
+                Ok(()) => return,
+                Err(log) if log.contains("Address already in use") => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(log) => panic!("postgres exited: {log}"),
+            }
+        }
+        panic!("port {} stayed taken: {}", self.port, self.log());
+    }
+
+    /// Starts postgres and waits until it answers; Err with its log if it exited.
+    fn launch(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "the server is running");
         if self.options.auth != PgAuth::Md5 || !self.data().join("pg_hba.conf").exists() {
             self.write_hba(match self.options.auth {
@@ -479,13 +507,13 @@ impl PgServer {
                 .and_then(|c| c.try_wait().ok().flatten())
             {
                 self.child = None;
-                panic!("postgres exited with {status}: {}", self.log());
+                return Err(format!("{status}: {}", self.log()));
             }
             let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
             if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
                 && self.try_psql_in("postgres", "SELECT 1").is_ok()
             {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,

@@ -103,6 +103,12 @@ pub struct PgStore {
     first_token: usize,
     slots: Vec<Slot>,
     submitted: Vec<(Ticket, Op)>,
+    /// Requests submitted while a transaction is committing, in order: they go out
+    /// together once it is answered. PostgreSQL syncs its WAL once per commit, so
+    /// sending a transaction per loop turn while earlier ones still commit would make
+    /// commits follow the loop's turns rather than what the disk can take; held, the
+    /// writes of every turn meanwhile share the next commit (group commit across turns).
+    held: Vec<(Ticket, Op)>,
     backlog: VecDeque<Backlogged>,
     answers: Vec<(Ticket, Outcome)>,
     /// Tickets not yet answered and when they time out, in submission order.
@@ -145,6 +151,7 @@ impl PgStore {
             first_token: 0,
             slots: Vec::new(),
             submitted: Vec::new(),
+            held: Vec::new(),
             backlog: VecDeque::new(),
             answers: Vec::new(),
             deadlines: VecDeque::new(),
@@ -215,6 +222,33 @@ impl PgStore {
         }
         if let Some(index) = (0..self.slots.len()).find(|&i| self.is_ready(i)) {
             self.writer = index;
+        }
+    }
+
+    /// Whether a transaction of writes has been sent and not answered.
+    fn write_in_flight(&self) -> bool {
+        self.slots.iter().any(|slot| {
+            slot.units
+                .values()
+                .any(|u| u.requests.iter().any(|(_, op)| op.is_write()))
+        })
+    }
+
+    /// Sends what was held while a transaction was committing: all its writes as the
+    /// next transaction, then its reads behind them. Requests that timed out meanwhile
+    /// were answered and are not sent.
+    fn release_held(&mut self, now: Instant) {
+        let open = &self.open;
+        let held: Vec<(Ticket, Op)> = std::mem::take(&mut self.held)
+            .into_iter()
+            .filter(|(ticket, _)| open.contains(ticket))
+            .collect();
+        let (writes, reads): (Vec<_>, Vec<_>) = held.into_iter().partition(|(_, op)| op.is_write());
+        if !writes.is_empty() {
+            self.dispatch(writes, true, now);
+        }
+        for read in reads {
+            self.dispatch(vec![read], false, now);
         }
     }
 
@@ -335,6 +369,9 @@ impl PgStore {
                 Event::Unit { id, outcome } => {
                     if let Some(unit) = self.slots[index].units.remove(&id) {
                         self.answer_unit(unit, outcome, now);
+                    }
+                    if !self.held.is_empty() && !self.write_in_flight() {
+                        self.release_held(now);
                     }
                 }
                 Event::Closed(error) => {
@@ -465,10 +502,12 @@ impl PgStore {
             self.deadlines.pop_front();
             self.give(ticket, Err(Failure::Unavailable));
         }
-        // Backlogged requests all timed out: drop the units, nothing is sent for them.
+        // Backlogged units whose requests all timed out, and held requests that timed
+        // out, are dropped: nothing is sent for them.
         let open = &self.open;
         self.backlog
             .retain(|unit| unit.requests.iter().any(|(t, _)| open.contains(t)));
+        self.held.retain(|(t, _)| open.contains(t));
     }
 }
 
@@ -522,13 +561,20 @@ impl Storage for PgStore {
             self.open.insert(*ticket);
             self.deadlines.push_back((now + timeout, *ticket));
         }
-        let (writes, reads): (Vec<_>, Vec<_>) =
-            submitted.into_iter().partition(|(_, op)| op.is_write());
-        if !writes.is_empty() {
-            self.dispatch(writes, true, now);
-        }
-        for read in reads {
-            self.dispatch(vec![read], false, now);
+        if self.write_in_flight() {
+            // The writes wait for the transaction committing now, and so does every
+            // read behind one of them; a read with no held write before it goes out
+            // behind the transaction in flight (it sees it).
+            for (ticket, op) in submitted {
+                if op.is_write() || self.held.iter().any(|(_, held)| held.is_write()) {
+                    self.held.push((ticket, op));
+                } else {
+                    self.dispatch(vec![(ticket, op)], false, now);
+                }
+            }
+        } else {
+            self.held.extend(submitted);
+            self.release_held(now);
         }
         self.flush_conns(now);
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use mio::Poll;
 
 use super::{PgConfig, PgStore, SlotState};
-use crate::pg::{Event, PgError, parse_url};
+use crate::pg::{Event, PgError, Rows, parse_url};
 use crate::store::{Failure, NotReady, Op, Outcome, Storage, Ticket};
 
 const TIMEOUT: Duration = Duration::from_millis(1000);
@@ -135,7 +135,11 @@ fn writes_stay_on_a_connection_with_writes_in_flight_until_they_are_answered() {
     assert_eq!(store.writer, 0);
     store.submit(Ticket(2), write(2));
     store.flush(now);
-    assert_eq!(store.backlog.len(), 1);
+    assert_eq!(
+        store.held.len(),
+        1,
+        "held until the write in flight is answered"
+    );
     assert!(store.slots[1].units.is_empty());
 }
 
@@ -144,11 +148,11 @@ fn a_late_answer_is_dropped_and_an_answer_in_time_is_not_followed_by_unavailable
     let poll = Poll::new().expect("poll");
     let now = Instant::now();
     let mut store = store(&poll, now);
+    // Reads, pipelined on the one ready connection (writes would wait for each other).
     store.slots[0].state = SlotState::Ready;
-    store.slots[1].state = SlotState::Ready;
-    store.submit(Ticket(1), write(1));
+    store.submit(Ticket(1), read(1));
     store.flush(now);
-    store.submit(Ticket(2), write(2));
+    store.submit(Ticket(2), read(2));
     store.flush(now + TIMEOUT / 2);
     let mut ids: Vec<_> = store.slots[0].units.keys().copied().collect();
     ids.sort();
@@ -231,14 +235,14 @@ fn a_request_still_waiting_on_an_abandoned_connection_fails() {
     let now = Instant::now();
     let mut store = store(&poll, now);
     store.slots[0].state = SlotState::Ready;
-    store.submit(Ticket(1), write(1));
+    store.submit(Ticket(1), read(1));
     store.flush(now);
     store.on_deadline(now + TIMEOUT);
     assert_eq!(
         answers(&mut store),
         vec![(Ticket(1), Err(Failure::Unavailable))]
     );
-    store.submit(Ticket(2), write(2));
+    store.submit(Ticket(2), read(2));
     store.flush(now + TIMEOUT * 3 / 2);
     // The first unit has waited two timeouts: the connection goes, and the second
     // request, whose outcome is now unknown, fails rather than waiting out its time.
@@ -247,4 +251,129 @@ fn a_request_still_waiting_on_an_abandoned_connection_fails() {
     assert!(store.slots[0].units.is_empty());
     store.on_deadline(now + TIMEOUT * 3);
     assert!(answers(&mut store).is_empty());
+}
+
+/// The units in flight on a connection, oldest first, as their tickets.
+fn sent(store: &PgStore, slot: usize) -> Vec<Vec<u64>> {
+    let mut units: Vec<_> = store.slots[slot].units.iter().collect();
+    units.sort_by_key(|(id, _)| **id);
+    units
+        .into_iter()
+        .map(|(_, unit)| unit.requests.iter().map(|(t, _)| t.0).collect())
+        .collect()
+}
+
+#[test]
+fn turns_submitted_while_a_transaction_commits_share_the_next_one() {
+    let poll = Poll::new().expect("poll");
+    let now = Instant::now();
+    let mut store = store(&poll, now);
+    store.slots[0].state = SlotState::Ready;
+    store.slots[1].state = SlotState::Ready;
+    store.submit(Ticket(1), write(1));
+    store.flush(now);
+    assert_eq!(sent(&store, 0), vec![vec![1]]);
+    // Three more turns while the first transaction commits: held, in order.
+    for turn in 0..3 {
+        store.submit(Ticket(10 + turn * 2), write(2));
+        store.submit(Ticket(11 + turn * 2), read(2));
+        store.flush(now);
+    }
+    assert_eq!(
+        sent(&store, 0),
+        vec![vec![1]],
+        "nothing more sent meanwhile"
+    );
+    assert!(
+        sent(&store, 1).is_empty(),
+        "reads wait behind the held writes"
+    );
+    let first = *store.slots[0].units.keys().next().expect("a unit");
+    let answered = Event::Unit {
+        id: first,
+        outcome: Ok(vec![Rows::default()]),
+    };
+    store.on_events(0, vec![answered], now);
+    assert_eq!(
+        sent(&store, 0),
+        vec![vec![10, 12, 14], vec![11], vec![13], vec![15]],
+        "the held writes as one transaction, then the reads behind them"
+    );
+}
+
+#[test]
+fn a_read_with_no_held_write_before_it_goes_out_behind_the_transaction_in_flight() {
+    let poll = Poll::new().expect("poll");
+    let now = Instant::now();
+    let mut store = store(&poll, now);
+    store.slots[0].state = SlotState::Ready;
+    store.slots[1].state = SlotState::Ready;
+    store.submit(Ticket(1), write(1));
+    store.flush(now);
+    store.submit(Ticket(2), read(1));
+    store.flush(now);
+    assert_eq!(
+        sent(&store, 0),
+        vec![vec![1], vec![2]],
+        "pipelined on the writer, behind the write it must see"
+    );
+    assert!(store.held.is_empty());
+}
+
+#[test]
+fn a_held_write_waits_for_the_writer_when_the_one_in_flight_failed_with_it() {
+    let poll = Poll::new().expect("poll");
+    let now = Instant::now();
+    let mut store = store(&poll, now);
+    store.slots[0].state = SlotState::Ready;
+    store.submit(Ticket(1), write(1));
+    store.flush(now);
+    store.submit(Ticket(2), write(2));
+    store.flush(now);
+    // The writer's connection is lost: its unit fails, the held write is released
+    // and waits for a ready connection (none) in the backlog, not lost.
+    let first = *store.slots[0].units.keys().next().expect("a unit");
+    store.slots[0].state = SlotState::Connecting(now);
+    let lost = Event::Unit {
+        id: first,
+        outcome: Err(PgError::ConnectionLost),
+    };
+    store.on_events(0, vec![lost], now);
+    assert_eq!(answers(&mut store), vec![(Ticket(1), Err(Failure::Failed))]);
+    assert!(store.held.is_empty());
+    assert_eq!(store.backlog.len(), 1);
+}
+
+#[test]
+fn a_held_request_that_times_out_is_answered_once_and_never_sent() {
+    let poll = Poll::new().expect("poll");
+    let now = Instant::now();
+    let mut store = store(&poll, now);
+    store.slots[0].state = SlotState::Ready;
+    store.submit(Ticket(1), write(1));
+    store.flush(now);
+    store.submit(Ticket(2), write(2));
+    store.flush(now + TIMEOUT / 2);
+    store.on_deadline(now + TIMEOUT + TIMEOUT / 2);
+    let mut got = answers(&mut store);
+    got.sort_by_key(|(t, _)| t.0);
+    assert_eq!(
+        got,
+        vec![
+            (Ticket(1), Err(Failure::Unavailable)),
+            (Ticket(2), Err(Failure::Unavailable))
+        ]
+    );
+    assert!(store.held.is_empty());
+    let first = *store.slots[0].units.keys().next().expect("a unit");
+    let late = Event::Unit {
+        id: first,
+        outcome: Ok(vec![Rows::default()]),
+    };
+    store.on_events(0, vec![late], now + TIMEOUT * 2);
+    assert!(answers(&mut store).is_empty(), "the late answer is dropped");
+    assert!(
+        store.slots[0].units.is_empty(),
+        "the held write was never sent"
+    );
 }

@@ -107,64 +107,72 @@ export async function startPostgres() {
   ]);
   await run(initdb, initdbArgs, { env });
 
-  const port = await freePort();
-  const [postgres, postgresArgs] = asServerUser(path.join(bin, 'postgres'), [
-    '-D', data, '-k', sock, '-p', String(port),
-    '-c', 'listen_addresses=127.0.0.1', '-c', 'shared_buffers=16MB', '-c', 'max_connections=40',
-  ]);
-  const proc = spawn(postgres, postgresArgs, { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  let log = '';
-  for (const stream of [proc.stdout, proc.stderr]) {
-    stream.setEncoding('utf8');
-    stream.on('data', (chunk) => {
-      log += chunk;
-    });
-  }
-  const exited = new Promise((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
-  const pg = {
-    dir,
-    password,
-    url: started++ % 2 === 0
-      ? `postgres://${PG_USER}@127.0.0.1:${port}/${PG_DB}`
-      : `postgres://${PG_USER}@/${PG_DB}?host=${sock}&port=${port}`,
-    logs: () => log,
-    /** Synchronous, for the exit hook: SIGKILL the postmaster and remove the directory. */
-    stopNow() {
-      running.delete(pg);
-      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
-      rmSync(dir, { recursive: true, force: true });
-    },
-    /** SIGQUIT (immediate shutdown, backends included), SIGKILL after 10 s; then removes the directory. */
-    async stop() {
-      running.delete(pg);
-      if (proc.exitCode === null && proc.signalCode === null) {
-        proc.kill('SIGQUIT');
-        const timer = setTimeout(() => proc.kill('SIGKILL'), 10_000);
-        await exited;
-        clearTimeout(timer);
-      }
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
-  running.add(pg);
-
-  // Ready once createdb gets through; "starting up" refusals are retried.
-  const clientEnv = { ...env, PGPASSWORD: password };
-  const deadline = Date.now() + PG_START_TIMEOUT_MS;
-  for (;;) {
-    if (proc.exitCode !== null || proc.signalCode !== null) {
-      await pg.stop();
-      throw new Error(`postgres exited before accepting connections:\n${log}`);
+  launch: for (let attempt = 0; ; attempt += 1) {
+    const port = await freePort();
+    const [postgres, postgresArgs] = asServerUser(path.join(bin, 'postgres'), [
+      '-D', data, '-k', sock, '-p', String(port),
+      '-c', 'listen_addresses=127.0.0.1', '-c', 'shared_buffers=16MB', '-c', 'max_connections=40',
+    ]);
+    const proc = spawn(postgres, postgresArgs, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let log = '';
+    for (const stream of [proc.stdout, proc.stderr]) {
+      stream.setEncoding('utf8');
+      stream.on('data', (chunk) => {
+        log += chunk;
+      });
     }
-    try {
-      await run(path.join(bin, 'createdb'), ['-h', sock, '-p', String(port), '-U', PG_USER, PG_DB], { env: clientEnv });
-      return pg;
-    } catch (err) {
-      if (Date.now() > deadline) {
+    const exited = new Promise((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
+    const pg = {
+      dir,
+      password,
+      url: started++ % 2 === 0
+        ? `postgres://${PG_USER}@127.0.0.1:${port}/${PG_DB}`
+        : `postgres://${PG_USER}@/${PG_DB}?host=${sock}&port=${port}`,
+      logs: () => log,
+      /** Synchronous, for the exit hook: SIGKILL the postmaster and remove the directory. */
+      stopNow() {
+        running.delete(pg);
+        if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+        rmSync(dir, { recursive: true, force: true });
+      },
+      /** SIGQUIT (immediate shutdown, backends included), SIGKILL after 10 s; then removes the directory. */
+      async stop() {
+        running.delete(pg);
+        if (proc.exitCode === null && proc.signalCode === null) {
+          proc.kill('SIGQUIT');
+          const timer = setTimeout(() => proc.kill('SIGKILL'), 10_000);
+          await exited;
+          clearTimeout(timer);
+        }
+        rmSync(dir, { recursive: true, force: true });
+      },
+    };
+    running.add(pg);
+
+    // Ready once createdb gets through; "starting up" refusals are retried.
+    const clientEnv = { ...env, PGPASSWORD: password };
+    const deadline = Date.now() + PG_START_TIMEOUT_MS;
+    for (;;) {
+      if (proc.exitCode !== null || proc.signalCode !== null) {
+        // A port found free may be taken by another process before postgres binds it
+        // (tests run in parallel): try another.
+        if (log.includes('Address already in use') && attempt < 10) {
+          running.delete(pg);
+          continue launch;
+        }
         await pg.stop();
-        throw new Error(`postgres did not accept within ${PG_START_TIMEOUT_MS} ms: ${err.message}\n${log}`);
+        throw new Error(`postgres exited before accepting connections:\n${log}`);
       }
-      await new Promise((resolve) => setTimeout(resolve, 100));
+      try {
+        await run(path.join(bin, 'createdb'), ['-h', sock, '-p', String(port), '-U', PG_USER, PG_DB], { env: clientEnv });
+        return pg;
+      } catch (err) {
+        if (Date.now() > deadline) {
+          await pg.stop();
+          throw new Error(`postgres did not accept within ${PG_START_TIMEOUT_MS} ms: ${err.message}\n${log}`);
+        }
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
     }
   }
 }
