@@ -32,6 +32,11 @@ const DIRECT_MESSAGES_PER_WRITER: usize = 400;
 /// Requests a writer keeps unanswered at once.
 const WINDOW: usize = 4;
 
+/// A writer's pause after each acknowledgement: the writes then last seconds, not a
+/// fraction of one (PostgreSQL commits many per transaction), so that the reader reaches
+/// the newest message many times while they go on.
+const PACE: Duration = Duration::from_millis(2);
+
 /// How long the whole writing phase may take before the test gives up.
 const RUN_LIMIT: Duration = Duration::from_secs(300);
 
@@ -143,6 +148,7 @@ fn write_all(mut ws: ws::Ws, count: usize, request: impl Fn(usize) -> Value) -> 
         if frame["type"] == "reply" {
             assert_eq!(frame["ok"], true, "a write was refused: {frame}");
             ids.push(frame["data"]["id"].as_i64().expect("an id"));
+            thread::sleep(PACE);
         }
         assert!(Instant::now() < deadline, "writing took over {RUN_LIMIT:?}");
     }
@@ -157,7 +163,12 @@ fn page_after(ws: &mut ws::Ws, target: (&str, &str), after: i64) -> (Vec<i64>, b
 
 /// Ids of the live events of one kind kept by the client, in arrival order.
 fn drain_live(ws: &mut ws::Ws, room: &mut Vec<i64>, direct: &mut Vec<i64>) {
-    while let Some(frame) = ws.recv_within(Duration::from_millis(1)) {
+    // Bounded: events keep coming while the writers write, and the reader must get
+    // back to paging.
+    let until = Instant::now() + Duration::from_millis(5);
+    while Instant::now() < until
+        && let Some(frame) = ws.recv_within(Duration::from_millis(1))
+    {
         let id = frame["id"].as_i64();
         match (frame["type"].as_str(), id) {
             (Some("message"), Some(id)) if frame["room"] == "hall" => room.push(id),
