@@ -189,10 +189,12 @@ impl PgStore {
         let jitter = self.next_jitter();
         let slot = &mut self.slots[index];
         if let (Some(conn), Some(registry)) = (slot.conn.as_mut(), &self.registry) {
-            // Units still in flight were reported before Closed; nothing to collect.
+            // Units in flight were reported before Closed; any the connection still
+            // holds (sent after it ended) are failed below.
             let _ = conn.close(registry);
         }
         slot.conn = None;
+        let lost: Vec<InFlight> = slot.units.drain().map(|(_, unit)| unit).collect();
         let delay = slot.backoff + slot.backoff.mul_f64(jitter * 0.25);
         slot.state = SlotState::Down(now + delay);
         slot.backoff = (slot.backoff * 2).min(MAX_BACKOFF);
@@ -200,6 +202,9 @@ impl PgStore {
             log::warn!("database connection {index}: {error}; connecting again");
         }
         self.last_error = Some(error);
+        for unit in lost {
+            self.answer_unit(unit, Err(PgError::ConnectionLost), now);
+        }
         if index == self.writer {
             self.choose_writer();
         }
@@ -349,6 +354,11 @@ impl PgStore {
     }
 
     fn on_events(&mut self, index: usize, events: Vec<Event>, now: Instant) {
+        // A connection that ends reports its lost units first, then Closed: nothing
+        // those answers release (held writes) may be sent on it meanwhile.
+        if events.iter().any(|e| matches!(e, Event::Closed(_))) {
+            self.slots[index].state = SlotState::Down(now);
+        }
         for event in events {
             match event {
                 Event::Ready => {

@@ -377,3 +377,41 @@ fn a_held_request_that_times_out_is_answered_once_and_never_sent() {
         "the held write was never sent"
     );
 }
+
+#[test]
+fn writes_released_by_a_lost_connection_are_not_sent_on_it() {
+    let poll = Poll::new().expect("poll");
+    let now = Instant::now();
+    let mut store = store(&poll, now);
+    store.slots[0].state = SlotState::Ready;
+    store.submit(Ticket(1), write(1));
+    store.flush(now);
+    store.submit(Ticket(2), write(2));
+    store.flush(now);
+    let first = *store.slots[0].units.keys().next().expect("a unit");
+    // The connection ends: its lost unit, then Closed, in one batch of events.
+    let events = vec![
+        Event::Unit {
+            id: first,
+            outcome: Err(PgError::ConnectionLost),
+        },
+        Event::Closed(PgError::ConnectionLost),
+    ];
+    store.on_events(0, events, now);
+    assert_eq!(answers(&mut store), vec![(Ticket(1), Err(Failure::Failed))]);
+    assert!(
+        store.slots[0].units.is_empty(),
+        "nothing sent on the lost one"
+    );
+    assert_eq!(
+        store.backlog.len(),
+        1,
+        "the held write waits for a connection"
+    );
+    assert!(!store.write_in_flight());
+    // Once a connection is ready it goes out.
+    store.slots[1].state = SlotState::Ready;
+    store.choose_writer();
+    store.drain_backlog(now);
+    assert_eq!(sent(&store, 1), vec![vec![2]]);
+}
