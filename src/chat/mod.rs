@@ -689,6 +689,15 @@ impl Chat {
                         }
                         (ItemKind::Direct { to: to.username }, conns)
                     }
+                    (ItemKind::Room(room), _) => {
+                        // The members when it was sent who are still in the room: one
+                        // that left meanwhile was told its leave went through, and is
+                        // sent nothing of the room after it.
+                        let mut conns = recipients.unwrap_or_default();
+                        let current = self.rooms.get(room.as_str());
+                        conns.retain(|c| current.is_some_and(|r| r.conns.contains(c)));
+                        (ItemKind::Room(room), conns)
+                    }
                     (item, _) => (item, recipients.unwrap_or_default()),
                 };
                 let delivered = report_delivered.then_some(recipients.len());

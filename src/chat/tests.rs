@@ -1150,3 +1150,31 @@ fn a_room_fan_out_is_one_frame_for_all_members() {
     to.sort_unstable();
     assert_eq!(to, [ConnId(1), ConnId(2), ConnId(3), ConnId(4)]);
 }
+
+#[test]
+fn a_member_that_left_before_the_message_was_stored_is_not_sent_it() {
+    let mut w = World::new(&["alice", "bob"]);
+    w.connect(1, 1);
+    w.connect(2, 2);
+    w.reply(1, json!({"type":"join","room":"r"}));
+    w.reply(2, json!({"type":"join","room":"r"}));
+    w.clear();
+    // alice's message waits for the database; bob leaves meanwhile.
+    w.store.stalled = true;
+    w.send(1, json!({"type":"send","room":"r","text":"late"}));
+    w.send(2, json!({"type":"leave","room":"r","ref":"l"}));
+    let bob = w.take(2);
+    assert_eq!(bob[0]["ref"], "l", "the leave is answered at once");
+    w.store.stalled = false;
+    let alice = w.take(1);
+    assert!(
+        alice
+            .iter()
+            .any(|f| f["type"] == "message" && f["text"] == "late"),
+        "the sender still gets her event: {alice:?}"
+    );
+    assert!(
+        w.take(2).is_empty(),
+        "nothing of the room after the leave: {bob:?}"
+    );
+}
