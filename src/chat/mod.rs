@@ -692,10 +692,13 @@ impl Chat {
                     (ItemKind::Room(room), _) => {
                         // The members when it was sent who are still in the room: one
                         // that left meanwhile was told its leave went through, and is
-                        // sent nothing of the room after it.
+                        // sent nothing of the room after it. The sender's own
+                        // connection gets its event whatever it did since (it is
+                        // ordered before anything the connection did later).
                         let mut conns = recipients.unwrap_or_default();
                         let current = self.rooms.get(room.as_str());
-                        conns.retain(|c| current.is_some_and(|r| r.conns.contains(c)));
+                        conns
+                            .retain(|c| *c == conn || current.is_some_and(|r| r.conns.contains(c)));
                         (ItemKind::Room(room), conns)
                     }
                     (item, _) => (item, recipients.unwrap_or_default()),
