@@ -819,28 +819,21 @@ impl Protocol {
                 unit.simple_columns = column_types(&body)?;
                 Ok(())
             }
-            Message::DataRow(body) if unit.error.is_none() && unit.simple => {
-                let ranges: Vec<Option<Range<usize>>> = body
-                    .ranges()
-                    .collect()
-                    .map_err(|e| PgError::Protocol(format!("bad DataRow: {e}")))?;
-                unit.current.push(Row {
-                    columns: unit.simple_columns.clone(),
-                    body: body.buffer_bytes().clone(),
-                    ranges,
-                    text: true,
-                });
-                Ok(())
-            }
             Message::DataRow(body) if unit.error.is_none() => {
-                let statement = unit
-                    .statements
-                    .get(unit.results.len())
-                    .copied()
-                    .ok_or_else(|| PgError::Protocol("a row past the unit's queries".into()))?;
-                let columns = self.columns.get(statement).cloned().ok_or_else(|| {
-                    PgError::Protocol("a row for an undescribed statement".into())
-                })?;
+                // A simple query's columns came with its RowDescription (text); a
+                // prepared statement's were described when it was prepared (binary).
+                let columns = if unit.simple {
+                    unit.simple_columns.clone()
+                } else {
+                    let statement = unit
+                        .statements
+                        .get(unit.results.len())
+                        .copied()
+                        .ok_or_else(|| PgError::Protocol("a row past the unit's queries".into()))?;
+                    self.columns.get(statement).cloned().ok_or_else(|| {
+                        PgError::Protocol("a row for an undescribed statement".into())
+                    })?
+                };
                 let ranges: Vec<Option<Range<usize>>> = body
                     .ranges()
                     .collect()
@@ -856,7 +849,7 @@ impl Protocol {
                     columns,
                     body: body.buffer_bytes().clone(),
                     ranges,
-                    text: false,
+                    text: unit.simple,
                 });
                 Ok(())
             }
